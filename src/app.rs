@@ -1,0 +1,155 @@
+//! Start-up and the one shutdown path: bind, spawn the watch runtime (probes and engine) and the
+//! admin server, then on SIGTERM or SIGINT drain and exit; a second signal aborts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::drain::Drain;
+use crate::engine::{Engine, SignalSpec};
+use crate::liveness::Liveness;
+use crate::metrics::Metrics;
+use crate::probe::{ProbeSetupError, ProbeWatcher, Prober};
+use crate::server::{self, Admin};
+use crate::watcher::{self, Published};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("nothing to watch: give --target URL or a config file with probes")]
+    NoProbes,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Probe(#[from] ProbeSetupError),
+    #[error("cannot start the watch runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A started sidewatch: what `run` and the demo observe and drive.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub verdict: watch::Receiver<Arc<Published>>,
+    pub drain: Drain,
+    pub metrics: Metrics,
+}
+
+/// Starts everything; must be called inside a tokio runtime, which then serves the admin port.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    if config.probes.0.is_empty() {
+        return Err(StartError::NoProbes);
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+
+    let metrics = Metrics::new(config.probes.0.iter().map(|p| p.name.as_str()));
+    let mut engine = Engine::new();
+    let now = SystemTime::now();
+    let mut probers = Vec::new();
+    for probe in &config.probes.0 {
+        let spec = SignalSpec {
+            failure_threshold: probe.failure_threshold,
+            success_threshold: probe.success_threshold,
+            critical: probe.critical,
+        };
+        engine.register(&probe.signal(), spec, now);
+        probers.push((probe.clone(), Prober::new(probe)?));
+    }
+    let (publish, verdict) = watch::channel(Published::new(engine.verdict()));
+    let (inputs_tx, inputs_rx) = mpsc::channel(256);
+    let liveness = Liveness::default();
+
+    // Probes get a runtime and thread of their own: a flood on the admin port must not delay them.
+    let watch_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let drain = Drain::new(
+        config.drain.delay,
+        inputs_tx.clone(),
+        metrics.clone(),
+        watch_rt.handle().clone(),
+    );
+    for (config, prober) in probers {
+        let watcher = ProbeWatcher {
+            config,
+            prober,
+            metrics: metrics.clone(),
+            inputs: inputs_tx.clone(),
+            drain: drain.clone(),
+        };
+        watch_rt.spawn(watcher.run(liveness.clone()));
+    }
+    let engine_task = watcher::run_engine(engine, inputs_rx, publish, metrics.clone(), liveness.clone());
+    std::thread::Builder::new()
+        .name("sidewatch-watch".into())
+        .spawn(move || watch_rt.block_on(engine_task))
+        .map_err(StartError::Runtime)?;
+
+    let admin = Arc::new(Admin {
+        verdict: verdict.clone(),
+        metrics: metrics.clone(),
+        drain: drain.clone(),
+        liveness,
+    });
+    tokio::spawn(server::serve(listener, admin));
+    Ok(Running {
+        local_addr,
+        verdict,
+        drain,
+        metrics,
+    })
+}
+
+/// `sidewatch run`: serve until SIGTERM or SIGINT, drain, exit 0. A second signal aborts.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let probes: Vec<String> = config.probes.0.iter().map(|p| p.name.clone()).collect();
+    let running = start(config).await?;
+    tracing::info!(listen = %running.local_addr, ?probes, version = env!("CARGO_PKG_VERSION"), "sidewatch started");
+    let mut signals = Signals::new()?;
+    let by = signals.next().await;
+    let drained = running.drain.start(by);
+    tokio::select! {
+        end = drained => {
+            tracing::info!(outcome = end.outcome, seconds = end.duration_seconds, "exiting after drain");
+            Ok(())
+        }
+        by = signals.next() => anyhow::bail!("{by} during the drain: exiting at once"),
+    }
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

@@ -1,0 +1,752 @@
+//! Configuration: the YAML file, `SIDEWATCH_<SECTION>_<KEY>` environment overrides and command-line
+//! flags, merged (flag > env > file > default) and validated before anything starts.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The environment variables that belong to command-line flags (clap reads them), not to config keys.
+pub const FLAG_ENV: &[&str] = &[
+    "SIDEWATCH_CONFIG",
+    "SIDEWATCH_TARGET",
+    "SIDEWATCH_LISTEN",
+    "SIDEWATCH_INTERVAL",
+    "SIDEWATCH_TIMEOUT",
+    "SIDEWATCH_FAILURE_THRESHOLD",
+    "SIDEWATCH_SUCCESS_THRESHOLD",
+    "SIDEWATCH_LOG_FORMAT",
+    // Read by the test suite, not by sidewatch; children inherit it.
+    "SIDEWATCH_REQUIRE_ALL",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: field `{field}`: {message}\n{snippet}")]
+    File {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+        snippet: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub probes: Probes,
+    pub drain: DrainConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9102)),
+            probes: Probes::default(),
+            drain: DrainConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// At least this long not ready before the drain may end, so load balancers see the change.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The probe list, with names unique (they are metric labels and signal names).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "Vec<ProbeConfig>")]
+pub struct Probes(pub Vec<ProbeConfig>);
+
+impl TryFrom<Vec<ProbeConfig>> for Probes {
+    type Error = String;
+    fn try_from(probes: Vec<ProbeConfig>) -> Result<Self, String> {
+        let mut seen = BTreeSet::new();
+        for p in &probes {
+            if !seen.insert(p.name.as_str()) {
+                return Err(format!("probe name {:?} is used twice", p.name));
+            }
+        }
+        Ok(Probes(probes))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawProbe", into = "RawProbe")]
+pub struct ProbeConfig {
+    pub name: String,
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub critical: bool,
+}
+
+impl ProbeConfig {
+    pub fn new(name: &str, check: Check) -> Self {
+        Self {
+            name: name.to_owned(),
+            check,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            failure_threshold: 2,
+            success_threshold: 1,
+            critical: true,
+        }
+    }
+
+    /// The engine's name for this probe's signal.
+    pub fn signal(&self) -> String {
+        format!("probe:{}", self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    Http(HttpCheck),
+    Tcp(TcpCheck),
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub url: HttpUrl,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: Vec<StatusRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// PEM file with the CA certificates that sign the app's certificate; replaces the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl HttpCheck {
+    pub fn new(url: HttpUrl) -> Self {
+        Self {
+            url,
+            expect_status: default_expect_status(),
+            body_contains: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+        }
+    }
+}
+
+fn default_expect_status() -> Vec<StatusRange> {
+    vec![StatusRange(200, 399)]
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheck {
+    /// `host:port`.
+    pub address: HostPort,
+}
+
+/// The YAML shape of a probe; `ProbeConfig` is its validated form.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<HttpCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tcp: Option<TcpCheck>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_failure_threshold")]
+    failure_threshold: u32,
+    #[serde(default = "one")]
+    success_threshold: u32,
+    #[serde(default = "yes")]
+    critical: bool,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_failure_threshold() -> u32 {
+    2
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+impl TryFrom<RawProbe> for ProbeConfig {
+    type Error = String;
+    fn try_from(raw: RawProbe) -> Result<Self, String> {
+        let name = raw.name;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "probe name {name:?} must be non-empty and use only letters, digits, '-' and '_'"
+            ));
+        }
+        let check = match (raw.http, raw.tcp) {
+            (Some(http), None) => Check::Http(http),
+            (None, Some(tcp)) => Check::Tcp(tcp),
+            _ => return Err(format!("probe {name:?} needs exactly one of `http` or `tcp`")),
+        };
+        let probe = ProbeConfig {
+            name,
+            check,
+            interval: raw.interval,
+            timeout: raw.timeout,
+            failure_threshold: raw.failure_threshold,
+            success_threshold: raw.success_threshold,
+            critical: raw.critical,
+        };
+        probe.validate()?;
+        Ok(probe)
+    }
+}
+
+impl ProbeConfig {
+    fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if self.interval.is_zero() || self.timeout.is_zero() {
+            return Err(format!("probe {name:?}: interval and timeout must be above zero"));
+        }
+        if self.failure_threshold == 0 || self.success_threshold == 0 {
+            return Err(format!("probe {name:?}: thresholds must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl From<ProbeConfig> for RawProbe {
+    fn from(p: ProbeConfig) -> Self {
+        let (http, tcp) = match p.check {
+            Check::Http(h) => (Some(h), None),
+            Check::Tcp(t) => (None, Some(t)),
+        };
+        RawProbe {
+            name: p.name,
+            http,
+            tcp,
+            interval: p.interval,
+            timeout: p.timeout,
+            failure_threshold: p.failure_threshold,
+            success_threshold: p.success_threshold,
+            critical: p.critical,
+        }
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl(pub reqwest::Url);
+
+impl FromStr for HttpUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(s).map_err(|e| format!("bad URL {s:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!("bad URL {s:?}: want http://host[:port]/path or https://…"));
+        }
+        Ok(HttpUrl(url))
+    }
+}
+
+/// `host:port`, the port given explicitly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad address {s:?}: want host:port");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port.parse().map_err(|_| bad())?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(HostPort {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An accepted status or range of statuses: `200`, `"200"` or `"200-399"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange(pub u16, pub u16);
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.0..=self.1).contains(&status)
+    }
+}
+
+impl FromStr for StatusRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad status {s:?}: want a code like 200 or a range like \"200-399\"");
+        let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(bad());
+        }
+        Ok(StatusRange(lo, hi))
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 == self.1 {
+            write!(f, "{}", self.0)
+        } else {
+            write!(f, "{}-{}", self.0, self.1)
+        }
+    }
+}
+
+/// Serde through `FromStr`/`Display`, so a bad value fails at its own line and column.
+macro_rules! serde_via_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Scalar { Int(u64), Str(String) }
+                let s = match Scalar::deserialize(d)? {
+                    Scalar::Int(i) => i.to_string(),
+                    Scalar::Str(s) => s,
+                };
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serde_via_str!(HttpUrl, HostPort, StatusRange);
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A `--target`: `http://…`, `https://…` or `tcp://host:port`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target(pub Check);
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(addr) = s.strip_prefix("tcp://") {
+            let address = addr.trim_end_matches('/').parse()?;
+            return Ok(Target(Check::Tcp(TcpCheck { address })));
+        }
+        Ok(Target(Check::Http(HttpCheck::new(s.parse()?))))
+    }
+}
+
+/// Command-line settings that override the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub target: Option<Target>,
+    pub listen: Option<SocketAddr>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub failure_threshold: Option<u32>,
+    pub success_threshold: Option<u32>,
+}
+
+/// Reads, merges and validates the configuration. `env` is the process environment (a parameter
+/// so tests need not touch the real one).
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let mut config = match file {
+        Some(path) => parse_file(path)?,
+        None => Config::default(),
+    };
+    config = apply_env(config, env)?;
+    apply_overrides(&mut config, overrides)?;
+    Ok(config)
+}
+
+fn parse_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_str(&text, path)
+}
+
+pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let mut field = String::new();
+    let parsed: Result<Option<Config>, _> = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            field = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    match parsed {
+        // An empty file is a file of defaults.
+        Ok(config) => Ok(config.unwrap_or_default()),
+        Err(e) => {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line() as usize, l.column() as usize))
+                .unwrap_or((0, 0));
+            let message = e.without_snippet().to_string();
+            // The crate prefixes "error: line L column C: "; we say the location ourselves.
+            let message = message
+                .split_once(": ")
+                .filter(|(head, _)| head.starts_with("error"))
+                .map(|(_, rest)| rest.split_once(": ").map_or(rest, |(_, m)| m))
+                .unwrap_or(&message)
+                .to_owned();
+            let source_name = path.display().to_string();
+            let snippet = e.render_with_options(serde_saphyr::render_options! {
+                source_name: Some(&source_name),
+            });
+            let snippet = snippet.lines().skip(1).collect::<Vec<_>>().join("\n");
+            Err(ConfigError::File {
+                path: path.to_owned(),
+                line,
+                column,
+                field: if field.is_empty() || field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
+                message,
+                snippet,
+            })
+        }
+    }
+}
+
+/// Applies `SIDEWATCH_<SECTION>_<KEY>` (and `SIDEWATCH_<KEY>` for top-level keys). An unknown
+/// `SIDEWATCH_*` variable is an error: a misspelt setting must not be silently ignored.
+fn apply_env(
+    config: Config,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("SIDEWATCH_") && !FLAG_ENV.contains(&k.as_str()))
+        .collect();
+    if vars.is_empty() {
+        return Ok(config);
+    }
+    vars.sort();
+    let to_value = |c: &Config| {
+        serde_json::to_value(c).map_err(|e| ConfigError::Invalid(format!("internal: {e}")))
+    };
+    let mut tree = to_value(&config)?;
+    let mut config = config;
+    for (var, raw) in vars {
+        let path = env_path(&tree, &var).ok_or_else(|| ConfigError::Env {
+            var: var.clone(),
+            message: format!("unknown setting; known: {}", env_names(&tree).join(", ")),
+        })?;
+        // A YAML scalar, so `0.9` is a number, `true` a bool and `5s` a string, as in the file.
+        let value: serde_json::Value = if raw.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_saphyr::from_str(&raw).unwrap_or(serde_json::Value::String(raw.clone()))
+        };
+        let slot = path
+            .iter()
+            .try_fold(&mut tree, |node, key| node.get_mut(key))
+            .ok_or_else(|| ConfigError::Invalid("internal: env path vanished".into()))?;
+        *slot = value;
+        config = serde_json::from_value(tree.clone()).map_err(|e| ConfigError::Env {
+            var: var.clone(),
+            message: format!("{raw:?}: {e}"),
+        })?;
+        tree = to_value(&config)?;
+    }
+    Ok(config)
+}
+
+fn env_path(tree: &serde_json::Value, var: &str) -> Option<Vec<String>> {
+    let rest = var.strip_prefix("SIDEWATCH_")?.to_ascii_lowercase();
+    let top = tree.as_object()?;
+    for (key, value) in top {
+        match value.as_object() {
+            Some(section) => {
+                if let Some(sub) = rest.strip_prefix(&format!("{key}_")) {
+                    if section.contains_key(sub) {
+                        return Some(vec![key.clone(), sub.to_owned()]);
+                    }
+                }
+            }
+            None if !value.is_array() && *key == rest => return Some(vec![key.clone()]),
+            None => {}
+        }
+    }
+    None
+}
+
+fn env_names(tree: &serde_json::Value) -> Vec<String> {
+    let mut names = Vec::new();
+    for (key, value) in tree.as_object().into_iter().flatten() {
+        match value.as_object() {
+            Some(section) => names.extend(
+                section
+                    .keys()
+                    .map(|k| format!("SIDEWATCH_{key}_{k}").to_ascii_uppercase()),
+            ),
+            None if !value.is_array() => names.push(format!("SIDEWATCH_{key}").to_ascii_uppercase()),
+            None => {}
+        }
+    }
+    names
+}
+
+fn apply_overrides(config: &mut Config, o: &Overrides) -> Result<(), ConfigError> {
+    if let Some(listen) = o.listen {
+        config.listen = listen;
+    }
+    if let Some(Target(check)) = &o.target {
+        let probes = &mut config.probes.0;
+        match probes.iter_mut().find(|p| p.name == "app") {
+            Some(app) => app.check = check.clone(),
+            None => probes.push(ProbeConfig::new("app", check.clone())),
+        }
+    }
+    for p in &mut config.probes.0 {
+        p.interval = o.interval.unwrap_or(p.interval);
+        p.timeout = o.timeout.unwrap_or(p.timeout);
+        p.failure_threshold = o.failure_threshold.unwrap_or(p.failure_threshold);
+        p.success_threshold = o.success_threshold.unwrap_or(p.success_threshold);
+        p.validate().map_err(ConfigError::Invalid)?;
+    }
+    Ok(())
+}
+
+/// The effective configuration as YAML, for `check-config`.
+pub fn render(config: &Config) -> String {
+    // JSON is valid YAML, and serde_json needs no extra dependency for serialising.
+    serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("unprintable config: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_str(text, Path::new("/etc/sidewatch.yaml"))
+    }
+
+    fn file_error(text: &str) -> (usize, usize, String, String) {
+        match parse(text) {
+            Err(ConfigError::File {
+                line,
+                column,
+                field,
+                message,
+                ..
+            }) => (line, column, field, message),
+            other => panic!("expected a file error, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = "\
+listen: 127.0.0.1:9200
+probes:
+  - name: app
+    http: { url: http://127.0.0.1:8080/healthz, expect_status: [200, \"300-302\"] }
+    interval: 250ms
+  - name: db
+    tcp: { address: \"[::1]:5432\" }
+    critical: false
+drain:
+  delay: 2s
+";
+
+    #[test]
+    fn a_full_file_parses_with_defaults_filled_in() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9200".parse().unwrap());
+        let app = &c.probes.0[0];
+        assert_eq!(app.interval, Duration::from_millis(250));
+        assert_eq!(app.timeout, Duration::from_millis(500));
+        assert_eq!(app.failure_threshold, 2);
+        let Check::Http(http) = &app.check else {
+            panic!("http expected")
+        };
+        assert_eq!(http.expect_status, [StatusRange(200, 200), StatusRange(300, 302)]);
+        let Check::Tcp(tcp) = &c.probes.0[1].check else {
+            panic!("tcp expected")
+        };
+        assert_eq!(tcp.address.host, "::1");
+        assert!(!c.probes.0[1].critical);
+        assert_eq!(c.drain.delay, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_rendered_config_parses_back_to_itself() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(parse(&render(&c)).unwrap(), c);
+    }
+
+    #[test]
+    fn an_empty_file_means_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_field() {
+        let (line, column, field, message) = file_error("drain:\n  delay: 1s\n  maxx: 3s\n");
+        assert_eq!((line, column), (3, 3));
+        assert_eq!(field, "drain.maxx");
+        assert!(message.contains("unknown field `maxx`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_duration_point_at_the_value() {
+        let (line, column, field, _) =
+            file_error("probes:\n  - name: app\n    tcp: {address: \"a:1\"}\n    failure_threshold: lots\n");
+        assert_eq!((line, column, field.as_str()), (4, 24, "probes[0].failure_threshold"));
+        let (line, _, field, message) =
+            file_error("probes:\n  - name: app\n    tcp: {address: \"a:1\"}\n    interval: 5 parsecs\n");
+        assert_eq!((line, field.as_str()), (4, "probes[0].interval"));
+        assert!(message.contains("parsecs") || message.contains("unit"), "{message}");
+    }
+
+    #[test]
+    fn bad_url_and_missing_check_are_refused_with_their_probe() {
+        let (line, _, field, message) =
+            file_error("probes:\n  - name: app\n    http: {url: \"ftp://x/\"}\n");
+        assert_eq!((line, field.as_str()), (3, "probes[0].http.url"));
+        assert!(message.contains("ftp://x/"), "{message}");
+        let (_, _, field, message) = file_error("probes:\n  - name: app\n");
+        assert_eq!(field, "probes[0]");
+        assert!(message.contains("exactly one of"), "{message}");
+        let (_, _, _, message) = file_error(
+            "probes:\n  - {name: a, tcp: {address: \"h:1\"}}\n  - {name: a, tcp: {address: \"h:2\"}}\n",
+        );
+        assert!(message.contains("used twice"), "{message}");
+    }
+
+    #[test]
+    fn bad_status_ranges_are_refused() {
+        for bad in ["\"399-200\"", "99", "\"2xx\""] {
+            let text = format!(
+                "probes:\n  - name: app\n    http: {{url: \"http://h/\", expect_status: [{bad}]}}\n"
+            );
+            let (_, _, field, _) = file_error(&text);
+            assert!(field.starts_with("probes[0].http.expect_status"), "{bad}: {field}");
+        }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let c = parse(GOOD).unwrap();
+        let c = apply_env(
+            c,
+            env(&[
+                ("SIDEWATCH_DRAIN_DELAY", "7s"),
+                ("SIDEWATCH_TARGET", "ignored: a flag"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.drain.delay, Duration::from_secs(7));
+        let mut c = c;
+        apply_overrides(
+            &mut c,
+            &Overrides {
+                target: Some("tcp://127.0.0.1:9".parse().unwrap()),
+                interval: Some(Duration::from_millis(100)),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        let app = &c.probes.0[0];
+        assert_eq!(app.name, "app");
+        assert!(matches!(&app.check, Check::Tcp(t) if t.address.port == 9));
+        assert!(c.probes.0.iter().all(|p| p.interval == Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn bad_or_unknown_env_is_named() {
+        let err = apply_env(Config::default(), env(&[("SIDEWATCH_DRAIN_DELAY", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("environment variable SIDEWATCH_DRAIN_DELAY"), "{err}");
+        let err = apply_env(Config::default(), env(&[("SIDEWATCH_DRAIN_DELAYY", "1s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown setting") && err.contains("SIDEWATCH_DRAIN_DELAY"), "{err}");
+    }
+
+    #[test]
+    fn targets_parse_by_scheme() {
+        assert!(matches!("https://a:8443/h".parse::<Target>(), Ok(Target(Check::Http(_)))));
+        assert!(matches!("tcp://[::1]:80".parse::<Target>(), Ok(Target(Check::Tcp(_)))));
+        assert!("tcp://nohost".parse::<Target>().is_err());
+        assert!("udp://a:1".parse::<Target>().is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! Prometheus metrics: registered once at start-up, updated next to the code that observes them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::reason::Reason;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub ready: IntGauge,
+    pub transitions: IntCounterVec,
+    pub probe_up: IntGaugeVec,
+    pub probe_duration: HistogramVec,
+    pub probe_failures: IntCounterVec,
+    pub drains: IntCounterVec,
+    pub drain_duration: Histogram,
+}
+
+impl Metrics {
+    /// Registers every metric; `probes` are the probe names, pre-filled so series exist at zero.
+    pub fn new<'a>(probes: impl IntoIterator<Item = &'a str>) -> Self {
+        let ready = IntGauge::new(
+            "sidewatch_ready",
+            "1 when sidewatch reports this pod ready. When 0, GET /readyz lists the reasons.",
+        )
+        .expect("static metric definition");
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "sidewatch_ready_transitions_total",
+                "Readiness changes. A fast rise means a flapping app: read the reasons in the logs.",
+            ),
+            &["to"],
+        )
+        .expect("static metric definition");
+        let probe_up = IntGaugeVec::new(
+            Opts::new(
+                "sidewatch_probe_up",
+                "1 when the probe's last check succeeded. When 0, see sidewatch_probe_failures_total for why.",
+            ),
+            &["probe"],
+        )
+        .expect("static metric definition");
+        let probe_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sidewatch_probe_duration_seconds",
+                "Time of each check, connect to last byte. Growth toward the timeout predicts timeouts.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["probe"],
+        )
+        .expect("static metric definition");
+        let probe_failures = IntCounterVec::new(
+            Opts::new(
+                "sidewatch_probe_failures_total",
+                "Failed checks by reason: refused = app not listening, reset = accepted then dropped, \
+                 invalid_response = not HTTP, http_5xx = app error, timeout = no answer in time, tls = certificate or handshake.",
+            ),
+            &["probe", "reason"],
+        )
+        .expect("static metric definition");
+        let drains = IntCounterVec::new(
+            Opts::new(
+                "sidewatch_drains_total",
+                "Drains ended, by outcome: quiet = traffic stopped, max = drain.max reached (raise it or find the client that keeps sending).",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        let drain_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "sidewatch_drain_duration_seconds",
+                "How long each drain held the app's shutdown; keep it under terminationGracePeriodSeconds.",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0]),
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "sidewatch_build_info",
+                "Always 1; the version label says which sidewatch runs.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+
+        let registry = Registry::new();
+        for c in [
+            Box::new(ready.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(transitions.clone()),
+            Box::new(probe_up.clone()),
+            Box::new(probe_duration.clone()),
+            Box::new(probe_failures.clone()),
+            Box::new(drains.clone()),
+            Box::new(drain_duration.clone()),
+            Box::new(build_info.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for to in ["ready", "not_ready"] {
+            transitions.with_label_values(&[to]);
+        }
+        for outcome in ["quiet", "max"] {
+            drains.with_label_values(&[outcome]);
+        }
+        for probe in probes {
+            probe_up.with_label_values(&[probe]);
+            probe_duration.with_label_values(&[probe]);
+            for reason in Reason::PROBE {
+                probe_failures.with_label_values(&[probe, reason.as_str()]);
+            }
+        }
+        Self {
+            registry,
+            ready,
+            transitions,
+            probe_up,
+            probe_duration,
+            probe_failures,
+            drains,
+            drain_duration,
+        }
+    }
+
+    /// The text exposition format (0.0.4).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a collector error would be a bug of ours.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_probe_reason_series_exists_from_the_start() {
+        let m = Metrics::new(["app"]);
+        let text = String::from_utf8(m.encode()).unwrap();
+        for r in Reason::PROBE {
+            let series = format!("sidewatch_probe_failures_total{{probe=\"app\",reason=\"{r}\"}} 0");
+            assert!(text.contains(&series), "{series} missing");
+        }
+        assert!(text.contains("sidewatch_build_info{version=\""));
+        assert!(text.contains("# HELP sidewatch_ready 1 when"));
+    }
+}

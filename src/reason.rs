@@ -1,0 +1,83 @@
+//! The fixed vocabulary of failure reasons: one label value each, shared by `/readyz`, metrics and logs.
+
+use serde::{Serialize, Serializer};
+
+/// Why a signal says "not ready". The string forms are the `reason` label values of DESIGN.md, so
+/// metrics never carry an error's free text as a label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Nothing listens on the port (TCP RST on connect).
+    Refused,
+    /// No complete answer within the probe timeout (connect, TLS or response).
+    Timeout,
+    /// The connection was accepted, then reset or closed before a whole response arrived.
+    Reset,
+    /// Bytes came back, but they are not valid HTTP.
+    InvalidResponse,
+    Http5xx,
+    UnexpectedStatus,
+    BodyMismatch,
+    Tls,
+    Dns,
+    /// A critical signal has not succeeded even once since start-up.
+    Starting,
+    Draining,
+}
+
+impl Reason {
+    /// The reasons a probe can fail with, pre-registered at zero so `rate()` works from the start.
+    pub const PROBE: [Reason; 9] = [
+        Reason::Refused,
+        Reason::Timeout,
+        Reason::Reset,
+        Reason::InvalidResponse,
+        Reason::Http5xx,
+        Reason::UnexpectedStatus,
+        Reason::BodyMismatch,
+        Reason::Tls,
+        Reason::Dns,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Refused => "refused",
+            Reason::Timeout => "timeout",
+            Reason::Reset => "reset",
+            Reason::InvalidResponse => "invalid_response",
+            Reason::Http5xx => "http_5xx",
+            Reason::UnexpectedStatus => "unexpected_status",
+            Reason::BodyMismatch => "body_mismatch",
+            Reason::Tls => "tls",
+            Reason::Dns => "dns",
+            Reason::Starting => "starting",
+            Reason::Draining => "draining",
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_form_matches_label_form() {
+        for r in Reason::PROBE.iter().chain(&[Reason::Starting, Reason::Draining]) {
+            assert_eq!(
+                serde_json::to_value(r).unwrap(),
+                serde_json::Value::String(r.as_str().into())
+            );
+        }
+    }
+}
