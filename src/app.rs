@@ -94,7 +94,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         };
         watch_rt.spawn(watcher.run(liveness.clone()));
     }
-    let engine_task = watcher::run_engine(engine, inputs_rx, publish, metrics.clone(), liveness.clone());
+    let engine_task = watcher::run_engine(
+        engine,
+        inputs_rx,
+        publish,
+        metrics.clone(),
+        liveness.clone(),
+    );
     std::thread::Builder::new()
         .name("sidewatch-watch".into())
         .spawn(move || watch_rt.block_on(engine_task))

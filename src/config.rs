@@ -225,7 +225,11 @@ impl TryFrom<RawProbe> for ProbeConfig {
         let check = match (raw.http, raw.tcp) {
             (Some(http), None) => Check::Http(http),
             (None, Some(tcp)) => Check::Tcp(tcp),
-            _ => return Err(format!("probe {name:?} needs exactly one of `http` or `tcp`")),
+            _ => {
+                return Err(format!(
+                    "probe {name:?} needs exactly one of `http` or `tcp`"
+                ))
+            }
         };
         let probe = ProbeConfig {
             name,
@@ -245,7 +249,9 @@ impl ProbeConfig {
     fn validate(&self) -> Result<(), String> {
         let name = &self.name;
         if self.interval.is_zero() || self.timeout.is_zero() {
-            return Err(format!("probe {name:?}: interval and timeout must be above zero"));
+            return Err(format!(
+                "probe {name:?}: interval and timeout must be above zero"
+            ));
         }
         if self.failure_threshold == 0 || self.success_threshold == 0 {
             return Err(format!("probe {name:?}: thresholds must be at least 1"));
@@ -282,7 +288,9 @@ impl FromStr for HttpUrl {
     fn from_str(s: &str) -> Result<Self, String> {
         let url = reqwest::Url::parse(s).map_err(|e| format!("bad URL {s:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!("bad URL {s:?}: want http://host[:port]/path or https://…"));
+            return Err(format!(
+                "bad URL {s:?}: want http://host[:port]/path or https://…"
+            ));
         }
         Ok(HttpUrl(url))
     }
@@ -553,7 +561,9 @@ fn env_names(tree: &serde_json::Value) -> Vec<String> {
                     .keys()
                     .map(|k| format!("SIDEWATCH_{key}_{k}").to_ascii_uppercase()),
             ),
-            None if !value.is_array() => names.push(format!("SIDEWATCH_{key}").to_ascii_uppercase()),
+            None if !value.is_array() => {
+                names.push(format!("SIDEWATCH_{key}").to_ascii_uppercase())
+            }
             None => {}
         }
     }
@@ -632,7 +642,10 @@ drain:
         let Check::Http(http) = &app.check else {
             panic!("http expected")
         };
-        assert_eq!(http.expect_status, [StatusRange(200, 200), StatusRange(300, 302)]);
+        assert_eq!(
+            http.expect_status,
+            [StatusRange(200, 200), StatusRange(300, 302)]
+        );
         let Check::Tcp(tcp) = &c.probes.0[1].check else {
             panic!("tcp expected")
         };
@@ -662,13 +675,21 @@ drain:
 
     #[test]
     fn wrong_type_and_bad_duration_point_at_the_value() {
-        let (line, column, field, _) =
-            file_error("probes:\n  - name: app\n    tcp: {address: \"a:1\"}\n    failure_threshold: lots\n");
-        assert_eq!((line, column, field.as_str()), (4, 24, "probes[0].failure_threshold"));
-        let (line, _, field, message) =
-            file_error("probes:\n  - name: app\n    tcp: {address: \"a:1\"}\n    interval: 5 parsecs\n");
+        let (line, column, field, _) = file_error(
+            "probes:\n  - name: app\n    tcp: {address: \"a:1\"}\n    failure_threshold: lots\n",
+        );
+        assert_eq!(
+            (line, column, field.as_str()),
+            (4, 24, "probes[0].failure_threshold")
+        );
+        let (line, _, field, message) = file_error(
+            "probes:\n  - name: app\n    tcp: {address: \"a:1\"}\n    interval: 5 parsecs\n",
+        );
         assert_eq!((line, field.as_str()), (4, "probes[0].interval"));
-        assert!(message.contains("parsecs") || message.contains("unit"), "{message}");
+        assert!(
+            message.contains("parsecs") || message.contains("unit"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -693,12 +714,17 @@ drain:
                 "probes:\n  - name: app\n    http: {{url: \"http://h/\", expect_status: [{bad}]}}\n"
             );
             let (_, _, field, _) = file_error(&text);
-            assert!(field.starts_with("probes[0].http.expect_status"), "{bad}: {field}");
+            assert!(
+                field.starts_with("probes[0].http.expect_status"),
+                "{bad}: {field}"
+            );
         }
     }
 
     fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
-        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -727,7 +753,11 @@ drain:
         let app = &c.probes.0[0];
         assert_eq!(app.name, "app");
         assert!(matches!(&app.check, Check::Tcp(t) if t.address.port == 9));
-        assert!(c.probes.0.iter().all(|p| p.interval == Duration::from_millis(100)));
+        assert!(c
+            .probes
+            .0
+            .iter()
+            .all(|p| p.interval == Duration::from_millis(100)));
     }
 
     #[test]
@@ -735,17 +765,29 @@ drain:
         let err = apply_env(Config::default(), env(&[("SIDEWATCH_DRAIN_DELAY", "soon")]))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("environment variable SIDEWATCH_DRAIN_DELAY"), "{err}");
+        assert!(
+            err.starts_with("environment variable SIDEWATCH_DRAIN_DELAY"),
+            "{err}"
+        );
         let err = apply_env(Config::default(), env(&[("SIDEWATCH_DRAIN_DELAYY", "1s")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unknown setting") && err.contains("SIDEWATCH_DRAIN_DELAY"), "{err}");
+        assert!(
+            err.contains("unknown setting") && err.contains("SIDEWATCH_DRAIN_DELAY"),
+            "{err}"
+        );
     }
 
     #[test]
     fn targets_parse_by_scheme() {
-        assert!(matches!("https://a:8443/h".parse::<Target>(), Ok(Target(Check::Http(_)))));
-        assert!(matches!("tcp://[::1]:80".parse::<Target>(), Ok(Target(Check::Tcp(_)))));
+        assert!(matches!(
+            "https://a:8443/h".parse::<Target>(),
+            Ok(Target(Check::Http(_)))
+        ));
+        assert!(matches!(
+            "tcp://[::1]:80".parse::<Target>(),
+            Ok(Target(Check::Tcp(_)))
+        ));
         assert!("tcp://nohost".parse::<Target>().is_err());
         assert!("udp://a:1".parse::<Target>().is_err());
     }

@@ -32,24 +32,52 @@ struct Phase {
 }
 
 const PHASES: [Phase; 6] = [
-    Phase { mode: Mode::Healthy, title: "healthy: answers 200", expect: None },
-    Phase { mode: Mode::Crashed, title: "crashed: nothing listens on the port", expect: Some(Reason::Refused) },
-    Phase { mode: Mode::Garbage, title: "answers garbage bytes, not HTTP", expect: Some(Reason::InvalidResponse) },
-    Phase { mode: Mode::Unavailable, title: "answers 503 Service Unavailable", expect: Some(Reason::Http5xx) },
-    Phase { mode: Mode::Hang, title: "hangs: accepts, never answers", expect: Some(Reason::Timeout) },
-    Phase { mode: Mode::Healthy, title: "healthy again", expect: None },
+    Phase {
+        mode: Mode::Healthy,
+        title: "healthy: answers 200",
+        expect: None,
+    },
+    Phase {
+        mode: Mode::Crashed,
+        title: "crashed: nothing listens on the port",
+        expect: Some(Reason::Refused),
+    },
+    Phase {
+        mode: Mode::Garbage,
+        title: "answers garbage bytes, not HTTP",
+        expect: Some(Reason::InvalidResponse),
+    },
+    Phase {
+        mode: Mode::Unavailable,
+        title: "answers 503 Service Unavailable",
+        expect: Some(Reason::Http5xx),
+    },
+    Phase {
+        mode: Mode::Hang,
+        title: "hangs: accepts, never answers",
+        expect: Some(Reason::Timeout),
+    },
+    Phase {
+        mode: Mode::Healthy,
+        title: "healthy again",
+        expect: None,
+    },
 ];
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (app_addr, mode) = start_app().await.context("cannot start the demo app")?;
-    let url = format!("http://{app_addr}/healthz").parse().map_err(anyhow::Error::msg)?;
+    let url = format!("http://{app_addr}/healthz")
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     let mut probe = ProbeConfig::new("app", Check::Http(HttpCheck::new(url)));
     probe.interval = Duration::from_millis(200);
     probe.timeout = Duration::from_millis(300);
     let mut config = Config {
         listen: args.listen,
         probes: Probes(vec![probe]),
-        drain: DrainConfig { delay: Duration::from_secs(1) },
+        drain: DrainConfig {
+            delay: Duration::from_secs(1),
+        },
     };
     let running = match app::start(config.clone()).await {
         Err(StartError::Listen { .. }) => {
@@ -59,7 +87,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         other => other?,
     };
     let admin = running.local_addr;
-    println!("sidewatch demo: sample app on http://{app_addr}/healthz, sidewatch on http://{admin}");
+    println!(
+        "sidewatch demo: sample app on http://{app_addr}/healthz, sidewatch on http://{admin}"
+    );
     println!("  (curl http://{admin}/readyz or /metrics from another terminal while it runs)\n");
 
     let t0 = Instant::now();
@@ -77,7 +107,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let current = verdict.borrow_and_update().verdict.clone();
             let now_labels = labels(&current);
             if now_labels != last {
-                println!("{}   sidewatch: {}", stamp(Instant::now()), describe(&current));
+                println!(
+                    "{}   sidewatch: {}",
+                    stamp(Instant::now()),
+                    describe(&current)
+                );
                 last = now_labels;
             }
             if detected.is_none() && shows(&current, phase.expect) {
@@ -92,15 +126,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let drain_started = Instant::now();
-    println!("{} drain (what SIGTERM or the preStop hook starts)", stamp(drain_started));
+    println!(
+        "{} drain (what SIGTERM or the preStop hook starts)",
+        stamp(drain_started)
+    );
     let drain = running.drain.start("the demo");
     let mut verdict_rx = running.verdict.clone();
     let _ = verdict_rx.wait_for(|p| !p.verdict.ready).await;
-    println!("{}   sidewatch: {}", stamp(Instant::now()), describe(&verdict_rx.borrow().verdict));
+    println!(
+        "{}   sidewatch: {}",
+        stamp(Instant::now()),
+        describe(&verdict_rx.borrow().verdict)
+    );
     let end = drain.await;
-    println!("{}   drain ended after {:.1}s", stamp(Instant::now()), end.duration_seconds);
+    println!(
+        "{}   drain ended after {:.1}s",
+        stamp(Instant::now()),
+        end.duration_seconds
+    );
 
-    println!("\nsummary: {:<40} {:<18} {:<18} detected after", "app behaviour", "expected", "seen");
+    println!(
+        "\nsummary: {:<40} {:<18} {:<18} detected after",
+        "app behaviour", "expected", "seen"
+    );
     let mut missed = 0;
     for (phase, detected) in &results {
         let expected = phase.expect.map_or("ready", Reason::as_str);
@@ -111,14 +159,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 ("NOT SEEN", "-".to_owned())
             }
         };
-        println!("         {:<40} {expected:<18} {seen:<18} {after}", phase.title);
+        println!(
+            "         {:<40} {expected:<18} {seen:<18} {after}",
+            phase.title
+        );
     }
     println!(
         "\n{} of {} behaviours classified as expected. Try it on your app: sidewatch run --target http://127.0.0.1:8080/healthz",
         results.len() - missed,
         results.len()
     );
-    anyhow::ensure!(missed == 0, "{missed} behaviours were not classified as expected");
+    anyhow::ensure!(
+        missed == 0,
+        "{missed} behaviours were not classified as expected"
+    );
     Ok(())
 }
 

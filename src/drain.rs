@@ -31,7 +31,12 @@ struct Inner {
 }
 
 impl Drain {
-    pub fn new(delay: Duration, inputs: mpsc::Sender<Input>, metrics: Metrics, runtime: Handle) -> Self {
+    pub fn new(
+        delay: Duration,
+        inputs: mpsc::Sender<Input>,
+        metrics: Metrics,
+        runtime: Handle,
+    ) -> Self {
         Drain(Arc::new(Inner {
             started: watch::Sender::new(false),
             ended: watch::Sender::new(None),
@@ -49,7 +54,10 @@ impl Drain {
 
     /// Starts the drain, or joins the one under way, and resolves when it has ended.
     pub fn start(&self, by: &str) -> impl std::future::Future<Output = DrainEnd> + Send + 'static {
-        let first = self.0.started.send_if_modified(|started| !std::mem::replace(started, true));
+        let first = self
+            .0
+            .started
+            .send_if_modified(|started| !std::mem::replace(started, true));
         if first {
             tracing::info!(by, delay = ?self.0.delay, "drain started: not ready from now on");
             let inner = self.0.clone();

@@ -254,10 +254,16 @@ mod tests {
         assert_eq!(e.register("probe:app", SPEC, t(0)), Change::Readiness);
         assert_eq!(reasons(&e), [("probe:app".into(), Reason::Starting)]);
         assert_eq!(e.verdict().reasons[0].since, t(0));
-        assert_eq!(e.observe("probe:app", fail(Reason::Refused), t(1)), Change::Detail);
+        assert_eq!(
+            e.observe("probe:app", fail(Reason::Refused), t(1)),
+            Change::Detail
+        );
         assert_eq!(reasons(&e), [("probe:app".into(), Reason::Refused)]);
         // The first success is enough at start-up, whatever the success threshold.
-        assert_eq!(e.observe("probe:app", Observation::Success, t(2)), Change::Readiness);
+        assert_eq!(
+            e.observe("probe:app", Observation::Success, t(2)),
+            Change::Readiness
+        );
         assert!(e.verdict().ready);
         assert!(e.verdict().reasons.is_empty());
     }
@@ -267,12 +273,21 @@ mod tests {
         let mut e = Engine::new();
         e.register("probe:app", SPEC, t(0));
         e.observe("probe:app", Observation::Success, t(1));
-        assert_eq!(e.observe("probe:app", fail(Reason::Timeout), t(2)), Change::None);
+        assert_eq!(
+            e.observe("probe:app", fail(Reason::Timeout), t(2)),
+            Change::None
+        );
         assert!(e.verdict().ready);
         e.observe("probe:app", Observation::Success, t(3));
         // The count of failures restarts after a success.
-        assert_eq!(e.observe("probe:app", fail(Reason::Timeout), t(4)), Change::None);
-        assert_eq!(e.observe("probe:app", fail(Reason::Timeout), t(5)), Change::Readiness);
+        assert_eq!(
+            e.observe("probe:app", fail(Reason::Timeout), t(4)),
+            Change::None
+        );
+        assert_eq!(
+            e.observe("probe:app", fail(Reason::Timeout), t(5)),
+            Change::Readiness
+        );
         assert!(!e.verdict().ready);
         let cause = &e.verdict().reasons[0];
         assert_eq!(cause.reason, Reason::Timeout);
@@ -287,9 +302,15 @@ mod tests {
         e.observe("probe:app", fail(Reason::Http5xx), t(2));
         e.observe("probe:app", fail(Reason::Http5xx), t(3));
         assert!(!e.verdict().ready);
-        assert_eq!(e.observe("probe:app", Observation::Success, t(4)), Change::None);
+        assert_eq!(
+            e.observe("probe:app", Observation::Success, t(4)),
+            Change::None
+        );
         assert!(!e.verdict().ready);
-        assert_eq!(e.observe("probe:app", Observation::Success, t(5)), Change::Readiness);
+        assert_eq!(
+            e.observe("probe:app", Observation::Success, t(5)),
+            Change::Readiness
+        );
         assert!(e.verdict().ready);
     }
 
@@ -300,7 +321,10 @@ mod tests {
         e.observe("probe:app", fail(Reason::Refused), t(1));
         e.observe("probe:app", fail(Reason::Refused), t(2));
         assert_eq!(e.verdict().reasons[0].since, t(1));
-        assert_eq!(e.observe("probe:app", fail(Reason::Reset), t(3)), Change::Detail);
+        assert_eq!(
+            e.observe("probe:app", fail(Reason::Reset), t(3)),
+            Change::Detail
+        );
         assert_eq!(e.verdict().reasons[0].reason, Reason::Reset);
         assert_eq!(e.verdict().reasons[0].since, t(3));
     }
@@ -315,7 +339,10 @@ mod tests {
         e.register("probe:app", SPEC, t(0));
         e.register("probe:extra", advisory, t(0));
         e.observe("probe:app", Observation::Success, t(1));
-        assert!(e.verdict().ready, "a starting non-critical signal does not block");
+        assert!(
+            e.verdict().ready,
+            "a starting non-critical signal does not block"
+        );
         e.observe("probe:extra", Observation::Success, t(1));
         e.observe("probe:extra", fail(Reason::Refused), t(2));
         e.observe("probe:extra", fail(Reason::Refused), t(3));
@@ -355,7 +382,10 @@ mod tests {
         assert_eq!(reasons(&e), [("drain".into(), Reason::Draining)]);
         assert_eq!(e.start_drain("again", t(3)), Change::None);
         assert_eq!(e.verdict().reasons[0].message, "SIGTERM");
-        assert_eq!(e.observe("probe:app", Observation::Success, t(4)), Change::None);
+        assert_eq!(
+            e.observe("probe:app", Observation::Success, t(4)),
+            Change::None
+        );
         assert!(!e.verdict().ready);
     }
 

@@ -55,7 +55,11 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let state = if self.finished { State::Finished } else { State::Died };
+        let state = if self.finished {
+            State::Finished
+        } else {
+            State::Died
+        };
         self.liveness.set(&self.name, state);
         if state == State::Died {
             tracing::error!(task = %self.name, "watcher task died; /livez now fails");

@@ -150,7 +150,8 @@ mod tests {
         let m = Metrics::new(["app"]);
         let text = String::from_utf8(m.encode()).unwrap();
         for r in Reason::PROBE {
-            let series = format!("sidewatch_probe_failures_total{{probe=\"app\",reason=\"{r}\"}} 0");
+            let series =
+                format!("sidewatch_probe_failures_total{{probe=\"app\",reason=\"{r}\"}} 0");
             assert!(text.contains(&series), "{series} missing");
         }
         assert!(text.contains("sidewatch_build_info{version=\""));

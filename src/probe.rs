@@ -144,10 +144,12 @@ async fn check_tcp(tcp: &TcpCheck) -> Result<(), Failure> {
     for addr in addrs {
         match tokio::net::TcpStream::connect(addr).await {
             Ok(_) => return Ok(()),
-            Err(e) => last = Some(classify_io(&e).map_or_else(
-                || Failure::new(Reason::Refused, format!("{addr}: {e}")),
-                |reason| Failure::new(reason, format!("{addr}: {e}")),
-            )),
+            Err(e) => {
+                last = Some(classify_io(&e).map_or_else(
+                    || Failure::new(Reason::Refused, format!("{addr}: {e}")),
+                    |reason| Failure::new(reason, format!("{addr}: {e}")),
+                ))
+            }
         }
     }
     Err(last.unwrap_or_else(|| Failure::new(Reason::Dns, format!("{}: no address", tcp.address))))
@@ -212,7 +214,12 @@ pub fn classify(err: &reqwest::Error) -> Failure {
         if reason.is_none() {
             reason = classify_one(e);
         }
-        next = e.source();
+        // io::Error::source() skips the error it wraps (tokio-rustls wraps TLS errors, and
+        // connectors wrap those again): descend into it explicitly.
+        next = match e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
     }
     let reason = reason.unwrap_or(if err.is_connect() {
         Reason::Refused
@@ -220,17 +227,18 @@ pub fn classify(err: &reqwest::Error) -> Failure {
         Reason::InvalidResponse
     });
     // The innermost errors say the most; the outer ones repeat the URL.
-    let message = chain.iter().rev().take(2).rev().cloned().collect::<Vec<_>>();
+    let message = chain
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .cloned()
+        .collect::<Vec<_>>();
     Failure::new(reason, message.join(": "))
 }
 
 fn classify_one(e: &(dyn StdError + 'static)) -> Option<Reason> {
     if let Some(io) = e.downcast_ref::<io::Error>() {
-        // tokio-rustls wraps TLS alerts and certificate errors in an io::Error, whose source()
-        // skips the wrapped error itself: look inside explicitly.
-        if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-            return Some(Reason::Tls);
-        }
         return classify_io(io);
     }
     if e.is::<rustls::Error>() {

@@ -73,7 +73,10 @@ mod tests {
 
     #[test]
     fn serde_form_matches_label_form() {
-        for r in Reason::PROBE.iter().chain(&[Reason::Starting, Reason::Draining]) {
+        for r in Reason::PROBE
+            .iter()
+            .chain(&[Reason::Starting, Reason::Draining])
+        {
             assert_eq!(
                 serde_json::to_value(r).unwrap(),
                 serde_json::Value::String(r.as_str().into())

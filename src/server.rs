@@ -80,7 +80,10 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
             }
             if !is_loopback(peer.ip()) {
                 tracing::warn!(%peer, "drain refused: not from loopback");
-                return text(StatusCode::FORBIDDEN, "drain is accepted from loopback only\n");
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "drain is accepted from loopback only\n",
+                );
             }
             let end = admin.drain.start(&format!("/drain from {peer}")).await;
             json(StatusCode::OK, serde_json::to_vec(&end).unwrap_or_default())
@@ -118,7 +121,10 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
                 }
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /readyz, /livez, /metrics, /drain\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /readyz, /livez, /metrics, /drain\n",
+        ),
     }
 }
 
@@ -126,7 +132,9 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -148,7 +156,8 @@ fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Res
 
 fn not_allowed(allow: &'static str) -> Response<Body> {
     let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     resp
 }
 
@@ -161,7 +170,13 @@ mod tests {
         for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
             assert!(is_loopback(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["10.0.0.1", "192.168.1.1", "::ffff:10.0.0.1", "fe80::1", "0.0.0.0"] {
+        for ip in [
+            "10.0.0.1",
+            "192.168.1.1",
+            "::ffff:10.0.0.1",
+            "fe80::1",
+            "0.0.0.0",
+        ] {
             assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
         }
     }

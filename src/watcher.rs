@@ -74,7 +74,10 @@ pub async fn run_engine(
 }
 
 fn labels(v: &Verdict) -> Vec<(&str, &str)> {
-    v.reasons.iter().map(|c| (c.signal.as_str(), c.reason.as_str())).collect()
+    v.reasons
+        .iter()
+        .map(|c| (c.signal.as_str(), c.reason.as_str()))
+        .collect()
 }
 
 /// `probe:app=refused (connection refused); …` for one log line.

@@ -1,0 +1,208 @@
+"""Shared helpers for the sidewatch benchmarks: processes, ports, HTTP, /proc, statistics.
+
+Every benchmark talks only to 127.0.0.1 and stops everything it started.
+"""
+
+import http.client
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+OUT = os.environ.get("BENCH_OUT", "/tmp/sidewatch-bench")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_procs = []
+
+
+def binary():
+    """The sidewatch to measure: $BENCH_BIN, else $CARGO_TARGET_DIR (or target)/release.
+    (Not SIDEWATCH_*: sidewatch rejects unknown SIDEWATCH_ variables in its environment.)"""
+    path = os.environ.get("BENCH_BIN") or os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")), "release", "sidewatch")
+    if not os.access(path, os.X_OK):
+        sys.exit(f"no sidewatch binary at {path}: run `cargo build --release` or set BENCH_BIN")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(argv, log=None, **kw):
+    os.makedirs(OUT, exist_ok=True)
+    out = open(os.path.join(OUT, log), "ab") if log else subprocess.DEVNULL
+    p = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, **kw)
+    _procs.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM):
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in _procs:
+        _procs.remove(p)
+
+
+def stop_all():
+    for p in list(_procs):
+        stop(p)
+
+
+def upstream(port, arrivals=None, prio=False):
+    """bench/upstream.py on 127.0.0.1:port; `prio` runs it SCHED_FIFO 50 so a flood cannot starve it."""
+    argv = [sys.executable, os.path.join(BENCH, "upstream.py"), str(port)]
+    if arrivals:
+        argv.append(arrivals)
+    if prio:
+        argv = ["chrt", "-f", "50"] + argv
+    p = spawn(argv, log="upstream.log")
+    wait_port(port, p)
+    return p
+
+
+def nginx(port):
+    """nginx (Debian package) by hand on 127.0.0.1:port: one worker, `return 200` on /healthz."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(exe):
+        sys.exit("nginx not found: apt-get install -y nginx")
+    d = tempfile.mkdtemp(prefix="sidewatch-bench-nginx-")
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{
+    listen 127.0.0.1:{port};
+    location = /healthz {{ return 200 "ok\\n"; }}
+  }}
+}}
+""")
+    p = spawn([exe, "-p", d, "-c", conf, "-e", f"{d}/error.log"], log="nginx.log")
+    wait_port(port, p)
+    return p
+
+
+def sidewatch(target_port, listen_port, interval, timeout="500ms", log="sidewatch.log"):
+    p = spawn([binary(), "run", "--target", f"http://127.0.0.1:{target_port}/healthz",
+               "--listen", f"127.0.0.1:{listen_port}", "--interval", interval,
+               "--timeout", timeout, "--failure-threshold", "1", "--success-threshold", "1"],
+              log=log)
+    wait_port(listen_port, p)
+    return p
+
+
+def wait_port(port, proc, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; see {OUT}/*.log")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.005)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class Admin:
+    """A keep-alive client of sidewatch's admin port."""
+
+    def __init__(self, port):
+        self.port = port
+        self.conn = None
+
+    def get(self, path):
+        for attempt in (0, 1):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                self.conn.request("GET", path)
+                r = self.conn.getresponse()
+                return r.status, r.read()
+            except (OSError, http.client.HTTPException):
+                self.conn = None
+                if attempt:
+                    raise
+
+    def wait_ready(self, want=200, timeout=10.0, every=0.002):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.get("/readyz")[0] == want:
+                return
+            time.sleep(every)
+        raise RuntimeError(f"/readyz never answered {want} within {timeout}s")
+
+    def metric(self, name):
+        """Sum of every sample of `name` in /metrics."""
+        total = 0.0
+        for line in self.get("/metrics")[1].decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def cpu_seconds(pid):
+    """utime + stime of the whole process (all threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def proc_status(pid, *keys):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in keys:
+                out[k] = v.strip()
+    return out
+
+
+def percentile(xs, p):
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    s = sorted(xs)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def summary(xs, unit_scale=1e3, unit="ms"):
+    return {k: round(v * unit_scale, 2) for k, v in (
+        ("median", percentile(xs, 50)), ("p90", percentile(xs, 90)),
+        ("p99", percentile(xs, 99)), ("max", max(xs)))} | {"n": len(xs), "unit": unit}
+
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"nproc={os.cpu_count()} kernel={os.uname().release} cpu={model!r}"
+
+
+def main(fn):
+    """Run a benchmark body, always stopping every process it started."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: sys.exit(130))
+    print(f"# {os.path.basename(sys.argv[0])}  {machine()}  bin={binary()}", flush=True)
+    try:
+        fn()
+    finally:
+        stop_all()

@@ -1,0 +1,374 @@
+//! Shared test parts: the real sidewatch binary as a child process, real upstream servers on
+//! loopback, and polling with deadlines.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sidewatch");
+
+/// Under `SIDEWATCH_REQUIRE_ALL=1` (the CI test command) a missing tool or privilege fails the
+/// test; by hand it skips with the reason printed.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("SIDEWATCH_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("SIDEWATCH_REQUIRE_ALL=1 and this test cannot run: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn write_config(yaml: &str) -> (tempdir::Dir, PathBuf) {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("sidewatch.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    (dir, path)
+}
+
+/// Minimal temp directory that removes itself, so the tests need no extra crate.
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub struct Dir(PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "sidewatch-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).expect("create temp dir");
+            Dir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A running sidewatch process. Killed on drop.
+pub struct Sidewatch {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    client: reqwest::Client,
+}
+
+impl Sidewatch {
+    /// Starts `sidewatch run ARGS --listen 127.0.0.1:0` and waits for its start-up log line.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Sidewatch {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .env_remove("SIDEWATCH_LOG_FORMAT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn sidewatch");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = listen_addr(&line) {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("sidewatch did not start; logs: {:#?}", logs.lock().unwrap());
+            }
+        };
+        Sidewatch {
+            child,
+            addr,
+            logs,
+            client: client(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("admin request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("admin body"))
+    }
+
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let (status, body) = self.get("/readyz").await;
+        (status, serde_json::from_str(&body).expect("readyz is JSON"))
+    }
+
+    /// Waits until `/readyz` says not ready with `reason` among its reasons; returns the body.
+    pub async fn wait_reason(&self, reason: &str, within: Duration) -> serde_json::Value {
+        eventually(&format!("/readyz reason {reason}"), within, || async {
+            let (status, body) = self.readyz().await;
+            let has = body["reasons"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|r| r["reason"] == reason));
+            (status == 503 && has).then_some(body)
+        })
+        .await
+    }
+
+    pub async fn wait_ready(&self, within: Duration) {
+        eventually("/readyz 200", within, || async {
+            (self.readyz().await.0 == 200).then_some(())
+        })
+        .await
+    }
+
+    /// The value of one series in `/metrics`, e.g. `sidewatch_ready` or `x{a="b"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal sidewatch");
+    }
+
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        eventually("sidewatch to exit", within, || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sidewatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("sidewatch started") {
+        return None;
+    }
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json["listen"].as_str()?.parse().ok();
+    }
+    let rest = line.split("listen=").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// What a test upstream does with each connection.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Behaviour {
+    /// Answers with this status and body.
+    Status(u16, &'static str),
+    /// Writes these bytes, then closes.
+    Raw(&'static [u8]),
+    /// Accepts, reads the request, closes without a byte (FIN).
+    Close,
+    /// Accepts, reads the request, resets (RST through SO_LINGER 0).
+    Reset,
+    /// Accepts and never answers.
+    Hang,
+}
+
+/// A real HTTP/1.1 upstream on loopback whose behaviour a test switches, with a request counter.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    behaviour: watch::Sender<Behaviour>,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(initial: Behaviour) -> Upstream {
+        Self::start_on("127.0.0.1:0", initial).await
+    }
+
+    pub async fn start_on(addr: &str, initial: Behaviour) -> Upstream {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
+        Self::serve(listener, initial, None)
+    }
+
+    /// Serves the behaviours of `script` in order, one per request, then the last one forever.
+    pub async fn scripted(script: Vec<Behaviour>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let first = script[0].clone();
+        Self::serve(listener, first, Some(script))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        initial: Behaviour,
+        script: Option<Vec<Behaviour>>,
+    ) -> Upstream {
+        let addr = listener.local_addr().expect("upstream addr");
+        let (behaviour, rx) = watch::channel(initial);
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let b = match &script {
+                    Some(s) => s[n.min(s.len() - 1)].clone(),
+                    None => rx.borrow().clone(),
+                };
+                tokio::spawn(answer(stream, b));
+            }
+        });
+        Upstream {
+            addr,
+            behaviour,
+            requests,
+            task,
+        }
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        self.behaviour.send_replace(b);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/healthz", self.addr)
+    }
+
+    /// Closes the listening socket, so connections are refused.
+    pub fn stop(self) -> SocketAddr {
+        self.task.abort();
+        self.addr
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn read_request(stream: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 8192];
+    let mut read = 0;
+    while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf[read..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => read += n,
+        }
+        if read == buf.len() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn answer(mut stream: TcpStream, b: Behaviour) {
+    if !read_request(&mut stream).await {
+        return;
+    }
+    match b {
+        Behaviour::Status(code, body) => {
+            let head = format!(
+                "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+        Behaviour::Raw(bytes) => {
+            let _ = stream.write_all(bytes).await;
+            let _ = stream.shutdown().await;
+        }
+        Behaviour::Close => {
+            let _ = stream.shutdown().await;
+        }
+        Behaviour::Reset => {
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+        Behaviour::Hang => {
+            let mut buf = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await;
+        }
+    }
+}
+
+pub fn healthy() -> Behaviour {
+    Behaviour::Status(200, "ok\n")
+}
+
+/// A plain HTTP client for talking to sidewatch's admin port.
+pub fn client() -> reqwest::Client {
+    sidewatch::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("test client")
+}
+
+/// Finds a tool on PATH.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    })
+}
