@@ -12,15 +12,19 @@ use crate::config::Config;
 use crate::drain::Drain;
 use crate::engine::{Engine, SignalSpec};
 use crate::liveness::Liveness;
+use crate::memory::{self, MemoryWatcher};
 use crate::metrics::Metrics;
 use crate::probe::{ProbeSetupError, ProbeWatcher, Prober};
+use crate::process::{self, ProcessWatcher};
 use crate::server::{self, Admin};
 use crate::watcher::{self, Published};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("nothing to watch: give --target URL or a config file with probes")]
-    NoProbes,
+    #[error("nothing to watch: give --target URL, or a config file with probes, memory or process.match")]
+    NothingToWatch,
+    #[error("memory: {0}")]
+    Memory(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -42,8 +46,14 @@ pub struct Running {
 
 /// Starts everything; must be called inside a tokio runtime, which then serves the admin port.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    if config.probes.0.is_empty() {
-        return Err(StartError::NoProbes);
+    let (memory_plan, memory_why) = memory::plan(&config.memory, config.process.pattern.as_deref())
+        .map_err(StartError::Memory)?;
+    match &memory_plan {
+        Some(_) => tracing::info!(source = %memory_why, "memory: source chosen"),
+        None => tracing::info!(why = %memory_why, "memory: no source, memory signals off"),
+    }
+    if config.probes.0.is_empty() && memory_plan.is_none() && config.process.pattern.is_none() {
+        return Err(StartError::NothingToWatch);
     }
     let listener = TcpListener::bind(config.listen)
         .await
@@ -69,6 +79,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         engine.register(&probe.signal(), spec, now);
         probers.push((probe.clone(), Prober::new(probe)?));
     }
+    // Memory and process signals flip on one observation: the kernel's numbers are not noisy the
+    // way a network check is, and their own thresholds and cooldowns carry the hysteresis.
+    let single = SignalSpec {
+        failure_threshold: 1,
+        success_threshold: 1,
+        critical: true,
+    };
+    if memory_plan.is_some() {
+        for signal in memory::SIGNALS {
+            engine.register(signal, single, now);
+        }
+    }
+    if config.process.pattern.is_some() {
+        engine.register(process::SIGNAL, single, now);
+    }
     let (publish, verdict) = watch::channel(Published::new(engine.verdict()));
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let liveness = Liveness::default();
@@ -91,6 +116,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics: metrics.clone(),
             inputs: inputs_tx.clone(),
             drain: drain.clone(),
+        };
+        watch_rt.spawn(watcher.run(liveness.clone()));
+    }
+    if let Some(plan) = memory_plan {
+        let watcher = MemoryWatcher {
+            plan,
+            config: config.memory.clone(),
+            inputs: inputs_tx.clone(),
+            metrics: metrics.clone(),
+        };
+        watch_rt.spawn(watcher.run(liveness.clone()));
+    }
+    if let Some(pattern) = config.process.pattern.clone() {
+        let watcher = ProcessWatcher {
+            pattern,
+            poll: config.memory.interval,
+            inputs: inputs_tx.clone(),
+            metrics: metrics.clone(),
         };
         watch_rt.spawn(watcher.run(liveness.clone()));
     }

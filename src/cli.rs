@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Overrides, Target};
+use crate::config::{self, CgroupFlag, Overrides, Target};
 use crate::logging::{self, LogFormat};
 
 /// Watches the app beside it and takes the pod out of rotation before clients see 502s.
@@ -62,6 +62,9 @@ pub struct ConfigArgs {
     /// Consecutive successes that make an unhealthy probe healthy again.
     #[arg(long, env = "SIDEWATCH_SUCCESS_THRESHOLD", value_parser = clap::value_parser!(u32).range(1..))]
     pub success_threshold: Option<u32>,
+    /// The app's memory cgroup directory, `auto` to find it, or `none` for no memory signals.
+    #[arg(long, env = "SIDEWATCH_CGROUP")]
+    pub cgroup: Option<CgroupFlag>,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +86,7 @@ impl ConfigArgs {
             timeout: self.timeout,
             failure_threshold: self.failure_threshold,
             success_threshold: self.success_threshold,
+            cgroup: self.cgroup.clone(),
         };
         config::load(self.config.as_deref(), std::env::vars(), &overrides)
     }

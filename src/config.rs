@@ -19,6 +19,7 @@ pub const FLAG_ENV: &[&str] = &[
     "SIDEWATCH_FAILURE_THRESHOLD",
     "SIDEWATCH_SUCCESS_THRESHOLD",
     "SIDEWATCH_LOG_FORMAT",
+    "SIDEWATCH_CGROUP",
     // Read by the test suite, not by sidewatch; children inherit it.
     "SIDEWATCH_REQUIRE_ALL",
 ];
@@ -50,6 +51,8 @@ pub enum ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub probes: Probes,
+    pub memory: MemoryConfig,
+    pub process: ProcessConfig,
     pub drain: DrainConfig,
 }
 
@@ -58,7 +61,186 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9102)),
             probes: Probes::default(),
+            memory: MemoryConfig::default(),
+            process: ProcessConfig::default(),
             drain: DrainConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemorySource {
+    Auto,
+    Cgroup,
+    Proc,
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    pub source: MemorySource,
+    /// `auto`, or a cgroup directory (which implies `source: cgroup`).
+    pub cgroup: CgroupSetting,
+    /// The app's memory limit for `source: proc` (bytes, or a quantity like `512Mi`).
+    pub limit: Option<Bytes>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub unready_above: Fraction,
+    pub ready_below: Fraction,
+    pub pressure_full_avg10_above: Option<f64>,
+    pub pressure_some_avg10_above: Option<f64>,
+    #[serde(with = "humantime_serde")]
+    pub predict_oom_within: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub oom_cooldown: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            source: MemorySource::Auto,
+            cgroup: CgroupSetting::Auto,
+            limit: None,
+            interval: Duration::from_millis(250),
+            unready_above: Fraction(0.92),
+            ready_below: Fraction(0.85),
+            pressure_full_avg10_above: Some(20.0),
+            pressure_some_avg10_above: None,
+            predict_oom_within: Some(Duration::from_secs(30)),
+            oom_cooldown: Duration::from_secs(15),
+        }
+    }
+}
+
+impl MemoryConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.ready_below.0 >= self.unready_above.0 {
+            return Err(format!(
+                "memory.ready_below ({}) must be below memory.unready_above ({})",
+                self.ready_below.0, self.unready_above.0
+            ));
+        }
+        if self.interval.is_zero() {
+            return Err("memory.interval must be above zero".into());
+        }
+        for (name, v) in [
+            ("pressure_full_avg10_above", self.pressure_full_avg10_above),
+            ("pressure_some_avg10_above", self.pressure_some_avg10_above),
+        ] {
+            if v.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
+                return Err(format!("memory.{name} is a percentage: 0 to 100"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// A substring of the app's main process command line (needs a shared process namespace).
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+}
+
+/// `memory.cgroup`: `auto` or a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupSetting {
+    Auto,
+    Path(PathBuf),
+}
+
+impl FromStr for CgroupSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(CgroupSetting::Auto),
+            p if p.starts_with('/') => Ok(CgroupSetting::Path(PathBuf::from(p))),
+            _ => Err(format!(
+                "bad cgroup {s:?}: want auto or an absolute directory"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CgroupSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CgroupSetting::Auto => f.write_str("auto"),
+            CgroupSetting::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// `--cgroup PATH|auto|none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupFlag {
+    None,
+    Setting(CgroupSetting),
+}
+
+impl FromStr for CgroupFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(CgroupFlag::None),
+            _ => s.parse().map(CgroupFlag::Setting),
+        }
+    }
+}
+
+/// A byte count: a number, or a Kubernetes quantity (`64Mi`, `1Gi`, `500M`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl FromStr for Bytes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad size {s:?}: want bytes or a quantity like 512Mi");
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let factor: u64 = match unit {
+            "" => 1,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "Ti" => 1 << 40,
+            "k" | "K" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            "T" => 1_000_000_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(factor)
+            .filter(|b| *b > 0)
+            .map(Bytes)
+            .ok_or_else(bad)
+    }
+}
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A share of the limit, above 0 and at most 1.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Fraction(pub f64);
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v > 0.0 && v <= 1.0 {
+            Ok(Fraction(v))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "{v} is not a share of the limit: want a number above 0 and at most 1, e.g. 0.9"
+            )))
         }
     }
 }
@@ -386,7 +568,7 @@ macro_rules! serde_via_str {
         }
     )*};
 }
-serde_via_str!(HttpUrl, HostPort, StatusRange);
+serde_via_str!(HttpUrl, HostPort, StatusRange, CgroupSetting, Bytes);
 
 impl std::fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -418,6 +600,7 @@ pub struct Overrides {
     pub timeout: Option<Duration>,
     pub failure_threshold: Option<u32>,
     pub success_threshold: Option<u32>,
+    pub cgroup: Option<CgroupFlag>,
 }
 
 /// Reads, merges and validates the configuration. `env` is the process environment (a parameter
@@ -433,6 +616,7 @@ pub fn load(
     };
     config = apply_env(config, env)?;
     apply_overrides(&mut config, overrides)?;
+    config.memory.validate().map_err(ConfigError::Invalid)?;
     Ok(config)
 }
 
@@ -573,6 +757,16 @@ fn env_names(tree: &serde_json::Value) -> Vec<String> {
 fn apply_overrides(config: &mut Config, o: &Overrides) -> Result<(), ConfigError> {
     if let Some(listen) = o.listen {
         config.listen = listen;
+    }
+    match &o.cgroup {
+        Some(CgroupFlag::None) => config.memory.source = MemorySource::None,
+        Some(CgroupFlag::Setting(setting)) => {
+            if matches!(setting, CgroupSetting::Path(_)) {
+                config.memory.source = MemorySource::Cgroup;
+            }
+            config.memory.cgroup = setting.clone();
+        }
+        None => {}
     }
     if let Some(Target(check)) = &o.target {
         let probes = &mut config.probes.0;

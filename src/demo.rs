@@ -11,7 +11,10 @@ use tokio::sync::watch;
 
 use crate::app::{self, StartError};
 use crate::cli::DemoArgs;
-use crate::config::{Check, Config, DrainConfig, HttpCheck, ProbeConfig, Probes};
+use crate::config::{
+    Check, Config, DrainConfig, HttpCheck, MemoryConfig, MemorySource, ProbeConfig, Probes,
+    ProcessConfig,
+};
 use crate::engine::Verdict;
 use crate::reason::Reason;
 
@@ -78,6 +81,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         drain: DrainConfig {
             delay: Duration::from_secs(1),
         },
+        memory: MemoryConfig {
+            source: MemorySource::None,
+            ..MemoryConfig::default()
+        },
+        process: ProcessConfig::default(),
     };
     let running = match app::start(config.clone()).await {
         Err(StartError::Listen { .. }) => {

@@ -1,8 +1,8 @@
 //! Prometheus metrics: registered once at start-up, updated next to the code that observes them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::reason::Reason;
@@ -17,6 +17,13 @@ pub struct Metrics {
     pub probe_failures: IntCounterVec,
     pub drains: IntCounterVec,
     pub drain_duration: Histogram,
+    pub memory_usage: IntGauge,
+    pub memory_limit: IntGauge,
+    pub memory_pressure: GaugeVec,
+    pub predicted_oom: Gauge,
+    pub oom_kills: IntCounter,
+    pub memory_read_errors: IntCounterVec,
+    pub process_exits: IntCounter,
 }
 
 impl Metrics {
@@ -88,6 +95,48 @@ impl Metrics {
         )
         .expect("static metric definition");
 
+        let memory_usage = IntGauge::new(
+            "sidewatch_memory_usage_bytes",
+            "The app's working set (usage minus inactive file cache, as the kubelet counts it). Compare with sidewatch_memory_limit_bytes.",
+        )
+        .expect("static metric definition");
+        let memory_limit = IntGauge::new(
+            "sidewatch_memory_limit_bytes",
+            "The app's memory limit; 0 when there is none. Near the usage, raise the limit or fix the leak.",
+        )
+        .expect("static metric definition");
+        let memory_pressure = GaugeVec::new(
+            Opts::new(
+                "sidewatch_memory_pressure_avg10",
+                "Percent of the last 10 s the app's tasks stalled on memory (PSI, cgroup v2 only); full = all tasks stalled.",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let predicted_oom = Gauge::new(
+            "sidewatch_memory_predicted_oom_seconds",
+            "Seconds until the memory limit at the current trend; +Inf when memory is not growing toward a limit.",
+        )
+        .expect("static metric definition");
+        let oom_kills = IntCounter::new(
+            "sidewatch_oom_kills_total",
+            "Processes the kernel OOM killer killed in the app's cgroup, workers included. Any rise means requests were dropped: raise the limit.",
+        )
+        .expect("static metric definition");
+        let memory_read_errors = IntCounterVec::new(
+            Opts::new(
+                "sidewatch_memory_read_errors_total",
+                "Failed reads of the app's memory files, by kind (missing, garbled, io); while they fail, memory signals do not veto readiness.",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let process_exits = IntCounter::new(
+            "sidewatch_process_exits_total",
+            "Exits of the app's main process (process.match). A rise means the app crashed or restarted.",
+        )
+        .expect("static metric definition");
+
         let registry = Registry::new();
         for c in [
             Box::new(ready.clone()) as Box<dyn prometheus::core::Collector>,
@@ -98,6 +147,13 @@ impl Metrics {
             Box::new(drains.clone()),
             Box::new(drain_duration.clone()),
             Box::new(build_info.clone()),
+            Box::new(memory_usage.clone()),
+            Box::new(memory_limit.clone()),
+            Box::new(memory_pressure.clone()),
+            Box::new(predicted_oom.clone()),
+            Box::new(oom_kills.clone()),
+            Box::new(memory_read_errors.clone()),
+            Box::new(process_exits.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -110,6 +166,13 @@ impl Metrics {
         }
         for outcome in ["quiet", "max"] {
             drains.with_label_values(&[outcome]);
+        }
+        predicted_oom.set(f64::INFINITY);
+        for kind in ["some", "full"] {
+            memory_pressure.with_label_values(&[kind]);
+        }
+        for kind in ["missing", "garbled", "io"] {
+            memory_read_errors.with_label_values(&[kind]);
         }
         for probe in probes {
             probe_up.with_label_values(&[probe]);
@@ -127,6 +190,13 @@ impl Metrics {
             probe_failures,
             drains,
             drain_duration,
+            memory_usage,
+            memory_limit,
+            memory_pressure,
+            predicted_oom,
+            oom_kills,
+            memory_read_errors,
+            process_exits,
         }
     }
 

@@ -19,6 +19,16 @@ pub enum Reason {
     BodyMismatch,
     Tls,
     Dns,
+    /// The working set is above `memory.unready_above` of the limit.
+    MemoryHigh,
+    /// PSI memory stall above its threshold.
+    MemoryPressure,
+    /// The memory trend reaches the limit within `memory.predict_oom_within`.
+    OomPredicted,
+    /// The OOM killer killed a process of the app's cgroup within `memory.oom_cooldown`.
+    OomKilled,
+    /// The app's main process (`process.match`) is gone.
+    ProcessExited,
     /// A critical signal has not succeeded even once since start-up.
     Starting,
     Draining,
@@ -49,6 +59,11 @@ impl Reason {
             Reason::BodyMismatch => "body_mismatch",
             Reason::Tls => "tls",
             Reason::Dns => "dns",
+            Reason::MemoryHigh => "memory_high",
+            Reason::MemoryPressure => "memory_pressure",
+            Reason::OomPredicted => "oom_predicted",
+            Reason::OomKilled => "oom_killed",
+            Reason::ProcessExited => "process_exited",
             Reason::Starting => "starting",
             Reason::Draining => "draining",
         }

@@ -372,3 +372,63 @@ pub fn which(tool: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// A process that allocates (and touches) `step_mib` MiB every `delay_ms` once it reads a line on
+/// stdin, up to `max_mib`, then holds. Its command line ends with `marker`.
+pub struct Hog {
+    pub child: Child,
+}
+
+const HOG: &str = r#"
+import sys, time
+step, delay, cap = int(sys.argv[1]) << 20, float(sys.argv[2]) / 1000, int(sys.argv[3]) << 20
+sys.stdin.readline()
+held, total = [], 0
+while True:
+    if total < cap:
+        held.append(b"x" * step)
+        total += step
+    time.sleep(delay)
+"#;
+
+impl Hog {
+    /// `None` (after `skip_or_fail`) when python3 is missing.
+    pub fn spawn(step_mib: u64, delay_ms: u64, max_mib: u64, marker: &str) -> Option<Hog> {
+        if which("python3").is_none() {
+            skip_or_fail("python3 is needed to allocate memory in a child process");
+            return None;
+        }
+        let child = Command::new("python3")
+            .args([
+                "-c",
+                HOG,
+                &step_mib.to_string(),
+                &delay_ms.to_string(),
+                &max_mib.to_string(),
+                marker,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn python3");
+        Some(Hog { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn go(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("hog stdin");
+        stdin.write_all(b"go\n").expect("start hog");
+        stdin.flush().expect("start hog");
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,383 @@
+//! From memory samples to engine observations: thresholds with hysteresis, PSI, the OOM trend, and
+//! the cooldown after an OOM kill. Pure: time comes in with each sample.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::read::Sample;
+use crate::engine::Observation;
+use crate::reason::Reason;
+
+/// The trend is fitted over this much recent history.
+const TREND_WINDOW: Duration = Duration::from_secs(10);
+/// Below this share of the limit no OOM is predicted: start-up growth of a small app is no leak.
+const TREND_FLOOR: f64 = 0.5;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds {
+    pub unready_above: f64,
+    pub ready_below: f64,
+    pub pressure_full_above: Option<f64>,
+    pub pressure_some_above: Option<f64>,
+    pub predict_within: Option<Duration>,
+    pub oom_cooldown: Duration,
+}
+
+/// What one sample says, signal by signal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assessment {
+    pub usage: Observation,
+    pub pressure: Option<Observation>,
+    pub trend: Observation,
+    /// Seconds until the limit at the current trend, when memory grows toward a limit.
+    pub predicted_oom: Option<f64>,
+    pub oom: Option<Observation>,
+    /// OOM kills since the previous sample.
+    pub new_oom_kills: u64,
+}
+
+pub struct Assessor {
+    t: Thresholds,
+    high: bool,
+    pressured: bool,
+    history: VecDeque<(Instant, u64)>,
+    oom_seen: Option<u64>,
+    oom_until: Option<Instant>,
+}
+
+impl Assessor {
+    pub fn new(t: Thresholds) -> Self {
+        Self {
+            t,
+            high: false,
+            pressured: false,
+            history: VecDeque::new(),
+            oom_seen: None,
+            oom_until: None,
+        }
+    }
+
+    /// When the OOM cooldown ends, so the watcher can wake up for it.
+    pub fn oom_until(&self) -> Option<Instant> {
+        self.oom_until
+    }
+
+    pub fn assess(&mut self, s: &Sample) -> Assessment {
+        let usage = self.usage(s);
+        let pressure = s
+            .pressure
+            .map(|p| self.pressure(p.some_avg10, p.full_avg10));
+        let (new_oom_kills, oom) = self.oom(s);
+        if new_oom_kills > 0 {
+            // The kill freed memory: the old trend says nothing about the next one.
+            self.history.clear();
+        }
+        let (trend, predicted_oom) = self.trend(s);
+        Assessment {
+            usage,
+            pressure,
+            trend,
+            predicted_oom,
+            oom,
+            new_oom_kills,
+        }
+    }
+
+    fn usage(&mut self, s: &Sample) -> Observation {
+        let Some(limit) = s.limit.filter(|l| *l > 0) else {
+            self.high = false;
+            return Observation::Success;
+        };
+        let share = s.working_set as f64 / limit as f64;
+        if share > self.t.unready_above {
+            self.high = true;
+        } else if share < self.t.ready_below {
+            self.high = false;
+        }
+        if !self.high {
+            return Observation::Success;
+        }
+        Observation::Failure {
+            reason: Reason::MemoryHigh,
+            message: format!(
+                "working set {} is {:.0}% of the {} limit (ready again below {:.0}%)",
+                mib(s.working_set),
+                share * 100.0,
+                mib(limit),
+                self.t.ready_below * 100.0
+            ),
+        }
+    }
+
+    fn pressure(&mut self, some: f64, full: f64) -> Observation {
+        let over = |v: f64, limit: Option<f64>| limit.filter(|l| v > *l);
+        let full_over = over(full, self.t.pressure_full_above);
+        let some_over = over(some, self.t.pressure_some_above);
+        self.pressured = full_over.is_some() || some_over.is_some();
+        match (full_over, some_over) {
+            (Some(l), _) => pressure_failure("full", full, l),
+            (None, Some(l)) => pressure_failure("some", some, l),
+            (None, None) => Observation::Success,
+        }
+    }
+
+    fn oom(&mut self, s: &Sample) -> (u64, Option<Observation>) {
+        let Some(kills) = s.oom_kills else {
+            return (0, None);
+        };
+        let new = match self.oom_seen {
+            // A smaller count means a new cgroup (the container restarted): a new baseline.
+            Some(seen) if kills > seen => kills - seen,
+            _ => 0,
+        };
+        self.oom_seen = Some(kills);
+        if new > 0 {
+            self.oom_until = Some(s.at + self.t.oom_cooldown);
+        }
+        let observation = match self.oom_until {
+            Some(until) if s.at < until => Observation::Failure {
+                reason: Reason::OomKilled,
+                message: format!(
+                    "OOM kill in the app's cgroup ({kills} so far); ready again {} after the last",
+                    humantime::format_duration(self.t.oom_cooldown)
+                ),
+            },
+            _ => {
+                self.oom_until = None;
+                Observation::Success
+            }
+        };
+        (new, Some(observation))
+    }
+
+    fn trend(&mut self, s: &Sample) -> (Observation, Option<f64>) {
+        self.history.push_back((s.at, s.working_set));
+        while self
+            .history
+            .front()
+            .is_some_and(|(t, _)| s.at.duration_since(*t) > TREND_WINDOW)
+        {
+            self.history.pop_front();
+        }
+        let (Some(limit), Some(slope)) = (s.limit, slope(&self.history)) else {
+            return (Observation::Success, None);
+        };
+        if slope <= 0.0 || s.working_set >= limit {
+            return (Observation::Success, None);
+        }
+        let eta = (limit - s.working_set) as f64 / slope;
+        let floor = (limit as f64 * TREND_FLOOR) as u64;
+        let observation = match self.t.predict_within {
+            Some(within) if s.working_set >= floor && eta < within.as_secs_f64() => {
+                Observation::Failure {
+                    reason: Reason::OomPredicted,
+                    message: format!(
+                        "working set {} grows {}/s: the {} limit in {eta:.1}s",
+                        mib(s.working_set),
+                        mib(slope as u64),
+                        mib(limit)
+                    ),
+                }
+            }
+            _ => Observation::Success,
+        };
+        (observation, Some(eta))
+    }
+}
+
+fn pressure_failure(kind: &str, value: f64, limit: f64) -> Observation {
+    Observation::Failure {
+        reason: Reason::MemoryPressure,
+        message: format!("PSI {kind} avg10 {value:.1}% is above {limit}%"),
+    }
+}
+
+/// Least-squares slope in bytes per second; `None` with fewer than 3 samples or no time spread.
+fn slope(history: &VecDeque<(Instant, u64)>) -> Option<f64> {
+    if history.len() < 3 {
+        return None;
+    }
+    let t0 = history.front()?.0;
+    let n = history.len() as f64;
+    let points = history
+        .iter()
+        .map(|(t, v)| (t.duration_since(t0).as_secs_f64(), *v as f64));
+    let (sx, sy, sxx, sxy) = points.fold((0.0, 0.0, 0.0, 0.0), |(sx, sy, sxx, sxy), (x, y)| {
+        (sx + x, sy + y, sxx + x * x, sxy + x * y)
+    });
+    let denominator = n * sxx - sx * sx;
+    (denominator > 1e-9).then(|| (n * sxy - sx * sy) / denominator)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn thresholds() -> Thresholds {
+        Thresholds {
+            unready_above: 0.92,
+            ready_below: 0.85,
+            pressure_full_above: Some(20.0),
+            pressure_some_above: None,
+            predict_within: Some(Duration::from_secs(30)),
+            oom_cooldown: Duration::from_secs(15),
+        }
+    }
+
+    fn sample(t0: Instant, ms: u64, ws: u64) -> Sample {
+        Sample {
+            at: t0 + Duration::from_millis(ms),
+            working_set: ws,
+            limit: Some(100 * MIB),
+            oom_kills: Some(0),
+            pressure: None,
+        }
+    }
+
+    fn reason(o: &Observation) -> Option<Reason> {
+        match o {
+            Observation::Success => None,
+            Observation::Failure { reason, .. } => Some(*reason),
+        }
+    }
+
+    #[test]
+    fn usage_has_hysteresis_between_the_two_thresholds() {
+        let t0 = Instant::now();
+        let mut a = Assessor::new(thresholds());
+        let mut at = |ms, ws| reason(&a.assess(&sample(t0, ms, ws)).usage);
+        assert_eq!(at(0, 90 * MIB), None);
+        assert_eq!(at(30_000, 93 * MIB), Some(Reason::MemoryHigh));
+        assert_eq!(
+            at(60_000, 88 * MIB),
+            Some(Reason::MemoryHigh),
+            "between: stays"
+        );
+        assert_eq!(at(90_000, 84 * MIB), None);
+        assert_eq!(at(120_000, 88 * MIB), None, "between: stays ready");
+    }
+
+    #[test]
+    fn no_limit_means_no_usage_or_trend_signal() {
+        let t0 = Instant::now();
+        let mut a = Assessor::new(thresholds());
+        for i in 0..10 {
+            let mut s = sample(t0, i * 250, (i + 1) * 200 * MIB);
+            s.limit = None;
+            let r = a.assess(&s);
+            assert_eq!(r.usage, Observation::Success);
+            assert_eq!(r.trend, Observation::Success);
+            assert_eq!(r.predicted_oom, None);
+        }
+    }
+
+    #[test]
+    fn a_steady_leak_is_predicted_before_the_threshold() {
+        let t0 = Instant::now();
+        let mut a = Assessor::new(thresholds());
+        // 2 MiB/s from 50 MiB: the 100 MiB limit in 25 s, inside predict_oom_within (30 s).
+        let mut first_prediction = None;
+        for i in 0..20u64 {
+            let r = a.assess(&sample(t0, i * 250, 50 * MIB + i * MIB / 2));
+            if first_prediction.is_none() && reason(&r.trend) == Some(Reason::OomPredicted) {
+                first_prediction = Some((i, r.predicted_oom.unwrap()));
+            }
+            assert_eq!(r.usage, Observation::Success);
+        }
+        let (i, eta) = first_prediction.expect("predicted");
+        assert_eq!(i, 2, "three samples are enough");
+        assert!((eta - 24.5).abs() < 0.5, "eta {eta}");
+    }
+
+    #[test]
+    fn flat_or_falling_memory_and_small_apps_are_not_predicted() {
+        let t0 = Instant::now();
+        let mut a = Assessor::new(thresholds());
+        for i in 0..8 {
+            let r = a.assess(&sample(t0, i * 250, 80 * MIB - i * MIB));
+            assert_eq!(r.trend, Observation::Success);
+            assert_eq!(r.predicted_oom, None);
+        }
+        let mut a = Assessor::new(thresholds());
+        for i in 0..8 {
+            // Fast start-up growth, far below the limit.
+            let r = a.assess(&sample(t0, i * 250, 10 * MIB + i * 4 * MIB));
+            assert_eq!(r.trend, Observation::Success, "sample {i}");
+            assert_eq!(
+                r.predicted_oom.is_some(),
+                i >= 2,
+                "an estimate from the third sample"
+            );
+        }
+    }
+
+    #[test]
+    fn an_oom_kill_is_counted_once_and_cools_down() {
+        let t0 = Instant::now();
+        let mut a = Assessor::new(thresholds());
+        let mut s = sample(t0, 0, 10 * MIB);
+        s.oom_kills = Some(3); // history from before sidewatch started
+        let r = a.assess(&s);
+        assert_eq!((r.new_oom_kills, r.oom), (0, Some(Observation::Success)));
+        s = sample(t0, 1000, 10 * MIB);
+        s.oom_kills = Some(5);
+        let r = a.assess(&s);
+        assert_eq!(r.new_oom_kills, 2);
+        assert_eq!(reason(r.oom.as_ref().unwrap()), Some(Reason::OomKilled));
+        assert_eq!(a.oom_until(), Some(t0 + Duration::from_millis(16_000)));
+        s = sample(t0, 15_999, 10 * MIB);
+        s.oom_kills = Some(5);
+        let r = a.assess(&s);
+        assert_eq!(
+            (r.new_oom_kills, reason(r.oom.as_ref().unwrap())),
+            (0, Some(Reason::OomKilled))
+        );
+        s.at = t0 + Duration::from_millis(16_000);
+        assert_eq!(a.assess(&s).oom, Some(Observation::Success));
+        // A new cgroup starts from 0 again: a new baseline, not a kill.
+        s.oom_kills = Some(0);
+        assert_eq!(a.assess(&s).new_oom_kills, 0);
+        s.oom_kills = Some(1);
+        assert_eq!(a.assess(&s).new_oom_kills, 1);
+    }
+
+    #[test]
+    fn pressure_full_is_on_by_default_and_some_only_when_set() {
+        let t0 = Instant::now();
+        let mut a = Assessor::new(thresholds());
+        let mut s = sample(t0, 0, MIB);
+        s.pressure = Some(super::super::read::Pressure {
+            some_avg10: 90.0,
+            full_avg10: 5.0,
+        });
+        assert_eq!(a.assess(&s).pressure, Some(Observation::Success));
+        s.pressure = Some(super::super::read::Pressure {
+            some_avg10: 90.0,
+            full_avg10: 25.0,
+        });
+        let r = a.assess(&s);
+        assert_eq!(
+            reason(r.pressure.as_ref().unwrap()),
+            Some(Reason::MemoryPressure)
+        );
+        let mut a = Assessor::new(Thresholds {
+            pressure_some_above: Some(50.0),
+            ..thresholds()
+        });
+        s.pressure = Some(super::super::read::Pressure {
+            some_avg10: 60.0,
+            full_avg10: 0.0,
+        });
+        let r = a.assess(&s);
+        assert_eq!(
+            reason(r.pressure.as_ref().unwrap()),
+            Some(Reason::MemoryPressure)
+        );
+    }
+}

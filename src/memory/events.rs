@@ -1,0 +1,141 @@
+//! Kernel notifications that make the memory watcher sample at once instead of at its next tick:
+//! inotify on v2 `memory.events`, eventfd through v1 `cgroup.event_control` (OOM and a usage
+//! threshold), and a PSI trigger on v2 `memory.pressure`. Each one that cannot be armed is
+//! logged, and polling covers for it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use futures_util::StreamExt;
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::cgroup::{self, CgroupDir, Version};
+
+/// A PSI trigger: wake when tasks stall on memory for 150 ms within 2 s. Unprivileged writers may
+/// only use windows in multiples of 2 s. The decision is still made on `avg10`.
+const PSI_TRIGGER: &[u8] = b"some 150000 2000000\0";
+
+/// Arms every notification the cgroup allows; each sends `()` on `wake`. Returns the names of
+/// those armed and their tasks (aborted when the cgroup changes).
+pub fn arm(
+    dir: &CgroupDir,
+    usage_threshold: Option<u64>,
+    wake: &mpsc::Sender<()>,
+) -> (Vec<String>, Vec<JoinHandle<()>>) {
+    let mut armed = Vec::new();
+    let mut tasks = Vec::new();
+    let mut arm_one = |name: &str, result: std::io::Result<JoinHandle<()>>| match result {
+        Ok(task) => {
+            armed.push(name.to_owned());
+            tasks.push(task);
+        }
+        Err(e) => {
+            tracing::info!(event = name, error = %e, "kernel notification unavailable; polling covers it")
+        }
+    };
+    match dir.version {
+        Version::V2 => {
+            arm_one(
+                "inotify memory.events",
+                inotify(&dir.path.join("memory.events"), wake.clone()),
+            );
+            if cgroup::on_cgroup2_fs(&dir.path) {
+                arm_one(
+                    "PSI trigger memory.pressure",
+                    psi_trigger(&dir.path.join("memory.pressure"), wake.clone()),
+                );
+            }
+        }
+        Version::V1 => {
+            arm_one(
+                "eventfd memory.oom_control",
+                eventfd(&dir.path, "memory.oom_control", None, wake.clone()),
+            );
+            if let Some(bytes) = usage_threshold {
+                arm_one(
+                    "eventfd memory.usage_in_bytes threshold",
+                    eventfd(
+                        &dir.path,
+                        "memory.usage_in_bytes",
+                        Some(bytes),
+                        wake.clone(),
+                    ),
+                );
+            }
+        }
+    }
+    (armed, tasks)
+}
+
+fn inotify(path: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<()>> {
+    use inotify::{Inotify, WatchMask};
+    let inotify = Inotify::init()?;
+    inotify.watches().add(path, WatchMask::MODIFY)?;
+    let mut events = inotify.into_event_stream([0u8; 1024])?;
+    Ok(tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if event.is_err() || wake.send(()).await.is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+/// v1 notifications: write "<eventfd> <target fd> [threshold]" to `cgroup.event_control`; the
+/// kernel then signals the eventfd on OOM (or when usage crosses the threshold either way).
+fn eventfd(
+    dir: &Path,
+    target: &str,
+    threshold: Option<u64>,
+    wake: mpsc::Sender<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    use rustix::event::{eventfd, EventfdFlags};
+    let efd: OwnedFd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+    let target = File::open(dir.join(target))?;
+    let line = match threshold {
+        Some(t) => format!("{} {} {t}", efd.as_raw_fd(), target.as_raw_fd()),
+        None => format!("{} {}", efd.as_raw_fd(), target.as_raw_fd()),
+    };
+    OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.event_control"))?
+        .write_all(line.as_bytes())?;
+    let efd = crate::sys::async_fd(efd, Interest::READABLE)?;
+    Ok(tokio::spawn(async move {
+        // The registration lives as long as the target file stays open.
+        let _target = target;
+        loop {
+            let Ok(mut ready) = efd.readable().await else {
+                break;
+            };
+            let mut count = [0u8; 8];
+            match rustix::io::read(efd.get_ref().as_fd(), &mut count) {
+                Ok(_) => {
+                    if wake.send(()).await.is_err() {
+                        break;
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                Err(_) => break,
+            }
+        }
+    }))
+}
+
+fn psi_trigger(path: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<()>> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    file.write_all(PSI_TRIGGER)?;
+    let fd = crate::sys::async_fd(file, Interest::PRIORITY)?;
+    Ok(tokio::spawn(async move {
+        while let Ok(mut ready) = fd.ready(Interest::PRIORITY).await {
+            ready.clear_ready();
+            if wake.send(()).await.is_err() {
+                break;
+            }
+        }
+    }))
+}

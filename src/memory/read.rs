@@ -1,0 +1,303 @@
+//! Reading the kernel's memory files: pure parsers for each format, and one `Sample` per read of a
+//! cgroup v1 or v2 directory or of the app's processes. Every failure names the file and is
+//! classified (`missing`, `garbled`, `io`); none panics.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Files larger than this are not memory files; reading stops there.
+const MAX_FILE: u64 = 64 * 1024;
+/// cgroup v1 writes "no limit" as the largest page-aligned i64; anything this big is unlimited.
+const UNLIMITED_FROM: u64 = 1 << 62;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path} is missing")]
+    Missing { path: PathBuf },
+    #[error("{path} is garbled: {detail}")]
+    Garbled { path: PathBuf, detail: String },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl ReadError {
+    /// The `kind` label of `sidewatch_memory_read_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReadError::Missing { .. } => "missing",
+            ReadError::Garbled { .. } => "garbled",
+            ReadError::Io { .. } => "io",
+        }
+    }
+
+    fn garbled(path: &Path, detail: impl Into<String>) -> Self {
+        ReadError::Garbled {
+            path: path.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// PSI averages in percent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pressure {
+    pub some_avg10: f64,
+    pub full_avg10: f64,
+}
+
+/// One look at the app's memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub at: Instant,
+    /// Usage minus inactive file cache, as the kubelet computes it for eviction and OOM.
+    pub working_set: u64,
+    /// `None` when unlimited.
+    pub limit: Option<u64>,
+    /// Cumulative OOM kills in the cgroup (and below it), when the source can see them.
+    pub oom_kills: Option<u64>,
+    /// Only cgroup v2 has per-cgroup PSI.
+    pub pressure: Option<Pressure>,
+}
+
+pub fn read_file(path: &Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let mut text = String::new();
+    file.take(MAX_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| io_error(path, e))?;
+    Ok(text)
+}
+
+fn io_error(path: &Path, e: io::Error) -> ReadError {
+    match e.kind() {
+        io::ErrorKind::NotFound => ReadError::Missing {
+            path: path.to_owned(),
+        },
+        io::ErrorKind::InvalidData => ReadError::garbled(path, "not UTF-8"),
+        _ => ReadError::Io {
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}
+
+/// A single number, or `max` (v2) / a huge number (v1) for "no limit".
+pub fn parse_limit(text: &str, path: &Path) -> Result<Option<u64>, ReadError> {
+    let t = text.trim();
+    if t == "max" {
+        return Ok(None);
+    }
+    let n = parse_u64(t, path)?;
+    Ok((n < UNLIMITED_FROM).then_some(n))
+}
+
+pub fn parse_u64(text: &str, path: &Path) -> Result<u64, ReadError> {
+    text.trim()
+        .parse()
+        .map_err(|_| ReadError::garbled(path, format!("want a number, got {:?}", clip(text))))
+}
+
+/// The value of `key` in a flat keyed file (`memory.stat`, `memory.events`, `memory.oom_control`).
+pub fn keyed(text: &str, key: &str, path: &Path) -> Result<Option<u64>, ReadError> {
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if parts.next() == Some(key) {
+            let value = parts.next().unwrap_or_default();
+            return parse_u64(value, path).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// `some avg10=1.00 avg60=… total=…` and `full …` lines of a PSI file.
+pub fn parse_pressure(text: &str, path: &Path) -> Result<Pressure, ReadError> {
+    let mut found = (None, None);
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let kind = parts.next();
+        let avg10 = parts
+            .find_map(|p| p.strip_prefix("avg10="))
+            .map(|v| v.parse::<f64>())
+            .transpose()
+            .ok()
+            .flatten()
+            .filter(|v| v.is_finite() && *v >= 0.0);
+        match (kind, avg10) {
+            (Some("some"), Some(v)) => found.0 = Some(v),
+            (Some("full"), Some(v)) => found.1 = Some(v),
+            (Some("some" | "full"), None) => {
+                return Err(ReadError::garbled(
+                    path,
+                    format!("bad PSI line {:?}", clip(line)),
+                ))
+            }
+            _ => {}
+        }
+    }
+    match found {
+        (Some(some_avg10), full) => Ok(Pressure {
+            some_avg10,
+            // The "full" line appeared in 5.x kernels for memory; older ones have only "some".
+            full_avg10: full.unwrap_or(0.0),
+        }),
+        _ => Err(ReadError::garbled(path, "no \"some\" line")),
+    }
+}
+
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(60);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// cgroup v2: `memory.current`, `memory.max`, `memory.stat`, `memory.events`, `memory.pressure`.
+pub fn sample_v2(dir: &Path) -> Result<Sample, ReadError> {
+    let at = Instant::now();
+    let f = |name: &str| dir.join(name);
+    let usage = parse_u64(&read_file(&f("memory.current"))?, &f("memory.current"))?;
+    let limit = parse_limit(&read_file(&f("memory.max"))?, &f("memory.max"))?;
+    let stat = read_file(&f("memory.stat"))?;
+    let inactive_file = keyed(&stat, "inactive_file", &f("memory.stat"))?.unwrap_or(0);
+    let events = read_file(&f("memory.events"))?;
+    let oom_kills = keyed(&events, "oom_kill", &f("memory.events"))?;
+    // memory.pressure is absent when the kernel has PSI off (psi=0): not an error.
+    let pressure = match read_file(&f("memory.pressure")) {
+        Ok(text) => Some(parse_pressure(&text, &f("memory.pressure"))?),
+        Err(ReadError::Missing { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(Sample {
+        at,
+        working_set: usage.saturating_sub(inactive_file),
+        limit,
+        oom_kills,
+        pressure,
+    })
+}
+
+/// cgroup v1: `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.stat`, `memory.oom_control`.
+pub fn sample_v1(dir: &Path) -> Result<Sample, ReadError> {
+    let at = Instant::now();
+    let f = |name: &str| dir.join(name);
+    let usage = parse_u64(
+        &read_file(&f("memory.usage_in_bytes"))?,
+        &f("memory.usage_in_bytes"),
+    )?;
+    let limit = parse_limit(
+        &read_file(&f("memory.limit_in_bytes"))?,
+        &f("memory.limit_in_bytes"),
+    )?;
+    let stat = read_file(&f("memory.stat"))?;
+    // total_ counts the cgroup and its children, as usage_in_bytes does.
+    let inactive_file = keyed(&stat, "total_inactive_file", &f("memory.stat"))?.unwrap_or(0);
+    let oom = read_file(&f("memory.oom_control"))?;
+    // oom_kill appeared in Linux 4.13; without it, only under_oom is known.
+    let oom_kills = keyed(&oom, "oom_kill", &f("memory.oom_control"))?;
+    Ok(Sample {
+        at,
+        working_set: usage.saturating_sub(inactive_file),
+        limit,
+        oom_kills,
+        pressure: None,
+    })
+}
+
+/// The resident set of `pids` from `/proc/<pid>/status` (world-readable), against a configured limit.
+pub fn sample_proc(pids: &[i32], limit: Option<u64>) -> Result<Sample, ReadError> {
+    let at = Instant::now();
+    let mut rss = 0u64;
+    for pid in pids {
+        let path = PathBuf::from(format!("/proc/{pid}/status"));
+        let text = match read_file(&path) {
+            Ok(t) => t,
+            // A worker that exited between listing and reading holds no memory.
+            Err(ReadError::Missing { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        rss += vm_rss(&text, &path)?;
+    }
+    Ok(Sample {
+        at,
+        working_set: rss,
+        limit,
+        oom_kills: None,
+        pressure: None,
+    })
+}
+
+/// `VmRSS:     1234 kB` → bytes. Kernel threads have no VmRSS line: 0.
+pub fn vm_rss(status: &str, path: &Path) -> Result<u64, ReadError> {
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix("VmRSS:") {
+            let kb = rest.trim().trim_end_matches("kB").trim();
+            return parse_u64(kb, path).map(|kb| kb.saturating_mul(1024));
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("/fixture")
+    }
+
+    #[test]
+    fn limits_max_and_the_v1_huge_number_mean_unlimited() {
+        assert_eq!(parse_limit("max\n", p()).unwrap(), None);
+        assert_eq!(parse_limit("9223372036854771712\n", p()).unwrap(), None);
+        assert_eq!(parse_limit("67108864\n", p()).unwrap(), Some(64 << 20));
+        assert!(matches!(
+            parse_limit("lots", p()),
+            Err(ReadError::Garbled { .. })
+        ));
+        assert!(matches!(
+            parse_limit("", p()),
+            Err(ReadError::Garbled { .. })
+        ));
+    }
+
+    #[test]
+    fn keyed_files_give_their_value_or_none() {
+        let events = "low 0\nhigh 12\nmax 3\noom 2\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(keyed(events, "oom_kill", p()).unwrap(), Some(1));
+        assert_eq!(keyed(events, "oom", p()).unwrap(), Some(2));
+        assert_eq!(keyed(events, "nope", p()).unwrap(), None);
+        assert!(keyed("oom_kill x\n", "oom_kill", p()).is_err());
+        assert!(keyed("oom_kill\n", "oom_kill", p()).is_err());
+    }
+
+    #[test]
+    fn pressure_lines_parse_as_kernels_write_them() {
+        let text = "some avg10=12.50 avg60=3.10 avg300=0.70 total=123456\nfull avg10=8.25 avg60=1.00 avg300=0.20 total=65432\n";
+        let psi = parse_pressure(text, p()).unwrap();
+        assert_eq!(psi.some_avg10, 12.5);
+        assert_eq!(psi.full_avg10, 8.25);
+        let some_only = parse_pressure("some avg10=1.00 avg60=0.00 avg300=0.00 total=1\n", p());
+        assert_eq!(some_only.unwrap().full_avg10, 0.0);
+        assert!(parse_pressure("some avg10=NaN\n", p()).is_err());
+        assert!(parse_pressure("", p()).is_err());
+        assert!(parse_pressure("full avg10=abc avg60=0\n", p()).is_err());
+    }
+
+    #[test]
+    fn vm_rss_is_bytes() {
+        let status = "Name:\tpython3\nVmPeak:\t  20000 kB\nVmRSS:\t    9876 kB\n";
+        assert_eq!(vm_rss(status, p()).unwrap(), 9876 * 1024);
+        assert_eq!(vm_rss("Name:\tkthreadd\n", p()).unwrap(), 0);
+        assert!(vm_rss("VmRSS:\t lots kB\n", p()).is_err());
+    }
+
+    #[test]
+    fn a_missing_file_is_classified_missing() {
+        let err = read_file(Path::new("/nonexistent/memory.current")).unwrap_err();
+        assert_eq!(err.kind(), "missing");
+        assert!(err.to_string().contains("/nonexistent/memory.current"));
+    }
+}

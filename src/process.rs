@@ -1,0 +1,204 @@
+//! The app's main process (`process.match`, with a shared process namespace): found by its command
+//! line, its exit seen at once through a pidfd, its return seen by polling.
+
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+use crate::engine::Observation;
+use crate::liveness::Liveness;
+use crate::metrics::Metrics;
+use crate::reason::Reason;
+use crate::watcher::Input;
+
+pub const SIGNAL: &str = "process:app";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppProcess {
+    pub pid: i32,
+    pub command: String,
+}
+
+/// The oldest process whose command line contains `pattern`, other than sidewatch itself: with
+/// workers forked from a master, the oldest is the master.
+pub fn find(pattern: &str) -> Option<AppProcess> {
+    let own = std::process::id() as i32;
+    let mut best: Option<(u64, AppProcess)> = None;
+    for process in procfs::process::all_processes().ok()?.flatten() {
+        if process.pid == own {
+            continue;
+        }
+        let Ok(cmdline) = process.cmdline() else {
+            continue;
+        };
+        let command = cmdline.join(" ");
+        if command.is_empty() || !command.contains(pattern) {
+            continue;
+        }
+        let Ok(stat) = process.stat() else { continue };
+        if best
+            .as_ref()
+            .is_none_or(|(start, _)| stat.starttime < *start)
+        {
+            best = Some((
+                stat.starttime,
+                AppProcess {
+                    pid: process.pid,
+                    command,
+                },
+            ));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// `pid` and every process below it (workers), for summing their memory.
+pub fn family(pid: i32) -> Vec<i32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return vec![pid];
+    };
+    let parents: Vec<(i32, i32)> = all
+        .flatten()
+        .filter_map(|p| p.stat().ok().map(|s| (s.pid, s.ppid)))
+        .collect();
+    let mut family = vec![pid];
+    let mut i = 0;
+    while i < family.len() {
+        let parent = family[i];
+        family.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    family
+}
+
+pub struct ProcessWatcher {
+    pub pattern: String,
+    pub poll: Duration,
+    pub inputs: mpsc::Sender<Input>,
+    pub metrics: Metrics,
+}
+
+impl ProcessWatcher {
+    pub async fn run(self, liveness: Liveness) {
+        let _guard = liveness.register(SIGNAL);
+        let mut last: Option<AppProcess> = None;
+        let mut ticker = tokio::time::interval(self.poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(app) = find(&self.pattern) else {
+                let message = match &last {
+                    Some(p) => format!(
+                        "pid {} ({}) exited; no process matches {:?}",
+                        p.pid, p.command, self.pattern
+                    ),
+                    None => format!("no process matches {:?}", self.pattern),
+                };
+                if !self
+                    .send(Observation::Failure {
+                        reason: Reason::ProcessExited,
+                        message,
+                    })
+                    .await
+                {
+                    return;
+                }
+                continue;
+            };
+            if last.as_ref().is_some_and(|l| l.pid != app.pid) {
+                tracing::info!(pid = app.pid, command = %app.command, "app process is back");
+            } else if last.is_none() {
+                tracing::info!(pid = app.pid, command = %app.command, pattern = %self.pattern, "watching the app process");
+            }
+            if !self.send(Observation::Success).await {
+                return;
+            }
+            wait_for_exit(app.pid, self.poll).await;
+            self.metrics.process_exits.inc();
+            tracing::warn!(pid = app.pid, command = %app.command, "app process exited");
+            let message = format!("pid {} ({}) exited", app.pid, app.command);
+            if !self
+                .send(Observation::Failure {
+                    reason: Reason::ProcessExited,
+                    message,
+                })
+                .await
+            {
+                return;
+            }
+            last = Some(app);
+        }
+    }
+
+    async fn send(&self, observation: Observation) -> bool {
+        let input = Input::Observe {
+            signal: SIGNAL.to_owned(),
+            observation,
+        };
+        self.inputs.send(input).await.is_ok()
+    }
+}
+
+/// Resolves when `pid` exits: at once through a pidfd, else by polling `/proc/<pid>`.
+async fn wait_for_exit(pid: i32, poll: Duration) {
+    let pidfd = rustix::process::Pid::from_raw(pid)
+        .ok_or(rustix::io::Errno::INVAL)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+        .map_err(std::io::Error::from)
+        .and_then(|fd| crate::sys::async_fd(fd, Interest::READABLE));
+    match pidfd {
+        // A pidfd turns readable when the process exits.
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "no pidfd; polling /proc for the exit");
+            let path = format!("/proc/{pid}");
+            while std::path::Path::new(&path).exists() {
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_child_by_its_command_line_and_its_family() {
+        let marker = format!("sidewatch-find-test-{}", std::process::id());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &format!("sleep 30 & wait # {marker}")])
+            .spawn()
+            .unwrap();
+        // Until the child has exec'd, its command line is still ours.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            if let Some(found) = find(&marker) {
+                break found;
+            }
+            assert!(std::time::Instant::now() < deadline, "child never found");
+            std::thread::yield_now();
+        };
+        assert_eq!(found.pid, child.id() as i32);
+        assert!(found.command.contains(&marker));
+        // The shell's sleep child is part of the family once it has forked.
+        while family(found.pid).len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep child never appeared"
+            );
+            std::thread::yield_now();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(find(&marker).is_none());
+    }
+}

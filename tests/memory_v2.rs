@@ -1,0 +1,253 @@
+//! cgroup v2 on a fixture tree (tests/fixtures/cgroup-v2, laid out as Linux 6.x writes the files):
+//! thresholds and hysteresis, `max` limits, PSI, the OOM trend, OOM kills delivered by rewriting
+//! `memory.events` (the inotify path: polling is set to an hour), and garbled or missing files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{eventually, healthy, tempdir, Sidewatch, Upstream};
+
+const WITHIN: Duration = Duration::from_secs(10);
+const MIB: u64 = 1 << 20;
+
+struct Tree {
+    _dir: tempdir::Dir,
+    path: PathBuf,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let dir = tempdir::Dir::new();
+        let path = dir.path().join("app.scope");
+        std::fs::create_dir(&path).unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup-v2");
+        for entry in std::fs::read_dir(fixtures).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), path.join(entry.file_name())).unwrap();
+        }
+        Tree { _dir: dir, path }
+    }
+
+    /// Rewrites a file in place (truncate and write, as the kernel's seq files appear to change).
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path.join(name), text).unwrap();
+    }
+
+    /// memory.current for a working set of `mib` (the fixture's inactive_file is 8 MiB).
+    fn working_set(&self, mib: u64) {
+        self.write("memory.current", &format!("{}\n", (mib + 8) * MIB));
+    }
+
+    fn oom_kills(&self, n: u64) {
+        self.write(
+            "memory.events",
+            &format!("low 0\nhigh 0\nmax {n}\noom {n}\noom_kill {n}\noom_group_kill 0\n"),
+        );
+    }
+}
+
+async fn watch(tree: &Tree, up: &Upstream, env: &[(&str, &str)]) -> Sidewatch {
+    let url = up.url();
+    let cgroup = tree.path.to_str().unwrap().to_owned();
+    let sw = Sidewatch::start(
+        &["--target", &url, "--interval", "100ms", "--cgroup", &cgroup],
+        env,
+    );
+    sw.wait_ready(WITHIN).await;
+    sw
+}
+
+async fn wait_metric(sw: &Sidewatch, series: &str, value: f64) {
+    eventually(&format!("{series} = {value}"), WITHIN, || async {
+        (sw.metric(series).await == Some(value)).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn working_set_thresholds_have_hysteresis() {
+    let tree = Tree::new();
+    let up = Upstream::start(healthy()).await;
+    let env = [
+        ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
+        ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
+    ];
+    let sw = watch(&tree, &up, &env).await;
+    wait_metric(&sw, "sidewatch_memory_limit_bytes", (100 * MIB) as f64).await;
+    wait_metric(&sw, "sidewatch_memory_usage_bytes", (52 * MIB) as f64).await;
+
+    tree.working_set(94);
+    let body = sw.wait_reason("memory_high", WITHIN).await;
+    assert_eq!(body["reasons"][0]["signal"], "memory:usage");
+    let message = body["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("94%"), "{message}");
+
+    // Between ready_below (85%) and unready_above (92%): still not ready.
+    tree.working_set(88);
+    wait_metric(&sw, "sidewatch_memory_usage_bytes", (88 * MIB) as f64).await;
+    assert_eq!(sw.readyz().await.0, 503);
+
+    tree.working_set(80);
+    sw.wait_ready(WITHIN).await;
+    tree.working_set(90);
+    wait_metric(&sw, "sidewatch_memory_usage_bytes", (90 * MIB) as f64).await;
+    assert_eq!(
+        sw.readyz().await.0,
+        200,
+        "between the thresholds from below: stays ready"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_limit_means_no_memory_threshold() {
+    let tree = Tree::new();
+    tree.write("memory.max", "max\n");
+    let up = Upstream::start(healthy()).await;
+    let sw = watch(&tree, &up, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
+    tree.working_set(50_000);
+    wait_metric(&sw, "sidewatch_memory_usage_bytes", (50_000 * MIB) as f64).await;
+    assert_eq!(sw.metric("sidewatch_memory_limit_bytes").await, Some(0.0));
+    assert_eq!(sw.readyz().await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rising_trend_predicts_the_oom_before_the_threshold() {
+    let tree = Tree::new();
+    let up = Upstream::start(healthy()).await;
+    let sw = watch(
+        &tree,
+        &up,
+        &[
+            ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
+            ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "1h"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        sw.metric("sidewatch_memory_predicted_oom_seconds").await,
+        Some(f64::INFINITY)
+    );
+    // Each step is written once sidewatch has sampled the previous one.
+    for mib in [60, 64, 68, 72] {
+        tree.working_set(mib);
+        wait_metric(&sw, "sidewatch_memory_usage_bytes", (mib * MIB) as f64).await;
+    }
+    let body = sw.wait_reason("oom_predicted", WITHIN).await;
+    assert_eq!(body["reasons"][0]["signal"], "memory:trend");
+    let eta = sw
+        .metric("sidewatch_memory_predicted_oom_seconds")
+        .await
+        .unwrap();
+    assert!(eta.is_finite() && eta > 0.0, "eta {eta}");
+    // Flat memory ends the prediction.
+    eventually("the trend to flatten", Duration::from_secs(30), || async {
+        (sw.readyz().await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kills_arrive_through_inotify_and_cool_down() {
+    let tree = Tree::new();
+    tree.oom_kills(2); // kills before sidewatch started are history
+    let up = Upstream::start(healthy()).await;
+    let env = [
+        ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
+        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "1s"),
+    ];
+    let sw = watch(&tree, &up, &env).await;
+    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(0.0));
+
+    tree.oom_kills(3);
+    let body = sw.wait_reason("oom_killed", WITHIN).await;
+    assert_eq!(body["reasons"][0]["signal"], "memory:oom");
+    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(1.0));
+    sw.wait_ready(WITHIN).await;
+
+    tree.oom_kills(5);
+    sw.wait_reason("oom_killed", WITHIN).await;
+    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(3.0));
+    sw.wait_ready(WITHIN).await;
+    let logs = sw.logs().join("\n");
+    assert!(logs.contains("inotify memory.events"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psi_full_above_the_threshold_is_memory_pressure() {
+    let tree = Tree::new();
+    let up = Upstream::start(healthy()).await;
+    let sw = watch(&tree, &up, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
+    tree.write(
+        "memory.pressure",
+        "some avg10=61.20 avg60=20.00 avg300=5.00 total=9000000\nfull avg10=35.50 avg60=10.00 avg300=2.00 total=4000000\n",
+    );
+    let body = sw.wait_reason("memory_pressure", WITHIN).await;
+    assert!(body["reasons"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("full avg10 35.5%"));
+    assert_eq!(
+        sw.metric("sidewatch_memory_pressure_avg10{kind=\"full\"}")
+            .await,
+        Some(35.5)
+    );
+    tree.write(
+        "memory.pressure",
+        "some avg10=61.20 avg60=20.00 avg300=5.00 total=9000000\nfull avg10=3.00 avg60=10.00 avg300=2.00 total=4000000\n",
+    );
+    sw.wait_ready(WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_and_missing_files_are_counted_and_never_veto() {
+    let tree = Tree::new();
+    let up = Upstream::start(healthy()).await;
+    let sw = watch(&tree, &up, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
+    tree.working_set(95);
+    sw.wait_reason("memory_high", WITHIN).await;
+
+    tree.write("memory.current", "\u{0}\u{1}garbage\n");
+    eventually("a garbled read counted", WITHIN, || async {
+        let n = sw
+            .metric("sidewatch_memory_read_errors_total{kind=\"garbled\"}")
+            .await;
+        (n.unwrap_or(0.0) >= 1.0).then_some(())
+    })
+    .await;
+    sw.wait_ready(WITHIN).await;
+
+    tree.working_set(10);
+    std::fs::remove_file(tree.path.join("memory.stat")).unwrap();
+    eventually("a missing read counted", WITHIN, || async {
+        let n = sw
+            .metric("sidewatch_memory_read_errors_total{kind=\"missing\"}")
+            .await;
+        (n.unwrap_or(0.0) >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(sw.readyz().await.0, 200);
+    assert_eq!(sw.get("/livez").await.0, 200);
+    let logs = sw.logs().join("\n");
+    assert!(logs.contains("memory.stat is missing"), "{logs}");
+}
+
+#[test]
+fn a_directory_without_memory_files_is_refused_at_start() {
+    let dir = tempdir::Dir::new();
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "run",
+            "--target",
+            "tcp://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--cgroup", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a memory cgroup"), "{stderr}");
+}
