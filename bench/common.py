@@ -194,7 +194,8 @@ def machine():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"nproc={os.cpu_count()} kernel={os.uname().release} cpu={model!r}"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"nproc={os.cpu_count()} kernel={os.uname().release} cpu={model!r} loadavg={load}"
 
 
 def main(fn):
