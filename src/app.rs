@@ -2,6 +2,7 @@
 //! admin server, then on SIGTERM or SIGINT drain and exit; a second signal aborts.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -9,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::drain::Drain;
+use crate::drain::{Access, Drain};
 use crate::engine::{Engine, SignalSpec};
 use crate::liveness::Liveness;
 use crate::memory::{self, MemoryWatcher};
@@ -17,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::probe::{ProbeSetupError, ProbeWatcher, Prober};
 use crate::process::{self, ProcessWatcher};
 use crate::server::{self, Admin};
+use crate::traffic::{TrafficSource, TrafficWatcher};
 use crate::watcher::{self, Published};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,8 @@ pub enum StartError {
     NothingToWatch,
     #[error("memory: {0}")]
     Memory(String),
+    #[error("drain: {0}")]
+    Traffic(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -98,16 +102,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let liveness = Liveness::default();
 
-    // Probes get a runtime and thread of their own: a flood on the admin port must not delay them.
-    let watch_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
-    let drain = Drain::new(
-        config.drain.delay,
+    let accepted = Arc::new(AtomicU64::new(0));
+    let traffic = traffic_watcher(&config, accepted.clone())?;
+    let access = Access {
+        token: drain_token(&config)?,
+        terminating: Arc::new(AtomicBool::new(false)),
+    };
+    let engine_task = watcher::run_engine(
+        engine,
+        inputs_rx,
+        publish,
+        metrics.clone(),
+        liveness.clone(),
+    );
+    let watch_rt = spawn_watch_runtime(engine_task)?;
+    let drain = Drain::spawn(
+        config.drain.clone(),
+        traffic,
         inputs_tx.clone(),
         metrics.clone(),
-        watch_rt.handle().clone(),
+        &watch_rt,
     );
     for (config, prober) in probers {
         let watcher = ProbeWatcher {
@@ -137,23 +151,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         };
         watch_rt.spawn(watcher.run(liveness.clone()));
     }
-    let engine_task = watcher::run_engine(
-        engine,
-        inputs_rx,
-        publish,
-        metrics.clone(),
-        liveness.clone(),
-    );
-    std::thread::Builder::new()
-        .name("sidewatch-watch".into())
-        .spawn(move || watch_rt.block_on(engine_task))
-        .map_err(StartError::Runtime)?;
 
     let admin = Arc::new(Admin {
         verdict: verdict.clone(),
         metrics: metrics.clone(),
         drain: drain.clone(),
+        access,
         liveness,
+        accepted,
     });
     tokio::spawn(server::serve(listener, admin));
     Ok(Running {
@@ -162,6 +167,82 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         drain,
         metrics,
     })
+}
+
+/// Starts the watch runtime (probes, watchers, engine, drain) on a thread of its own, running
+/// `main` there: a flood on the admin port must not delay a probe. Returns its handle.
+fn spawn_watch_runtime(
+    main: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::runtime::Handle, StartError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("sidewatch-watch".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(main);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(StartError::Runtime)?;
+    rx.recv()
+        .map_err(|_| StartError::Runtime(std::io::Error::other("the watch thread ended at start")))?
+        .map_err(StartError::Runtime)
+}
+
+/// The app port's traffic watch for the drain, on `drain.port` or the first critical probe's port.
+fn traffic_watcher(
+    config: &Config,
+    accepted: Arc<AtomicU64>,
+) -> Result<Option<TrafficWatcher>, StartError> {
+    let d = &config.drain;
+    let port = d.port.or_else(|| {
+        config
+            .probes
+            .0
+            .iter()
+            .filter(|p| p.critical)
+            .find_map(|p| p.port())
+    });
+    let Some(port) = port else {
+        tracing::info!("drain: no app port (drain.port, or a critical probe's port): a drain ends after drain.delay");
+        return Ok(None);
+    };
+    match TrafficWatcher::new(port, d.traffic_source, d.passive_opens, accepted) {
+        Ok(watcher) => {
+            tracing::info!(port, source = %watcher.describe(), "drain: watching the app port's traffic");
+            Ok(Some(watcher))
+        }
+        Err(e) if d.traffic_source == TrafficSource::Auto => {
+            tracing::warn!(port, error = %e, "drain: cannot watch the app port: a drain ends after drain.delay");
+            Ok(None)
+        }
+        Err(e) => Err(StartError::Traffic(format!(
+            "drain.traffic_source {:?} on port {port}: {e}",
+            d.traffic_source
+        ))),
+    }
+}
+
+/// The drain token from the variable `drain.token_env` names; a named but empty variable is an
+/// error, since it would leave the preStop hook locked out.
+fn drain_token(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
+    let Some(var) = &config.drain.token_env else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(token) if !token.is_empty() => Ok(Some(token.into_bytes())),
+        _ => Err(StartError::Traffic(format!(
+            "drain.token_env names {var}, which is unset or empty"
+        ))),
+    }
 }
 
 /// `sidewatch run`: serve until SIGTERM or SIGINT, drain, exit 0. A second signal aborts.

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::traffic::TrafficSource;
+
 /// The environment variables that belong to command-line flags (clap reads them), not to config keys.
 pub const FLAG_ENV: &[&str] = &[
     "SIDEWATCH_CONFIG",
@@ -251,13 +253,50 @@ pub struct DrainConfig {
     /// At least this long not ready before the drain may end, so load balancers see the change.
     #[serde(with = "humantime_serde")]
     pub delay: Duration,
+    /// Then end once the app port has had no new connection and no bytes in for this long.
+    #[serde(with = "humantime_serde")]
+    pub quiet: Duration,
+    /// End at the latest here (keep it under terminationGracePeriodSeconds).
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// Name of an env var holding a token that lets non-loopback callers drain.
+    pub token_env: Option<String>,
+    /// The app port whose traffic is watched; default: the first critical probe's port.
+    pub port: Option<u16>,
+    /// How the port's sockets are seen: auto (sock_diag, else /proc), sock_diag or proc.
+    pub traffic_source: TrafficSource,
+    /// Count the namespace's TCP PassiveOpens (minus sidewatch's own) as arrivals, to catch
+    /// connections that open and close between two polls.
+    pub passive_opens: bool,
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
         Self {
             delay: Duration::from_secs(5),
+            quiet: Duration::from_secs(1),
+            max: Duration::from_secs(25),
+            token_env: None,
+            port: None,
+            traffic_source: TrafficSource::Auto,
+            passive_opens: true,
         }
+    }
+}
+
+impl DrainConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max < self.delay {
+            return Err(format!(
+                "drain.max ({}) must not be below drain.delay ({})",
+                humantime::format_duration(self.max),
+                humantime::format_duration(self.delay)
+            ));
+        }
+        if self.quiet.is_zero() {
+            return Err("drain.quiet must be above zero".into());
+        }
+        Ok(())
     }
 }
 
@@ -292,6 +331,14 @@ pub struct ProbeConfig {
 }
 
 impl ProbeConfig {
+    /// The TCP port this probe checks, for the drain's traffic watch.
+    pub fn port(&self) -> Option<u16> {
+        match &self.check {
+            Check::Http(h) => h.url.0.port_or_known_default(),
+            Check::Tcp(t) => Some(t.address.port),
+        }
+    }
+
     pub fn new(name: &str, check: Check) -> Self {
         Self {
             name: name.to_owned(),
@@ -617,6 +664,7 @@ pub fn load(
     config = apply_env(config, env)?;
     apply_overrides(&mut config, overrides)?;
     config.memory.validate().map_err(ConfigError::Invalid)?;
+    config.drain.validate().map_err(ConfigError::Invalid)?;
     Ok(config)
 }
 

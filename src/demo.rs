@@ -78,8 +78,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut config = Config {
         listen: args.listen,
         probes: Probes(vec![probe]),
+        // The demo may run on a busy machine: only the demo app's own sockets count as traffic.
         drain: DrainConfig {
             delay: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+            passive_opens: false,
+            ..DrainConfig::default()
         },
         memory: MemoryConfig {
             source: MemorySource::None,

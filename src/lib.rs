@@ -19,4 +19,5 @@ pub mod server;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
+pub mod traffic;
 pub mod watcher;

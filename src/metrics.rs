@@ -24,6 +24,7 @@ pub struct Metrics {
     pub oom_kills: IntCounter,
     pub memory_read_errors: IntCounterVec,
     pub process_exits: IntCounter,
+    pub app_connections: IntGauge,
 }
 
 impl Metrics {
@@ -137,6 +138,12 @@ impl Metrics {
         )
         .expect("static metric definition");
 
+        let app_connections = IntGauge::new(
+            "sidewatch_app_connections",
+            "Open TCP connections on the app port (drain.port). Those still open at the end of a drain were idle keep-alives.",
+        )
+        .expect("static metric definition");
+
         let registry = Registry::new();
         for c in [
             Box::new(ready.clone()) as Box<dyn prometheus::core::Collector>,
@@ -154,6 +161,7 @@ impl Metrics {
             Box::new(oom_kills.clone()),
             Box::new(memory_read_errors.clone()),
             Box::new(process_exits.clone()),
+            Box::new(app_connections.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -197,6 +205,7 @@ impl Metrics {
             oom_kills,
             memory_read_errors,
             process_exits,
+            app_connections,
         }
     }
 

@@ -293,7 +293,7 @@ impl ProbeWatcher {
         loop {
             tokio::select! {
                 // While draining sidewatch leaves the app alone: its verdict is fixed anyway.
-                _ = draining.wait_for(|started| *started) => break,
+                _ = draining.wait_for(Option::is_some) => break,
                 _ = ticker.tick() => {}
             }
             let start = Instant::now();

@@ -3,12 +3,14 @@
 //! - `GET /readyz`  200 `{"ready":true,"reasons":[]}` or 503 with the reasons (the sidecar's readinessProbe)
 //! - `GET /livez`   200 while every watcher task runs, 503 naming the dead ones
 //! - `GET /metrics` Prometheus text format 0.0.4
-//! - `GET|POST /drain` starts or joins the drain, answers 200 when it has ended; loopback callers only
+//! - `GET|POST /drain` starts or joins the drain, answers 200 when it has ended; from loopback, with
+//!   the `X-Sidewatch-Drain-Token` header, or once the pod is terminating; 403 otherwise
 //!
 //! Probes and the engine run on their own runtime, so nothing here waits on a probe.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::drain::Drain;
+use crate::drain::{Access, Drain};
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::watcher::Published;
@@ -37,8 +39,13 @@ pub struct Admin {
     pub verdict: watch::Receiver<Arc<Published>>,
     pub metrics: Metrics,
     pub drain: Drain,
+    pub access: Access,
     pub liveness: Liveness,
+    /// Connections this server accepted: the drain subtracts them from the namespace's PassiveOpens.
+    pub accepted: Arc<AtomicU64>,
 }
+
+const TOKEN_HEADER: &str = "x-sidewatch-drain-token";
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
@@ -51,6 +58,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 continue;
             }
         };
+        admin.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let admin = admin.clone();
         tokio::spawn(async move {
@@ -78,11 +86,12 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
             if method != Method::GET && method != Method::POST {
                 return not_allowed("GET, POST");
             }
-            if !is_loopback(peer.ip()) {
-                tracing::warn!(%peer, "drain refused: not from loopback");
+            let token = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
+            if !admin.access.allows(peer.ip(), token) {
+                tracing::warn!(%peer, token = token.is_some(), "drain refused");
                 return text(
                     StatusCode::FORBIDDEN,
-                    "drain is accepted from loopback only\n",
+                    "drain is accepted from loopback, with the drain token, or once the pod is terminating\n",
                 );
             }
             let end = admin.drain.start(&format!("/drain from {peer}")).await;

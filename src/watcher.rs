@@ -45,7 +45,7 @@ pub async fn run_engine(
     metrics: Metrics,
     liveness: Liveness,
 ) {
-    let _guard = liveness.register("engine");
+    let guard = liveness.register("engine");
     metrics.ready.set(i64::from(engine.verdict().ready));
     while let Some(input) = inputs.recv().await {
         let now = SystemTime::now();
@@ -71,6 +71,8 @@ pub async fn run_engine(
             tracing::info!(ready = verdict.ready, reasons = %summary(verdict), "reasons changed");
         }
     }
+    // Every watcher has let go of its sender: the process is shutting down.
+    guard.finish();
 }
 
 fn labels(v: &Verdict) -> Vec<(&str, &str)> {

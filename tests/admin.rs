@@ -16,7 +16,13 @@ async fn ready_sidewatch(up: &Upstream, drain_delay: &str) -> Sidewatch {
     let url = up.url();
     let sw = Sidewatch::start(
         &["--target", &url, "--interval", "50ms"],
-        &[("SIDEWATCH_DRAIN_DELAY", drain_delay)],
+        &[
+            ("SIDEWATCH_DRAIN_DELAY", drain_delay),
+            ("SIDEWATCH_DRAIN_MAX", "120s"),
+            // This host's other tests open connections all the time; the drain tests in
+            // tests/drain.rs run in namespaces of their own with PassiveOpens on.
+            ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false"),
+        ],
     );
     sw.wait_ready(WITHIN).await;
     sw

@@ -90,10 +90,27 @@ pub struct Sidewatch {
 impl Sidewatch {
     /// Starts `sidewatch run ARGS --listen 127.0.0.1:0` and waits for its start-up log line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Sidewatch {
-        let mut cmd = Command::new(BIN);
+        Self::start_in(None, "127.0.0.1:0", args, envs)
+    }
+
+    /// Starts sidewatch inside network namespace `netns` (through `ip netns exec`) when given.
+    pub fn start_in(
+        netns: Option<&str>,
+        listen: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Sidewatch {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("run")
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .env("RUST_LOG", "info")
             .env_remove("SIDEWATCH_LOG_FORMAT")
             .stdout(Stdio::null())
@@ -101,6 +118,7 @@ impl Sidewatch {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        let client = client();
         let mut child = cmd.spawn().expect("spawn sidewatch");
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -125,7 +143,7 @@ impl Sidewatch {
             child,
             addr,
             logs,
-            client: client(),
+            client,
         }
     }
 

@@ -1,0 +1,365 @@
+//! The app port's traffic, seen from inside the pod's shared network namespace: open connections,
+//! new connections and bytes in, from netlink `sock_diag` with `tcp_info`, or from
+//! `/proc/net/tcp{,6}` (connections only) as the fallback. The drain asks it "quiet yet?".
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::inet::nlas::Nla;
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+use serde::{Deserialize, Serialize};
+
+const TCP_LISTEN: u8 = 10;
+const TCP_TIME_WAIT: u8 = 6;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficSource {
+    /// sock_diag when the kernel answers it, else /proc.
+    Auto,
+    SockDiag,
+    Proc,
+}
+
+/// One socket on the app port, as one poll saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sock {
+    /// Counts toward `sidewatch_app_connections` (not TIME_WAIT).
+    pub open: bool,
+    /// `tcpi_bytes_received`; `None` where the source cannot tell (TIME_WAIT, /proc).
+    pub bytes_in: Option<u64>,
+}
+
+/// A socket's identity across polls: its two ends (unique while it exists).
+pub type SockKey = (SocketAddr, SocketAddr);
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub sockets: HashMap<SockKey, Sock>,
+    /// The namespace's TCP `PassiveOpens` minus the connections sidewatch accepted itself.
+    pub passive_opens: Option<u64>,
+}
+
+/// What changed between two polls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub new_connections: u64,
+    pub bytes_in: u64,
+    pub open: usize,
+}
+
+impl Activity {
+    pub fn is_quiet(&self) -> bool {
+        self.new_connections == 0 && self.bytes_in == 0
+    }
+}
+
+/// New connections are sockets not seen at the previous poll, in any state (a TIME_WAIT socket
+/// marks an arrival too), plus arrivals that left no socket behind: the rise of `PassiveOpens`
+/// beyond the new sockets seen. Bytes in are the growth of each surviving socket's counter.
+pub fn compare(prev: &Snapshot, next: &Snapshot) -> Activity {
+    let mut activity = Activity {
+        open: next.sockets.values().filter(|s| s.open).count(),
+        ..Activity::default()
+    };
+    for (key, sock) in &next.sockets {
+        match prev.sockets.get(key) {
+            None => activity.new_connections += 1,
+            Some(before) => {
+                if let (Some(a), Some(b)) = (before.bytes_in, sock.bytes_in) {
+                    activity.bytes_in += b.saturating_sub(a);
+                }
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (prev.passive_opens, next.passive_opens) {
+        activity.new_connections = activity.new_connections.max(b.saturating_sub(a));
+    }
+    activity
+}
+
+pub struct TrafficWatcher {
+    port: u16,
+    backend: Backend,
+    /// Connections sidewatch's own server accepted: they raise PassiveOpens but are not app traffic.
+    own_accepts: Arc<AtomicU64>,
+    passive_opens: bool,
+}
+
+enum Backend {
+    SockDiag(netlink_sys::Socket),
+    Proc,
+}
+
+impl TrafficWatcher {
+    /// Opens the chosen source; `auto` tries sock_diag with one real dump before settling on it.
+    pub fn new(
+        port: u16,
+        source: TrafficSource,
+        passive_opens: bool,
+        own_accepts: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
+        let backend = match source {
+            TrafficSource::Proc => Backend::Proc,
+            TrafficSource::SockDiag => Backend::SockDiag(netlink_socket()?),
+            TrafficSource::Auto => match netlink_socket() {
+                Ok(socket) => Backend::SockDiag(socket),
+                Err(e) => {
+                    tracing::info!(error = %e, "sock_diag unavailable; watching /proc/net/tcp");
+                    Backend::Proc
+                }
+            },
+        };
+        let mut watcher = Self {
+            port,
+            backend,
+            own_accepts,
+            passive_opens,
+        };
+        if let Err(e) = watcher.snapshot() {
+            if source != TrafficSource::Auto || matches!(watcher.backend, Backend::Proc) {
+                return Err(e);
+            }
+            tracing::info!(error = %e, "sock_diag dump failed; watching /proc/net/tcp");
+            watcher.backend = Backend::Proc;
+            watcher.snapshot()?;
+        }
+        Ok(watcher)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How it sees traffic, for the start-up log.
+    pub fn describe(&self) -> String {
+        let sockets = match self.backend {
+            Backend::SockDiag(_) => "sock_diag (connections and tcp_info bytes in)",
+            Backend::Proc => "/proc/net/tcp and tcp6 (connections only, no byte counts)",
+        };
+        let opens = if self.passive_opens {
+            " + PassiveOpens of /proc/net/snmp for connections shorter than a poll"
+        } else {
+            ""
+        };
+        format!("{sockets}{opens}")
+    }
+
+    pub fn snapshot(&mut self) -> std::io::Result<Snapshot> {
+        let mut sockets = HashMap::new();
+        match &mut self.backend {
+            Backend::SockDiag(socket) => {
+                for family in [AF_INET, AF_INET6] {
+                    dump(socket, family, self.port, &mut sockets)?;
+                }
+            }
+            Backend::Proc => {
+                let mut entries = procfs::net::tcp().map_err(std::io::Error::other)?;
+                // Without IPv6 the file is absent: nothing listens there.
+                entries.extend(procfs::net::tcp6().unwrap_or_default());
+                for e in entries {
+                    use procfs::net::TcpState;
+                    if e.local_address.port() != self.port || e.state == TcpState::Listen {
+                        continue;
+                    }
+                    let sock = Sock {
+                        open: e.state != TcpState::TimeWait,
+                        bytes_in: None,
+                    };
+                    sockets.insert((e.local_address, e.remote_address), sock);
+                }
+            }
+        }
+        let passive_opens = if self.passive_opens {
+            let snmp = procfs::net::snmp().map_err(std::io::Error::other)?;
+            let own = self.own_accepts.load(Ordering::Relaxed);
+            Some(snmp.tcp_passive_opens.saturating_sub(own))
+        } else {
+            None
+        };
+        Ok(Snapshot {
+            sockets,
+            passive_opens,
+        })
+    }
+}
+
+fn netlink_socket() -> std::io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    // The kernel answers a dump at once; the bound keeps a wedged answer from stalling the
+    // watch runtime, which runs the probes too.
+    rustix::net::sockopt::set_socket_timeout(
+        &socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(std::time::Duration::from_secs(1)),
+    )?;
+    Ok(socket)
+}
+
+/// One sock_diag dump of a family's TCP sockets, keeping those on `port`.
+fn dump(
+    socket: &mut netlink_sys::Socket,
+    family: u8,
+    port: u16,
+    out: &mut HashMap<SockKey, Sock>,
+) -> std::io::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::INFO,
+            states: StateFlags::all(),
+            socket_id,
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+
+    let mut received = Vec::with_capacity(64 * 1024);
+    loop {
+        received.clear();
+        let size = socket.recv(&mut received, 0)?;
+        let mut offset = 0;
+        while offset < size {
+            let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&received[offset..size])
+                .map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+            })?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    let id = &response.header.socket_id;
+                    let state = response.header.state;
+                    if id.source_port == port && state != TCP_LISTEN {
+                        let bytes_in = response.nlas.iter().find_map(|nla| match nla {
+                            Nla::TcpInfo(info) => Some(info.bytes_received),
+                            _ => None,
+                        });
+                        let key = (
+                            SocketAddr::new(unmap(id.source_address), id.source_port),
+                            SocketAddr::new(unmap(id.destination_address), id.destination_port),
+                        );
+                        out.insert(
+                            key,
+                            Sock {
+                                open: state != TCP_TIME_WAIT,
+                                bytes_in,
+                            },
+                        );
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => return Err(std::io::Error::other(e.to_string())),
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+}
+
+/// Dual-stack sockets report IPv4 peers as `::ffff:a.b.c.d`; keys use the plain form.
+fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(remote_port: u16) -> SockKey {
+        (
+            "127.0.0.1:8080".parse().unwrap(),
+            SocketAddr::new([127, 0, 0, 1].into(), remote_port),
+        )
+    }
+
+    fn snap(socks: &[(u16, bool, Option<u64>)], opens: Option<u64>) -> Snapshot {
+        Snapshot {
+            sockets: socks
+                .iter()
+                .map(|(p, open, bytes_in)| {
+                    (
+                        key(*p),
+                        Sock {
+                            open: *open,
+                            bytes_in: *bytes_in,
+                        },
+                    )
+                })
+                .collect(),
+            passive_opens: opens,
+        }
+    }
+
+    #[test]
+    fn idle_keep_alive_connections_are_quiet() {
+        let a = snap(&[(1000, true, Some(500)), (1001, true, Some(90))], Some(7));
+        let activity = compare(&a, &a.clone());
+        assert!(activity.is_quiet());
+        assert_eq!(activity.open, 2);
+    }
+
+    #[test]
+    fn bytes_on_a_kept_alive_connection_are_traffic() {
+        let a = snap(&[(1000, true, Some(500))], None);
+        let b = snap(&[(1000, true, Some(620))], None);
+        assert_eq!(compare(&a, &b).bytes_in, 120);
+    }
+
+    #[test]
+    fn a_new_socket_in_any_state_is_a_new_connection() {
+        let a = snap(&[(1000, true, Some(1))], None);
+        let b = snap(
+            &[
+                (1000, true, Some(1)),
+                (1001, false, None),
+                (1002, true, Some(0)),
+            ],
+            None,
+        );
+        let activity = compare(&a, &b);
+        assert_eq!((activity.new_connections, activity.open), (2, 2));
+        // A socket that went away is no arrival.
+        assert_eq!(compare(&b, &a).new_connections, 0);
+    }
+
+    #[test]
+    fn passive_opens_catch_connections_that_left_no_socket() {
+        let a = snap(&[], Some(100));
+        let b = snap(&[(1001, false, None)], Some(104));
+        assert_eq!(
+            compare(&a, &b).new_connections,
+            4,
+            "one seen, three gone between polls"
+        );
+        let c = snap(&[(1001, false, None)], Some(104));
+        assert!(compare(&b, &c).is_quiet());
+    }
+}

@@ -1,0 +1,497 @@
+//! The traffic-aware drain, on real sockets in network namespaces of the test's own: an app with
+//! keep-alive, clients that keep sending, and sidewatch watching the app port. Each test gets a
+//! fresh namespace, so the namespace's TCP counters see only its own traffic. Needs root and `ip`.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{skip_or_fail, which, Sidewatch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// A network namespace with its loopback up, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(tag: &str) -> Option<Netns> {
+        if which("ip").is_none() {
+            skip_or_fail("the ip command (iproute2) is needed for network namespaces");
+            return None;
+        }
+        let name = format!("sw-{tag}-{}", std::process::id());
+        if !ip(&["netns", "add", &name]) {
+            skip_or_fail(&format!(
+                "cannot create network namespace {name} (root needed)"
+            ));
+            return None;
+        }
+        let ns = Netns(name);
+        assert!(
+            ip(&["-n", &ns.0, "link", "set", "lo", "up"]),
+            "lo up in {}",
+            ns.0
+        );
+        Some(ns)
+    }
+
+    /// Runs `f` on a thread of its own inside the namespace, with a tokio runtime there, and
+    /// waits for it (a panic inside fails the test).
+    fn run<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        if let Err(panic) = in_netns(&self.0, f).join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// A thread inside namespace `name` running `f(name)` on a runtime of its own.
+fn in_netns<F, Fut>(name: &str, f: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f(name));
+    })
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.0]);
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// An HTTP/1.1 app with keep-alive on `addr`, answering `ok` to everything.
+async fn app(addr: &str) -> SocketAddr {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = TcpListener::bind(addr).await.expect("bind app");
+    let local = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(bytes::Bytes::from_static(
+                        b"ok\n",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    local
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: app\r\n\r\n";
+const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n";
+
+/// Reads one whole `ok` response.
+async fn read_response(stream: &mut TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !buf.ends_with(b"ok\n") {
+        let n = stream.read(&mut chunk).await.expect("read response");
+        assert!(n > 0, "app closed early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Client {
+    /// A new connection per request, every 20 ms, closed alternately by the app and the client.
+    Short,
+    /// One kept-alive connection, a request every 20 ms.
+    KeepAlive,
+}
+
+/// Sends requests until `stop` is set; returns when it stopped sending.
+async fn client(kind: Client, app: SocketAddr, stop: Arc<AtomicBool>) -> Instant {
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut kept: Option<TcpStream> = None;
+    let mut n = 0u64;
+    loop {
+        ticker.tick().await;
+        if stop.load(Ordering::SeqCst) {
+            return Instant::now();
+        }
+        n += 1;
+        match kind {
+            Client::Short => {
+                let mut s = TcpStream::connect(app).await.expect("connect");
+                if n % 2 == 0 {
+                    // The app closes first: its side of the socket stays in TIME_WAIT.
+                    s.write_all(REQUEST_CLOSE).await.unwrap();
+                    let mut rest = Vec::new();
+                    let _ = s.read_to_end(&mut rest).await;
+                } else {
+                    // We close first: the app's socket is gone by the next poll.
+                    s.write_all(REQUEST).await.unwrap();
+                    read_response(&mut s).await;
+                }
+            }
+            Client::KeepAlive => {
+                let s = match kept.as_mut() {
+                    Some(s) => s,
+                    None => kept.insert(TcpStream::connect(app).await.expect("connect")),
+                };
+                s.write_all(REQUEST).await.unwrap();
+                read_response(s).await;
+            }
+        }
+    }
+}
+
+/// Idle keep-alive connections: one request each, then left open.
+async fn idle_connections(app: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(app).await.unwrap();
+        s.write_all(REQUEST).await.unwrap();
+        read_response(&mut s).await;
+        held.push(s);
+    }
+    held
+}
+
+fn start_sidewatch(ns: &str, app: SocketAddr, env: &[(&str, &str)]) -> Sidewatch {
+    let target = format!("http://{app}/");
+    let mut all = vec![
+        ("SIDEWATCH_DRAIN_DELAY", "300ms"),
+        ("SIDEWATCH_DRAIN_QUIET", "1s"),
+    ];
+    all.extend_from_slice(env);
+    Sidewatch::start_in(
+        Some(ns),
+        "127.0.0.1:0",
+        &[
+            "--target",
+            &target,
+            "--interval",
+            "100ms",
+            "--cgroup",
+            "none",
+        ],
+        &all,
+    )
+}
+
+/// Drains while `kind` traffic flows for `flow`, then stops the client; returns the /drain
+/// answer and how long after the client's last request it came.
+async fn drain_during(
+    sw: &Sidewatch,
+    app: SocketAddr,
+    kind: Client,
+    flow: Duration,
+) -> (serde_json::Value, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn(client(kind, app, stop.clone()));
+    let url = sw.url("/drain");
+    let returned = Arc::new(Mutex::new(None));
+    let done = returned.clone();
+    let drain = tokio::spawn(async move {
+        let body = common::client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        *done.lock().unwrap() = Some(Instant::now());
+        body
+    });
+    tokio::time::sleep(flow).await; // the traffic's duration, not synchronisation
+    assert!(
+        returned.lock().unwrap().is_none(),
+        "/drain returned while traffic was flowing"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let stopped = sender.await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&drain.await.unwrap()).unwrap();
+    let at = returned.lock().unwrap().expect("returned");
+    (body, at.saturating_duration_since(stopped))
+}
+
+fn assert_prompt(lag: Duration, body: &serde_json::Value) {
+    assert_eq!(body["outcome"], "quiet", "{body}");
+    // drain.quiet is 1 s; the issue allows 200 ms on top.
+    assert!(
+        lag <= Duration::from_millis(1200),
+        "/drain returned {lag:?} after the traffic stopped"
+    );
+    // Quiet is judged on 100 ms polls, and the client notices its stop on a 20 ms tick.
+    assert!(
+        lag >= Duration::from_millis(800),
+        "/drain returned only {lag:?} after the traffic stopped"
+    );
+}
+
+#[test]
+fn short_connections_hold_the_drain_until_quiet() {
+    let Some(ns) = Netns::create("short") else {
+        return;
+    };
+    ns.run(|ns| async move {
+        let app = app("127.0.0.1:0").await;
+        let sw = start_sidewatch(&ns, app, &[]);
+        sw.wait_ready(WITHIN).await;
+        let logs = sw.logs().join("\n");
+        assert!(logs.contains("sock_diag"), "{logs}");
+        let (body, lag) = drain_during(&sw, app, Client::Short, Duration::from_secs(2)).await;
+        assert_prompt(lag, &body);
+        assert!(body["new_connections"].as_u64().unwrap() >= 50, "{body}");
+        assert_eq!(
+            sw.metric("sidewatch_drains_total{outcome=\"quiet\"}").await,
+            Some(1.0)
+        );
+    });
+}
+
+#[test]
+fn keep_alive_traffic_holds_the_drain_and_idle_connections_do_not() {
+    let Some(ns) = Netns::create("keep") else {
+        return;
+    };
+    ns.run(|ns| async move {
+        let app = app("127.0.0.1:0").await;
+        let sw = start_sidewatch(&ns, app, &[]);
+        sw.wait_ready(WITHIN).await;
+        let _idle = idle_connections(app, 3).await;
+        let (body, lag) =
+            drain_during(&sw, app, Client::KeepAlive, Duration::from_millis(1500)).await;
+        assert_prompt(lag, &body);
+        assert!(body["bytes_in"].as_u64().unwrap() > 0, "{body}");
+        // The idle ones are still open (the stopped client closed its own).
+        assert_eq!(sw.metric("sidewatch_app_connections").await, Some(3.0));
+    });
+}
+
+#[test]
+fn a_client_that_never_stops_ends_the_drain_at_max() {
+    let Some(ns) = Netns::create("max") else {
+        return;
+    };
+    ns.run(|ns| async move {
+        let app = app("127.0.0.1:0").await;
+        let sw = start_sidewatch(&ns, app, &[("SIDEWATCH_DRAIN_MAX", "2s")]);
+        sw.wait_ready(WITHIN).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = tokio::spawn(client(Client::Short, app, stop.clone()));
+        let started = Instant::now();
+        let body = common::client()
+            .post(sw.url("/drain"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        sender.await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["outcome"], "max", "{body}");
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!(
+            sw.metric("sidewatch_drains_total{outcome=\"max\"}").await,
+            Some(1.0)
+        );
+        assert_eq!(
+            sw.metric("sidewatch_drain_duration_seconds_count").await,
+            Some(1.0)
+        );
+    });
+}
+
+#[test]
+fn ipv6_traffic_is_seen() {
+    let Some(ns) = Netns::create("ipv6") else {
+        return;
+    };
+    ns.run(|ns| async move {
+        let app = app("[::1]:0").await;
+        let sw = start_sidewatch(&ns, app, &[]);
+        sw.wait_ready(WITHIN).await;
+        let (body, lag) =
+            drain_during(&sw, app, Client::KeepAlive, Duration::from_millis(1500)).await;
+        assert_prompt(lag, &body);
+        assert!(body["bytes_in"].as_u64().unwrap() > 0, "{body}");
+    });
+}
+
+#[test]
+fn the_proc_fallback_sees_short_connections() {
+    let Some(ns) = Netns::create("proc") else {
+        return;
+    };
+    ns.run(|ns| async move {
+        let app = app("127.0.0.1:0").await;
+        let sw = start_sidewatch(&ns, app, &[("SIDEWATCH_DRAIN_TRAFFIC_SOURCE", "proc")]);
+        sw.wait_ready(WITHIN).await;
+        let logs = sw.logs().join("\n");
+        assert!(logs.contains("/proc/net/tcp"), "{logs}");
+        let (body, lag) = drain_during(&sw, app, Client::Short, Duration::from_secs(2)).await;
+        assert_prompt(lag, &body);
+        assert_eq!(body["bytes_in"], 0, "/proc has no byte counts");
+    });
+}
+
+/// From a second namespace over a veth pair, as the kubelet's preStop hook comes from the node.
+#[test]
+fn callers_off_loopback_need_the_token() {
+    let Some(pod) = Netns::create("pod") else {
+        return;
+    };
+    let Some(node) = Netns::create("node") else {
+        return;
+    };
+    let n = std::process::id() % 100_000;
+    let (a, b) = (format!("swa{n}"), format!("swb{n}"));
+    for args in [
+        vec![
+            "link",
+            "add",
+            a.as_str(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b.as_str(),
+        ],
+        vec!["link", "set", a.as_str(), "netns", pod.0.as_str()],
+        vec!["link", "set", b.as_str(), "netns", node.0.as_str()],
+        vec![
+            "-n",
+            pod.0.as_str(),
+            "addr",
+            "add",
+            "10.231.7.1/24",
+            "dev",
+            a.as_str(),
+        ],
+        vec![
+            "-n",
+            node.0.as_str(),
+            "addr",
+            "add",
+            "10.231.7.2/24",
+            "dev",
+            b.as_str(),
+        ],
+        vec!["-n", pod.0.as_str(), "link", "set", a.as_str(), "up"],
+        vec!["-n", node.0.as_str(), "link", "set", b.as_str(), "up"],
+    ] {
+        assert!(ip(&args), "ip {args:?}");
+    }
+    let node_name = node.0.clone();
+    pod.run(move |pod| async move {
+        let app = app("127.0.0.1:0").await;
+        let target = format!("http://{app}/");
+        let sw = Sidewatch::start_in(
+            Some(&pod),
+            "0.0.0.0:0",
+            &["--target", &target, "--cgroup", "none"],
+            &[
+                ("SIDEWATCH_DRAIN_TOKEN_ENV", "DRAIN_TOKEN"),
+                ("DRAIN_TOKEN", "s3cret"),
+                ("SIDEWATCH_DRAIN_DELAY", "200ms"),
+            ],
+        );
+        sw.wait_ready(WITHIN).await;
+        let drain_url = format!("http://10.231.7.1:{}/drain", sw.addr.port());
+        let readyz_url = format!("http://10.231.7.1:{}/readyz", sw.addr.port());
+        // The node side runs on its own thread; this runtime keeps serving the app meanwhile.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let node_side = in_netns(&node_name, move |_| async move {
+            let c = common::client();
+            let status = |r: reqwest::Response| r.status().as_u16();
+            let refused = c.get(&drain_url).send().await.unwrap();
+            assert_eq!(status(refused), 403, "no token");
+            let wrong = c
+                .get(&drain_url)
+                .header("x-sidewatch-drain-token", "s3cre")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(status(wrong), 403, "wrong token");
+            let post = c
+                .post(&drain_url)
+                .header("x-sidewatch-drain-token", "guess")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(status(post), 403, "wrong token, POST");
+            let ready = c.get(&readyz_url).send().await.unwrap();
+            assert_eq!(status(ready), 200, "a refused drain changes nothing");
+            let allowed = c
+                .get(&drain_url)
+                .header("x-sidewatch-drain-token", "s3cret")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(status(allowed), 200, "right token");
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.await;
+        if let Err(panic) = node_side.join() {
+            std::panic::resume_unwind(panic);
+        }
+        let (status, body) = sw.readyz().await;
+        assert_eq!(
+            (status, body["reasons"][0]["reason"].as_str()),
+            (503, Some("draining"))
+        );
+        let logs = sw.logs().join("\n");
+        assert!(logs.contains("drain refused"), "{logs}");
+    });
+}
+
+#[test]
+fn a_named_but_empty_token_variable_is_a_start_up_error() {
+    let out = Command::new(common::BIN)
+        .args([
+            "run",
+            "--target",
+            "tcp://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--cgroup",
+            "none",
+        ])
+        .env("SIDEWATCH_DRAIN_TOKEN_ENV", "SIDEWATCH_TEST_NO_SUCH_VAR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SIDEWATCH_TEST_NO_SUCH_VAR"), "{stderr}");
+}
