@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::drain::{Access, Drain};
 use crate::engine::{Engine, SignalSpec};
+use crate::kubernetes::{self, KubeWatcher};
 use crate::liveness::Liveness;
 use crate::memory::{self, MemoryWatcher};
 use crate::metrics::Metrics;
@@ -29,6 +30,8 @@ pub enum StartError {
     Memory(String),
     #[error("drain: {0}")]
     Traffic(String),
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -98,16 +101,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if config.process.pattern.is_some() {
         engine.register(process::SIGNAL, single, now);
     }
+    let identity = kubernetes::connect(&config.kubernetes)
+        .await
+        .map_err(StartError::Kubernetes)?;
+    if identity.is_some() {
+        for signal in kubernetes::SIGNALS {
+            engine.register(signal, single, now);
+        }
+    }
     let (publish, verdict) = watch::channel(Published::new(engine.verdict()));
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let liveness = Liveness::default();
 
     let accepted = Arc::new(AtomicU64::new(0));
     let traffic = traffic_watcher(&config, accepted.clone())?;
+    let terminating = Arc::new(AtomicBool::new(false));
     let access = Access {
         token: drain_token(&config)?,
-        terminating: Arc::new(AtomicBool::new(false)),
+        terminating: terminating.clone(),
     };
+    let (notices_tx, notices_rx) = mpsc::channel(16);
     let engine_task = watcher::run_engine(
         engine,
         inputs_rx,
@@ -139,8 +152,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config: config.memory.clone(),
             inputs: inputs_tx.clone(),
             metrics: metrics.clone(),
+            notices: identity.is_some().then(|| notices_tx.clone()),
         };
         watch_rt.spawn(watcher.run(liveness.clone()));
+    }
+    if let Some(identity) = identity {
+        let watcher = KubeWatcher {
+            identity,
+            config: config.kubernetes.clone(),
+            inputs: inputs_tx.clone(),
+            metrics: metrics.clone(),
+            terminating,
+            verdict: verdict.clone(),
+            notices: notices_rx,
+        };
+        watch_rt.spawn(watcher.run());
     }
     if let Some(pattern) = config.process.pattern.clone() {
         let watcher = ProcessWatcher {

@@ -55,6 +55,7 @@ pub struct Config {
     pub probes: Probes,
     pub memory: MemoryConfig,
     pub process: ProcessConfig,
+    pub kubernetes: KubernetesConfig,
     pub drain: DrainConfig,
 }
 
@@ -65,8 +66,67 @@ impl Default for Config {
             probes: Probes::default(),
             memory: MemoryConfig::default(),
             process: ProcessConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             drain: DrainConfig::default(),
         }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// auto: on when POD_NAME and POD_NAMESPACE are set and a cluster config is found.
+    pub enabled: Switch,
+    /// The pod condition patched on every readiness change, when the pod spec lists it as a gate.
+    pub readiness_gate: String,
+    /// Post Kubernetes Events for readiness changes and OOM kills.
+    pub events: bool,
+    /// Not ready this long after an app container restart.
+    #[serde(with = "humantime_serde")]
+    pub restart_cooldown: Duration,
+    /// The app container; default: the first container that is not sidewatch.
+    pub app_container: Option<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Switch::Auto,
+            readiness_gate: "sidewatch.io/healthy".into(),
+            events: true,
+            restart_cooldown: Duration::from_secs(15),
+            app_container: None,
+        }
+    }
+}
+
+/// `auto`, `true` or `false`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for Switch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Switch::Auto),
+            "true" => Ok(Switch::On),
+            "false" => Ok(Switch::Off),
+            _ => Err(format!("bad switch {s:?}: want auto, true or false")),
+        }
+    }
+}
+
+impl std::fmt::Display for Switch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Switch::Auto => "auto",
+            Switch::On => "true",
+            Switch::Off => "false",
+        })
     }
 }
 
@@ -600,9 +660,10 @@ macro_rules! serde_via_str {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 #[derive(Deserialize)]
                 #[serde(untagged)]
-                enum Scalar { Int(u64), Str(String) }
+                enum Scalar { Int(u64), Bool(bool), Str(String) }
                 let s = match Scalar::deserialize(d)? {
                     Scalar::Int(i) => i.to_string(),
+                    Scalar::Bool(b) => b.to_string(),
                     Scalar::Str(s) => s,
                 };
                 s.parse().map_err(serde::de::Error::custom)
@@ -615,7 +676,7 @@ macro_rules! serde_via_str {
         }
     )*};
 }
-serde_via_str!(HttpUrl, HostPort, StatusRange, CgroupSetting, Bytes);
+serde_via_str!(HttpUrl, HostPort, StatusRange, CgroupSetting, Bytes, Switch);
 
 impl std::fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use crate::app::{self, StartError};
 use crate::cli::DemoArgs;
 use crate::config::{
-    Check, Config, DrainConfig, HttpCheck, MemoryConfig, MemorySource, ProbeConfig, Probes,
-    ProcessConfig,
+    Check, Config, DrainConfig, HttpCheck, KubernetesConfig, MemoryConfig, MemorySource,
+    ProbeConfig, Probes, ProcessConfig, Switch,
 };
 use crate::engine::Verdict;
 use crate::reason::Reason;
@@ -90,6 +90,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..MemoryConfig::default()
         },
         process: ProcessConfig::default(),
+        kubernetes: KubernetesConfig {
+            enabled: Switch::Off,
+            ..KubernetesConfig::default()
+        },
     };
     let running = match app::start(config.clone()).await {
         Err(StartError::Listen { .. }) => {

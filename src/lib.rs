@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod engine;
+pub mod kubernetes;
 pub mod liveness;
 pub mod logging;
 pub mod memory;

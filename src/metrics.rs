@@ -25,6 +25,9 @@ pub struct Metrics {
     pub memory_read_errors: IntCounterVec,
     pub process_exits: IntCounter,
     pub app_connections: IntGauge,
+    pub container_restarts: IntCounterVec,
+    pub kube_errors: IntCounterVec,
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -144,6 +147,28 @@ impl Metrics {
         )
         .expect("static metric definition");
 
+        let container_restarts = IntCounterVec::new(
+            Opts::new(
+                "sidewatch_container_restarts_total",
+                "Container restarts the kubelet reported, by container and last termination reason (oom_killed: raise the memory limit).",
+            ),
+            &["container", "reason"],
+        )
+        .expect("static metric definition");
+        let kube_errors = IntCounterVec::new(
+            Opts::new(
+                "sidewatch_kube_errors_total",
+                "Failed Kubernetes API requests by operation; local signals keep deciding. Check RBAC (403) and API server reachability.",
+            ),
+            &["op"],
+        )
+        .expect("static metric definition");
+        let events_dropped = IntCounter::new(
+            "sidewatch_events_dropped_total",
+            "Kubernetes Events not posted because of the rate limit: the app is flapping, read the logs.",
+        )
+        .expect("static metric definition");
+
         let registry = Registry::new();
         for c in [
             Box::new(ready.clone()) as Box<dyn prometheus::core::Collector>,
@@ -162,6 +187,9 @@ impl Metrics {
             Box::new(memory_read_errors.clone()),
             Box::new(process_exits.clone()),
             Box::new(app_connections.clone()),
+            Box::new(container_restarts.clone()),
+            Box::new(kube_errors.clone()),
+            Box::new(events_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -178,6 +206,9 @@ impl Metrics {
         predicted_oom.set(f64::INFINITY);
         for kind in ["some", "full"] {
             memory_pressure.with_label_values(&[kind]);
+        }
+        for op in ["watch", "patch_status", "create_event"] {
+            kube_errors.with_label_values(&[op]);
         }
         for kind in ["missing", "garbled", "io"] {
             memory_read_errors.with_label_values(&[kind]);
@@ -206,6 +237,9 @@ impl Metrics {
             memory_read_errors,
             process_exits,
             app_connections,
+            container_restarts,
+            kube_errors,
+            events_dropped,
         }
     }
 

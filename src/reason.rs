@@ -29,6 +29,10 @@ pub enum Reason {
     OomKilled,
     /// The app's main process (`process.match`) is gone.
     ProcessExited,
+    /// The kubelet restarted the app container (or it is in CrashLoopBackOff).
+    ContainerRestarted,
+    /// The pod has a deletionTimestamp.
+    Terminating,
     /// A critical signal has not succeeded even once since start-up.
     Starting,
     Draining,
@@ -64,6 +68,8 @@ impl Reason {
             Reason::OomPredicted => "oom_predicted",
             Reason::OomKilled => "oom_killed",
             Reason::ProcessExited => "process_exited",
+            Reason::ContainerRestarted => "container_restarted",
+            Reason::Terminating => "terminating",
             Reason::Starting => "starting",
             Reason::Draining => "draining",
         }

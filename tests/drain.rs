@@ -3,6 +3,8 @@
 //! fresh namespace, so the namespace's TCP counters see only its own traffic. Needs root and `ip`.
 
 mod common;
+#[path = "common/netns.rs"]
+mod netns;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,80 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{skip_or_fail, which, Sidewatch};
+use common::Sidewatch;
+use netns::{in_netns, Netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const WITHIN: Duration = Duration::from_secs(10);
-
-/// A network namespace with its loopback up, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(tag: &str) -> Option<Netns> {
-        if which("ip").is_none() {
-            skip_or_fail("the ip command (iproute2) is needed for network namespaces");
-            return None;
-        }
-        let name = format!("sw-{tag}-{}", std::process::id());
-        if !ip(&["netns", "add", &name]) {
-            skip_or_fail(&format!(
-                "cannot create network namespace {name} (root needed)"
-            ));
-            return None;
-        }
-        let ns = Netns(name);
-        assert!(
-            ip(&["-n", &ns.0, "link", "set", "lo", "up"]),
-            "lo up in {}",
-            ns.0
-        );
-        Some(ns)
-    }
-
-    /// Runs `f` on a thread of its own inside the namespace, with a tokio runtime there, and
-    /// waits for it (a panic inside fails the test).
-    fn run<F, Fut>(&self, f: F)
-    where
-        F: FnOnce(String) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()>,
-    {
-        if let Err(panic) = in_netns(&self.0, f).join() {
-            std::panic::resume_unwind(panic);
-        }
-    }
-}
-
-/// A thread inside namespace `name` running `f(name)` on a runtime of its own.
-fn in_netns<F, Fut>(name: &str, f: F) -> std::thread::JoinHandle<()>
-where
-    F: FnOnce(String) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let name = name.to_owned();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f(name));
-    })
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        ip(&["netns", "del", &self.0]);
-    }
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// An HTTP/1.1 app with keep-alive on `addr`, answering `ok` to everything.
 async fn app(addr: &str) -> SocketAddr {
@@ -375,44 +309,7 @@ fn callers_off_loopback_need_the_token() {
     let Some(node) = Netns::create("node") else {
         return;
     };
-    let n = std::process::id() % 100_000;
-    let (a, b) = (format!("swa{n}"), format!("swb{n}"));
-    for args in [
-        vec![
-            "link",
-            "add",
-            a.as_str(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b.as_str(),
-        ],
-        vec!["link", "set", a.as_str(), "netns", pod.0.as_str()],
-        vec!["link", "set", b.as_str(), "netns", node.0.as_str()],
-        vec![
-            "-n",
-            pod.0.as_str(),
-            "addr",
-            "add",
-            "10.231.7.1/24",
-            "dev",
-            a.as_str(),
-        ],
-        vec![
-            "-n",
-            node.0.as_str(),
-            "addr",
-            "add",
-            "10.231.7.2/24",
-            "dev",
-            b.as_str(),
-        ],
-        vec!["-n", pod.0.as_str(), "link", "set", a.as_str(), "up"],
-        vec!["-n", node.0.as_str(), "link", "set", b.as_str(), "up"],
-    ] {
-        assert!(ip(&args), "ip {args:?}");
-    }
+    let pod_ip = netns::link(&pod, &node, 7);
     let node_name = node.0.clone();
     pod.run(move |pod| async move {
         let app = app("127.0.0.1:0").await;
@@ -428,8 +325,8 @@ fn callers_off_loopback_need_the_token() {
             ],
         );
         sw.wait_ready(WITHIN).await;
-        let drain_url = format!("http://10.231.7.1:{}/drain", sw.addr.port());
-        let readyz_url = format!("http://10.231.7.1:{}/readyz", sw.addr.port());
+        let drain_url = format!("http://{pod_ip}:{}/drain", sw.addr.port());
+        let readyz_url = format!("http://{pod_ip}:{}/readyz", sw.addr.port());
         // The node side runs on its own thread; this runtime keeps serving the app meanwhile.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let node_side = in_netns(&node_name, move |_| async move {

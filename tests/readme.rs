@@ -35,7 +35,13 @@ fn the_readyz_example_is_what_the_engine_serialises() {
 
 #[test]
 fn the_metric_table_lists_exactly_the_registered_metrics() {
-    let text = String::from_utf8(Metrics::new(["app"]).encode()).unwrap();
+    let metrics = Metrics::new(["app"]);
+    // Its label values come from the Pod, so no series exists until a restart is seen.
+    metrics
+        .container_restarts
+        .with_label_values(&["app", "other"])
+        .inc();
+    let text = String::from_utf8(metrics.encode()).unwrap();
     let registered: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

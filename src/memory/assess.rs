@@ -12,6 +12,9 @@ use crate::reason::Reason;
 const TREND_WINDOW: Duration = Duration::from_secs(10);
 /// Below this share of the limit no OOM is predicted: start-up growth of a small app is no leak.
 const TREND_FLOOR: f64 = 0.5;
+/// A prediction holds until the estimate passes `predict_within` by this factor, so an estimate
+/// hovering at the threshold does not flap the pod in and out of rotation.
+const TREND_RELEASE: f64 = 1.2;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
@@ -40,6 +43,7 @@ pub struct Assessor {
     t: Thresholds,
     high: bool,
     pressured: bool,
+    predicted: bool,
     history: VecDeque<(Instant, u64)>,
     oom_seen: Option<u64>,
     oom_until: Option<Instant>,
@@ -51,6 +55,7 @@ impl Assessor {
             t,
             high: false,
             pressured: false,
+            predicted: false,
             history: VecDeque::new(),
             oom_seen: None,
             oom_until: None,
@@ -160,26 +165,32 @@ impl Assessor {
             self.history.pop_front();
         }
         let (Some(limit), Some(slope)) = (s.limit, slope(&self.history)) else {
+            self.predicted = false;
             return (Observation::Success, None);
         };
         if slope <= 0.0 || s.working_set >= limit {
+            self.predicted = false;
             return (Observation::Success, None);
         }
         let eta = (limit - s.working_set) as f64 / slope;
         let floor = (limit as f64 * TREND_FLOOR) as u64;
-        let observation = match self.t.predict_within {
-            Some(within) if s.working_set >= floor && eta < within.as_secs_f64() => {
-                Observation::Failure {
-                    reason: Reason::OomPredicted,
-                    message: format!(
-                        "working set {} grows {}/s: the {} limit in {eta:.1}s",
-                        mib(s.working_set),
-                        mib(slope as u64),
-                        mib(limit)
-                    ),
-                }
+        let release = if self.predicted { TREND_RELEASE } else { 1.0 };
+        self.predicted = self
+            .t
+            .predict_within
+            .is_some_and(|w| s.working_set >= floor && eta < w.as_secs_f64() * release);
+        let observation = if self.predicted {
+            Observation::Failure {
+                reason: Reason::OomPredicted,
+                message: format!(
+                    "working set {} grows {}/s: the {} limit in {eta:.1}s",
+                    mib(s.working_set),
+                    mib(slope as u64),
+                    mib(limit)
+                ),
             }
-            _ => Observation::Success,
+        } else {
+            Observation::Success
         };
         (observation, Some(eta))
     }
@@ -293,6 +304,35 @@ mod tests {
         let (i, eta) = first_prediction.expect("predicted");
         assert_eq!(i, 2, "three samples are enough");
         assert!((eta - 24.5).abs() < 0.5, "eta {eta}");
+    }
+
+    #[test]
+    fn a_prediction_hovering_at_the_threshold_does_not_flap() {
+        let t0 = Instant::now();
+        let mut a = Assessor::new(thresholds());
+        let mut ws = 60.0;
+        let mut at = 0;
+        let mut step = |a: &mut Assessor, rate: f64| {
+            at += 1000;
+            ws += rate;
+            a.assess(&sample(t0, at, (ws * MIB as f64) as u64))
+        };
+        // 1.2 MiB/s from 60 of 100 MiB: under 30 s to the limit, predicted.
+        let mut r = step(&mut a, 1.2);
+        for _ in 0..7 {
+            r = step(&mut a, 1.2);
+        }
+        assert_eq!(reason(&r.trend), Some(Reason::OomPredicted));
+        // Growth slows: the estimate moves past 30 s; the prediction holds up to 1.2 × 30 s.
+        let mut in_band = 0;
+        for _ in 0..5 {
+            let r = step(&mut a, 0.5);
+            let eta = r.predicted_oom.unwrap();
+            let expected = (eta < 36.0).then_some(Reason::OomPredicted);
+            assert_eq!(reason(&r.trend), expected, "at eta {eta}");
+            in_band += usize::from(eta > 30.0 && eta < 36.0);
+        }
+        assert!(in_band > 0, "the scenario never reached the band");
     }
 
     #[test]

@@ -19,6 +19,10 @@ use super::cgroup::{self, CgroupDir, Version};
 /// only use windows in multiples of 2 s. The decision is still made on `avg10`.
 const PSI_TRIGGER: &[u8] = b"some 150000 2000000\0";
 
+/// v1 signals OOM when the cgroup enters it, before the killer has picked a victim and counted
+/// the kill: sample again shortly after (milliseconds from one look to the next).
+const OOM_FOLLOW_UP: &[u64] = &[2, 2, 4, 8, 16, 32, 64, 128];
+
 /// Arms every notification the cgroup allows; each sends `()` on `wake`. Returns the names of
 /// those armed and their tasks (aborted when the cgroup changes).
 pub fn arm(
@@ -53,7 +57,13 @@ pub fn arm(
         Version::V1 => {
             arm_one(
                 "eventfd memory.oom_control",
-                eventfd(&dir.path, "memory.oom_control", None, wake.clone()),
+                eventfd(
+                    &dir.path,
+                    "memory.oom_control",
+                    None,
+                    OOM_FOLLOW_UP,
+                    wake.clone(),
+                ),
             );
             if let Some(bytes) = usage_threshold {
                 arm_one(
@@ -62,6 +72,7 @@ pub fn arm(
                         &dir.path,
                         "memory.usage_in_bytes",
                         Some(bytes),
+                        &[],
                         wake.clone(),
                     ),
                 );
@@ -91,6 +102,7 @@ fn eventfd(
     dir: &Path,
     target: &str,
     threshold: Option<u64>,
+    follow_up: &'static [u64],
     wake: mpsc::Sender<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     use rustix::event::{eventfd, EventfdFlags};
@@ -117,6 +129,12 @@ fn eventfd(
                 Ok(_) => {
                     if wake.send(()).await.is_err() {
                         break;
+                    }
+                    for ms in follow_up {
+                        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+                        if wake.send(()).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{CgroupSetting, MemoryConfig, MemorySource};
 use crate::engine::Observation;
+use crate::kubernetes::Notice;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::process;
@@ -92,6 +93,8 @@ pub struct MemoryWatcher {
     pub config: MemoryConfig,
     pub inputs: mpsc::Sender<Input>,
     pub metrics: Metrics,
+    /// Where OOM kills go to become Kubernetes Events (the kubelet posts none for them).
+    pub notices: Option<mpsc::Sender<Notice>>,
 }
 
 /// Where the current samples come from; re-resolved when the app process changes.
@@ -237,6 +240,17 @@ impl MemoryWatcher {
         if a.new_oom_kills > 0 {
             m.oom_kills.inc_by(a.new_oom_kills);
             tracing::warn!(kills = a.new_oom_kills, working_set = s.working_set, limit = ?s.limit, "OOM kill in the app's cgroup");
+            if let Some(notices) = &self.notices {
+                let message = match s.limit {
+                    Some(limit) => format!("memory limit {limit} bytes"),
+                    None => "no memory limit".to_owned(),
+                };
+                // A full queue means Events are backed up anyway; the metric has the count.
+                let _ = notices.try_send(Notice::OomKill {
+                    kills: a.new_oom_kills,
+                    message,
+                });
+            }
         }
     }
 

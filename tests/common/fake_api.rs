@@ -1,0 +1,332 @@
+//! An in-process fake Kubernetes API server on loopback that speaks the real wire format: LIST
+//! and WATCH of pods (newline-delimited JSON events, resourceVersion, bookmarks, 410 Gone), PATCH
+//! of `pods/{name}/status` (recorded and applied), POST and PATCH of Events (events.k8s.io/v1
+//! and core/v1), and failure modes (an error status for everything, dropped watches, slowness).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+struct State {
+    pod: Value,
+    rv: u64,
+    /// (resourceVersion, type, object) of every change, for watches to replay.
+    history: Vec<(u64, &'static str, Value)>,
+    /// Watches from a resourceVersion below this get 410 Gone.
+    oldest: u64,
+    requests: Vec<Recorded>,
+    fail: Option<u16>,
+    delay: Duration,
+    /// Bumped to cut every open watch.
+    generation: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    changed: Arc<Notify>,
+}
+
+impl FakeApi {
+    pub async fn start(pod: Value) -> FakeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut pod = pod;
+        pod["metadata"]["resourceVersion"] = "1".into();
+        let api = FakeApi {
+            addr,
+            state: Arc::new(Mutex::new(State {
+                pod,
+                rv: 1,
+                history: Vec::new(),
+                oldest: 0,
+                requests: Vec::new(),
+                fail: None,
+                delay: Duration::ZERO,
+                generation: 0,
+            })),
+            changed: Arc::new(Notify::new()),
+        };
+        let server = api.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let api = server.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        api
+    }
+
+    /// A kubeconfig that points at this server, as a user would write one.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{}\"}}\nusers:\n- name: sidewatch\n  user: {{token: test-token}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: sidewatch, namespace: shop}}\ncurrent-context: fake\n",
+            self.addr
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Changes the pod as the kubelet or a user would; watchers get MODIFIED.
+    pub fn update_pod(&self, f: impl FnOnce(&mut Value)) {
+        let mut s = self.state.lock().unwrap();
+        f(&mut s.pod);
+        bump(&mut s, "MODIFIED");
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    pub fn pod(&self) -> Value {
+        self.state.lock().unwrap().pod.clone()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Every request answers this status (403, 500…) until `None`.
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.state.lock().unwrap().fail = status;
+        self.drop_watches();
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Cuts every open watch, as a restarting API server or a load balancer would.
+    pub fn drop_watches(&self) {
+        self.state.lock().unwrap().generation += 1;
+        self.changed.notify_waiters();
+    }
+
+    /// Forgets history: watches from any version seen so far get 410 Gone and must relist.
+    pub fn compact(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.oldest = s.rv + 1;
+        bump(&mut s, "MODIFIED");
+        drop(s);
+        self.drop_watches();
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (fail, delay) = {
+            let mut s = self.state.lock().unwrap();
+            s.requests.push(Recorded {
+                method: method.to_string(),
+                path: path.clone(),
+                query: query.clone(),
+                content_type: content_type.clone(),
+                body: body.clone(),
+            });
+            (s.fail, s.delay)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(code) = fail {
+            return json_response(code, status_body(code, "injected failure"));
+        }
+        let pods = path.starts_with("/api/v1/namespaces/") && path.ends_with("/pods");
+        match (&method, path.as_str()) {
+            (&Method::GET, _) if pods && query.contains("watch=true") => self.watch(&query),
+            (&Method::GET, _) if pods => {
+                let s = self.state.lock().unwrap();
+                let list = json!({"kind": "PodList", "apiVersion": "v1",
+                    "metadata": {"resourceVersion": s.rv.to_string()}, "items": [s.pod.clone()]});
+                json_response(200, list)
+            }
+            (&Method::PATCH, p) if p.ends_with("/status") && p.contains("/pods/") => {
+                let mut s = self.state.lock().unwrap();
+                if content_type.starts_with("application/strategic-merge-patch+json") {
+                    merge_conditions(&mut s.pod, &body);
+                }
+                bump(&mut s, "MODIFIED");
+                let pod = s.pod.clone();
+                drop(s);
+                self.changed.notify_waiters();
+                json_response(200, pod)
+            }
+            (&Method::POST, p) if p.ends_with("/events") => {
+                let mut event = body;
+                if event["metadata"]["name"].is_null() {
+                    event["metadata"]["name"] = "event-1".into();
+                }
+                json_response(201, event)
+            }
+            (&Method::PATCH, p) if p.contains("/events/") => json_response(200, body),
+            _ => json_response(404, status_body(404, "not found")),
+        }
+    }
+
+    fn watch(&self, query: &str) -> Response<BoxBody<Bytes, Infallible>> {
+        let from: u64 = param(query, "resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (gone, generation) = {
+            let s = self.state.lock().unwrap();
+            (from < s.oldest, s.generation)
+        };
+        if gone {
+            let event =
+                json!({"type": "ERROR", "object": status_body(410, "too old resource version")});
+            let line = Bytes::from(format!("{event}\n"));
+            let body = Full::new(line).boxed();
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap();
+        }
+        let api = self.clone();
+        let stream = futures_util::stream::unfold((from, true), move |(sent, first)| {
+            let api = api.clone();
+            async move {
+                loop {
+                    let notified = api.changed.notified();
+                    {
+                        let s = api.state.lock().unwrap();
+                        if s.generation != generation {
+                            return None;
+                        }
+                        if first {
+                            // A bookmark first, as servers send with allowWatchBookmarks.
+                            let bookmark = json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1",
+                                "metadata": {"resourceVersion": s.rv.max(sent).to_string()}}});
+                            let line = Frame::data(Bytes::from(format!("{bookmark}\n")));
+                            return Some((Ok::<_, Infallible>(line), (sent, false)));
+                        }
+                        if let Some((rv, kind, obj)) =
+                            s.history.iter().find(|(rv, _, _)| *rv > sent)
+                        {
+                            let event = json!({"type": kind, "object": obj});
+                            let line = Frame::data(Bytes::from(format!("{event}\n")));
+                            return Some((Ok(line), (*rv, false)));
+                        }
+                    }
+                    notified.await;
+                }
+            }
+        });
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(stream).boxed())
+            .unwrap()
+    }
+}
+
+fn bump(s: &mut State, kind: &'static str) {
+    s.rv += 1;
+    s.pod["metadata"]["resourceVersion"] = s.rv.to_string().into();
+    let (rv, pod) = (s.rv, s.pod.clone());
+    s.history.push((rv, kind, pod));
+}
+
+/// Strategic merge of `status.conditions`: entries merge by `type`.
+fn merge_conditions(pod: &mut Value, patch: &Value) {
+    let Some(new) = patch["status"]["conditions"].as_array() else {
+        return;
+    };
+    if !pod["status"]["conditions"].is_array() {
+        pod["status"]["conditions"] = json!([]);
+    }
+    let conditions = pod["status"]["conditions"].as_array_mut().unwrap();
+    for c in new {
+        match conditions.iter_mut().find(|old| old["type"] == c["type"]) {
+            Some(old) => *old = c.clone(),
+            None => conditions.push(c.clone()),
+        }
+    }
+}
+
+fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn status_body(code: u16, message: &str) -> Value {
+    let reason = match code {
+        403 => "Forbidden",
+        404 => "NotFound",
+        410 => "Expired",
+        _ => "InternalError",
+    };
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code})
+}
+
+fn json_response(code: u16, body: Value) -> Response<BoxBody<Bytes, Infallible>> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+/// A pod named web-1 in shop with an app container and sidewatch as a native sidecar.
+pub fn pod(with_gate: bool) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "shop", "uid": "0b5e4a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"},
+        "spec": {
+            "initContainers": [{"name": "sidewatch", "image": "sidewatch:0.1.0", "restartPolicy": "Always"}],
+            "containers": [{"name": "app", "image": "example/app"}]
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "initContainerStatuses": [{"name": "sidewatch", "image": "s", "imageID": "", "ready": true, "restartCount": 0}],
+            "containerStatuses": [{"name": "app", "image": "a", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]
+        }
+    });
+    if with_gate {
+        pod["spec"]["readinessGates"] = json!([{"conditionType": "sidewatch.io/healthy"}]);
+    }
+    pod
+}

@@ -1,0 +1,528 @@
+//! sidewatch against a fake API server speaking the real wire format, pointed at with a
+//! kubeconfig exactly as a user would: pod watch signals, the readiness gate, Events, and an API
+//! server that refuses, dies, comes back or forgets history.
+
+mod common;
+#[path = "common/fake_api.rs"]
+mod fake_api;
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::time::{Duration, SystemTime};
+
+use common::{eventually, healthy, tempdir, Behaviour, Sidewatch, Upstream};
+use fake_api::FakeApi;
+use serde_json::json;
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+struct Setup {
+    api: FakeApi,
+    up: Upstream,
+    sw: Sidewatch,
+    _dir: tempdir::Dir,
+}
+
+async fn setup(pod: serde_json::Value, env: &[(&str, &str)]) -> Setup {
+    let api = FakeApi::start(pod).await;
+    let up = Upstream::start(healthy()).await;
+    let dir = tempdir::Dir::new();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let url = up.url();
+    let mut all = vec![
+        ("KUBECONFIG", kubeconfig.to_str().unwrap().to_owned()),
+        ("POD_NAME", "web-1".to_owned()),
+        ("POD_NAMESPACE", "shop".to_owned()),
+        ("CONTAINER_NAME", "sidewatch".to_owned()),
+        ("SIDEWATCH_KUBERNETES_RESTART_COOLDOWN", "2s".to_owned()),
+        ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false".to_owned()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sw = Sidewatch::start(
+        &[
+            "--target",
+            &url,
+            "--interval",
+            "100ms",
+            "--failure-threshold",
+            "1",
+            "--cgroup",
+            "none",
+        ],
+        &env,
+    );
+    Setup {
+        api,
+        up,
+        sw,
+        _dir: dir,
+    }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn gate_patches(api: &FakeApi) -> Vec<fake_api::Recorded> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/pods/web-1/status"))
+        .collect()
+}
+
+fn gate_status(api: &FakeApi) -> Option<(String, String)> {
+    let pod = api.pod();
+    let c = pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "sidewatch.io/healthy")?
+        .clone();
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["message"].as_str()?.to_owned(),
+    ))
+}
+
+/// Waits until the fake has served the initial list and a watch.
+async fn wait_watching(api: &FakeApi) {
+    eventually("a pod watch", WITHIN, || async {
+        api.requests()
+            .iter()
+            .any(|r| r.query.contains("watch=true"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_killed_restart_is_unready_at_once_then_cools_down() {
+    let s = setup(fake_api::pod(false), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    wait_watching(&s.api).await;
+    let logs = s.sw.logs().join("\n");
+    assert!(logs.contains("kubernetes: on"), "{logs}");
+
+    s.api.update_pod(|pod| {
+        let app = &mut pod["status"]["containerStatuses"][0];
+        app["restartCount"] = 1.into();
+        app["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled",
+            "finishedAt": rfc3339(SystemTime::now())}});
+    });
+    let body = s.sw.wait_reason("oom_killed", Duration::from_secs(2)).await;
+    assert_eq!(body["reasons"][0]["signal"], "kube:app");
+    let series = "sidewatch_container_restarts_total{container=\"app\",reason=\"oom_killed\"}";
+    assert_eq!(s.sw.metric(series).await, Some(1.0));
+    s.sw.wait_ready(WITHIN).await;
+
+    // A plain restart, and sidewatch's own restart which is no signal.
+    s.api.update_pod(|pod| {
+        pod["status"]["initContainerStatuses"][0]["restartCount"] = 4.into();
+        let app = &mut pod["status"]["containerStatuses"][0];
+        app["restartCount"] = 2.into();
+        app["lastState"]["terminated"]["reason"] = "Error".into();
+    });
+    s.sw.wait_reason("container_restarted", Duration::from_secs(2))
+        .await;
+    let own = "sidewatch_container_restarts_total{container=\"sidewatch\",reason=\"other\"}";
+    assert_eq!(s.sw.metric(own).await, None);
+    s.sw.wait_ready(WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_termination_at_start_up_is_history() {
+    let mut pod = fake_api::pod(false);
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    pod["status"]["containerStatuses"][0]["restartCount"] = 7.into();
+    pod["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": rfc3339(an_hour_ago)}});
+    let s = setup(pod, &[]).await;
+    wait_watching(&s.api).await;
+    s.sw.wait_ready(WITHIN).await;
+    let series = "sidewatch_container_restarts_total{container=\"app\",reason=\"oom_killed\"}";
+    assert_eq!(s.sw.metric(series).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_is_patched_on_transitions_with_a_strategic_merge() {
+    let s = setup(fake_api::pod(true), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    eventually("the gate True", WITHIN, || async {
+        (gate_status(&s.api).is_some_and(|(st, _)| st == "True")).then_some(())
+    })
+    .await;
+    s.up.set(Behaviour::Status(503, ""));
+    let (_, message) = eventually("the gate False", WITHIN, || async {
+        gate_status(&s.api).filter(|(st, _)| st == "False")
+    })
+    .await;
+    assert!(message.contains("probe:app=http_5xx"), "{message}");
+    s.up.set(healthy());
+    eventually("the gate True again", WITHIN, || async {
+        (gate_status(&s.api).is_some_and(|(st, _)| st == "True")).then_some(())
+    })
+    .await;
+    let patches = gate_patches(&s.api);
+    assert!(patches.len() >= 3, "{patches:?}");
+    for p in &patches {
+        assert_eq!(
+            p.content_type, "application/strategic-merge-patch+json",
+            "{p:?}"
+        );
+    }
+    // The kubelet's own conditions survive.
+    let pod = s.api.pod();
+    assert!(pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Ready"));
+    assert!(
+        !s.api.requests().iter().any(|r| r
+            .content_type
+            .starts_with("application/merge-patch+json")
+            && r.path.contains("/pods/")),
+        "a JSON merge patch was sent to a pod"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_gate_in_the_spec_means_no_status_patch() {
+    let s = setup(fake_api::pod(false), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    wait_watching(&s.api).await;
+    s.up.set(Behaviour::Status(503, ""));
+    s.sw.wait_reason("http_5xx", WITHIN).await;
+    // The transition Event is the proof that the publisher has acted on the change.
+    eventually("the NotReady event", WITHIN, || async {
+        s.api
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/events") && r.body["reason"] == "NotReadyHttp5xx")
+            .then_some(())
+    })
+    .await;
+    assert!(gate_patches(&s.api).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_posted_for_transitions_and_rate_limited() {
+    let s = setup(fake_api::pod(false), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    wait_watching(&s.api).await;
+    let posted = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.path.contains("/events") && (r.method == "POST" || r.method == "PATCH"))
+            .count()
+    };
+    // Flap 10 times: 20 transitions, against a burst of 5 Events.
+    for _ in 0..10 {
+        s.up.set(Behaviour::Status(503, ""));
+        s.sw.wait_reason("http_5xx", WITHIN).await;
+        s.up.set(healthy());
+        s.sw.wait_ready(WITHIN).await;
+    }
+    eventually("dropped events counted", WITHIN, || async {
+        (s.sw
+            .metric("sidewatch_events_dropped_total")
+            .await
+            .unwrap_or(0.0)
+            >= 10.0)
+            .then_some(())
+    })
+    .await;
+    let n = posted(&s.api);
+    assert!((1..=6).contains(&n), "{n} events posted for 20 transitions");
+    let first = s
+        .api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/events"))
+        .unwrap();
+    assert!(
+        first
+            .path
+            .starts_with("/apis/events.k8s.io/v1/namespaces/shop/"),
+        "{}",
+        first.path
+    );
+    assert_eq!(first.body["regarding"]["name"], "web-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_api_leaves_probes_working_and_the_watch_recovers() {
+    let api_pod = fake_api::pod(false);
+    let s = setup(api_pod, &[]).await;
+    s.api.fail_with(Some(403));
+    s.sw.wait_ready(WITHIN).await;
+    eventually("watch errors counted", WITHIN, || async {
+        (s.sw
+            .metric("sidewatch_kube_errors_total{op=\"watch\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    s.up.set(Behaviour::Status(503, ""));
+    s.sw.wait_reason("http_5xx", WITHIN).await;
+    s.up.set(healthy());
+    s.sw.wait_ready(WITHIN).await;
+
+    s.api.fail_with(None);
+    s.api
+        .update_pod(|pod| pod["metadata"]["deletionTimestamp"] = rfc3339(SystemTime::now()).into());
+    s.sw.wait_reason("terminating", Duration::from_secs(30))
+        .await;
+    let logs = s.sw.logs().join("\n");
+    assert_eq!(
+        logs.matches("cannot watch the pod").count(),
+        1,
+        "logged once per change:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_api_server_is_counted_and_local_signals_decide() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let dir = tempdir::Dir::new();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: dead\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: dead\n  context: {{cluster: dead, user: u}}\ncurrent-context: dead\n"
+    )).unwrap();
+    let up = Upstream::start(healthy()).await;
+    let url = up.url();
+    let sw = Sidewatch::start(
+        &[
+            "--target",
+            &url,
+            "--interval",
+            "100ms",
+            "--failure-threshold",
+            "1",
+            "--cgroup",
+            "none",
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAME", "web-1"),
+            ("POD_NAMESPACE", "shop"),
+        ],
+    );
+    sw.wait_ready(WITHIN).await;
+    eventually("watch errors counted", WITHIN, || async {
+        (sw.metric("sidewatch_kube_errors_total{op=\"watch\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    up.set(Behaviour::Reset);
+    sw.wait_reason("reset", WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_timestamp_is_terminating_within_a_second() {
+    let s = setup(fake_api::pod(false), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    wait_watching(&s.api).await;
+    s.api
+        .update_pod(|pod| pod["metadata"]["deletionTimestamp"] = rfc3339(SystemTime::now()).into());
+    let body =
+        s.sw.wait_reason("terminating", Duration::from_secs(1))
+            .await;
+    assert_eq!(body["reasons"][0]["signal"], "kube:pod");
+    let logs = s.sw.logs().join("\n");
+    assert!(logs.contains("/drain is open to the kubelet"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_gone_forces_a_relist_and_the_gate_is_asserted_again() {
+    let s = setup(fake_api::pod(true), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    eventually("the gate True", WITHIN, || async {
+        (gate_status(&s.api).is_some_and(|(st, _)| st == "True")).then_some(())
+    })
+    .await;
+    let lists = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && !r.query.contains("watch=true"))
+            .count()
+    };
+    let (lists_before, patches_before) = (lists(&s.api), gate_patches(&s.api).len());
+    s.api.compact();
+    eventually("a relist after 410 Gone", WITHIN, || async {
+        (lists(&s.api) > lists_before).then_some(())
+    })
+    .await;
+    eventually("the gate patched again", WITHIN, || async {
+        (gate_patches(&s.api).len() > patches_before).then_some(())
+    })
+    .await;
+    assert_eq!(s.sw.readyz().await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_dropped_mid_stream_reconnects() {
+    let s = setup(fake_api::pod(false), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    wait_watching(&s.api).await;
+    let watches = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.query.contains("watch=true"))
+            .count()
+    };
+    let before = watches(&s.api);
+    s.api.drop_watches();
+    eventually("a new watch", WITHIN, || async {
+        (watches(&s.api) > before).then_some(())
+    })
+    .await;
+    s.api
+        .update_pod(|pod| pod["metadata"]["deletionTimestamp"] = rfc3339(SystemTime::now()).into());
+    s.sw.wait_reason("terminating", WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_server_does_not_slow_the_local_verdict() {
+    let s = setup(fake_api::pod(true), &[]).await;
+    s.api.set_delay(Duration::from_secs(3));
+    s.sw.wait_ready(WITHIN).await;
+    s.up.set(Behaviour::Status(503, ""));
+    // Probes at 100 ms decide within a second, whatever the API server does.
+    s.sw.wait_reason("http_5xx", Duration::from_secs(1)).await;
+    s.api.set_delay(Duration::ZERO);
+    let (_, message) = eventually("the gate False", Duration::from_secs(20), || async {
+        gate_status(&s.api).filter(|(st, _)| st == "False")
+    })
+    .await;
+    assert!(message.contains("http_5xx"), "{message}");
+}
+
+/// The kubelet's preStop hook comes from the node and carries no token: once the API server
+/// says the pod is terminating, /drain opens to it. A second namespace stands for the node.
+#[test]
+fn a_terminating_pod_opens_drain_to_the_node() {
+    let Some(pod) = netns::Netns::create("kpod") else {
+        return;
+    };
+    let Some(node) = netns::Netns::create("knode") else {
+        return;
+    };
+    let pod_ip = netns::link(&pod, &node, 8);
+    let node_name = node.0.clone();
+    pod.run(move |ns| async move {
+        let api = FakeApi::start(fake_api::pod(false)).await;
+        let up = Upstream::start(healthy()).await;
+        let dir = tempdir::Dir::new();
+        let kubeconfig = api.kubeconfig(dir.path());
+        let url = up.url();
+        let sw = Sidewatch::start_in(
+            Some(&ns),
+            "0.0.0.0:0",
+            &["--target", &url, "--interval", "100ms", "--cgroup", "none"],
+            &[
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+                ("POD_NAME", "web-1"),
+                ("POD_NAMESPACE", "shop"),
+                ("SIDEWATCH_DRAIN_DELAY", "200ms"),
+            ],
+        );
+        sw.wait_ready(WITHIN).await;
+        wait_watching(&api).await;
+        let drain_url = format!("http://{pod_ip}:{}/drain", sw.addr.port());
+        let refused = netns::in_netns(&node_name, {
+            let url = drain_url.clone();
+            move |_| async move {
+                let status = common::client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                assert_eq!(status, 403, "before the deletion");
+            }
+        });
+        join(refused).await;
+        assert_eq!(sw.readyz().await.0, 200);
+
+        api.update_pod(|pod| {
+            pod["metadata"]["deletionTimestamp"] = rfc3339(SystemTime::now()).into()
+        });
+        sw.wait_reason("terminating", Duration::from_secs(1)).await;
+        let allowed = netns::in_netns(&node_name, move |_| async move {
+            let resp = common::client().get(&drain_url).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 200, "once terminating");
+        });
+        join(allowed).await;
+    });
+}
+
+/// Waits for a node-side thread without blocking this runtime, which serves the app and the API.
+async fn join(handle: std::thread::JoinHandle<()>) {
+    let joined = tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap();
+    if let Err(panic) = joined {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_in_the_cgroup_is_posted_as_an_event() {
+    let dir = tempdir::Dir::new();
+    let cgroup = dir.path().join("app.scope");
+    std::fs::create_dir(&cgroup).unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup-v2");
+    for entry in std::fs::read_dir(fixtures).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), cgroup.join(entry.file_name())).unwrap();
+    }
+    let api = FakeApi::start(fake_api::pod(false)).await;
+    let up = Upstream::start(healthy()).await;
+    let kubeconfig = api.kubeconfig(dir.path());
+    let url = up.url();
+    let sw = Sidewatch::start(
+        &[
+            "--target",
+            &url,
+            "--interval",
+            "100ms",
+            "--cgroup",
+            cgroup.to_str().unwrap(),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAME", "web-1"),
+            ("POD_NAMESPACE", "shop"),
+            ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "1s"),
+        ],
+    );
+    sw.wait_ready(WITHIN).await;
+    wait_watching(&api).await;
+    std::fs::write(
+        cgroup.join("memory.events"),
+        "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\noom_group_kill 0\n",
+    )
+    .unwrap();
+    let event = eventually("an OOMKilled Event", WITHIN, || async {
+        api.requests()
+            .into_iter()
+            .find(|r| r.method == "POST" && r.body["reason"] == "OOMKilled")
+    })
+    .await;
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["regarding"]["name"], "web-1");
+    assert!(
+        event.body["note"].as_str().unwrap().contains("OOM-killed"),
+        "{}",
+        event.body
+    );
+}
