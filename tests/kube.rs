@@ -526,3 +526,94 @@ async fn an_oom_kill_in_the_cgroup_is_posted_as_an_event() {
         event.body
     );
 }
+
+/// A benchmark, run by hand (BENCHMARKS.md): `cargo test --release --test kube -- --ignored --nocapture`.
+/// Time from the engine's transition (its log line) to the status patch arriving here, and the
+/// API requests per minute in a steady state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark, run by hand"]
+async fn bench_transition_to_gate_patch_and_steady_requests() {
+    let api = FakeApi::start(fake_api::pod(true)).await;
+    let up = Upstream::start(healthy()).await;
+    let dir = tempdir::Dir::new();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let url = up.url();
+    let sw = Sidewatch::start(
+        &[
+            "--target",
+            &url,
+            "--interval",
+            "20ms",
+            "--failure-threshold",
+            "1",
+            "--cgroup",
+            "none",
+            "--log-format",
+            "json",
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAME", "web-1"),
+            ("POD_NAMESPACE", "shop"),
+            ("SIDEWATCH_KUBERNETES_EVENTS", "false"),
+        ],
+    );
+    sw.wait_ready(WITHIN).await;
+    wait_watching(&api).await;
+    let mut lags = Vec::new();
+    for i in 0..60 {
+        let (behaviour, want) = if i % 2 == 0 {
+            (Behaviour::Status(503, ""), "False")
+        } else {
+            (healthy(), "True")
+        };
+        let logged = sw
+            .logs()
+            .iter()
+            .filter(|l| l.contains("readiness changed"))
+            .count();
+        up.set(behaviour);
+        let line = eventually("the transition log line", WITHIN, || {
+            let lines: Vec<String> = sw
+                .logs()
+                .into_iter()
+                .filter(|l| l.contains("readiness changed"))
+                .collect();
+            async move { lines.get(logged).cloned() }
+        })
+        .await;
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let logged_at = humantime::parse_rfc3339(json["timestamp"].as_str().unwrap()).unwrap();
+        let patch = eventually("the patch", WITHIN, || async {
+            gate_patches(&api)
+                .into_iter()
+                .rev()
+                .find(|p| p.at >= logged_at && p.body["status"]["conditions"][0]["status"] == want)
+        })
+        .await;
+        lags.push(patch.at.duration_since(logged_at).unwrap_or_default());
+    }
+    lags.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "transition -> status patch over {} transitions: median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+        lags.len(),
+        ms(lags[lags.len() / 2]),
+        ms(lags[lags.len() * 9 / 10]),
+        ms(lags[lags.len() - 1])
+    );
+    let before = api.requests().len();
+    let window = Duration::from_secs(30);
+    tokio::time::sleep(window).await; // the measurement window, not synchronisation
+    let during: Vec<_> = api.requests().into_iter().skip(before).collect();
+    println!(
+        "steady state: {} API requests in {}s ({:.1}/min): {:?}",
+        during.len(),
+        window.as_secs(),
+        during.len() as f64 * 60.0 / window.as_secs_f64(),
+        during
+            .iter()
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect::<Vec<_>>()
+    );
+}

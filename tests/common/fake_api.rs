@@ -18,6 +18,8 @@ use tokio::sync::Notify;
 
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    /// When the request's body had arrived.
+    pub at: std::time::SystemTime,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -157,6 +159,7 @@ impl FakeApi {
         let (fail, delay) = {
             let mut s = self.state.lock().unwrap();
             s.requests.push(Recorded {
+                at: std::time::SystemTime::now(),
                 method: method.to_string(),
                 path: path.clone(),
                 query: query.clone(),
