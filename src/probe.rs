@@ -101,6 +101,10 @@ impl Prober {
                     })?;
                     builder = builder.tls_certs_only(certs);
                 }
+                if http.url.0.scheme() == "http" {
+                    // No TLS on this probe: skip loading the system's root certificates.
+                    builder = builder.tls_certs_only(Vec::new());
+                }
                 if http.insecure_skip_verify {
                     builder = builder.tls_danger_accept_invalid_certs(true);
                 }

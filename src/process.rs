@@ -100,13 +100,7 @@ impl ProcessWatcher {
                     ),
                     None => format!("no process matches {:?}", self.pattern),
                 };
-                if !self
-                    .send(Observation::Failure {
-                        reason: Reason::ProcessExited,
-                        message,
-                    })
-                    .await
-                {
+                if !self.exited(message).await {
                     return;
                 }
                 continue;
@@ -122,18 +116,19 @@ impl ProcessWatcher {
             wait_for_exit(app.pid, self.poll).await;
             self.metrics.process_exits.inc();
             tracing::warn!(pid = app.pid, command = %app.command, "app process exited");
-            let message = format!("pid {} ({}) exited", app.pid, app.command);
             if !self
-                .send(Observation::Failure {
-                    reason: Reason::ProcessExited,
-                    message,
-                })
+                .exited(format!("pid {} ({}) exited", app.pid, app.command))
                 .await
             {
                 return;
             }
             last = Some(app);
         }
+    }
+
+    async fn exited(&self, message: String) -> bool {
+        let reason = Reason::ProcessExited;
+        self.send(Observation::Failure { reason, message }).await
     }
 
     async fn send(&self, observation: Observation) -> bool {
