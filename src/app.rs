@@ -29,7 +29,7 @@ pub enum StartError {
     #[error("memory: {0}")]
     Memory(String),
     #[error("drain: {0}")]
-    Traffic(String),
+    Drain(String),
     #[error("kubernetes: {0}")]
     Kubernetes(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -166,7 +166,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             verdict: verdict.clone(),
             notices: notices_rx,
         };
-        watch_rt.spawn(watcher.run());
+        watch_rt.spawn(watcher.run(liveness.clone()));
     }
     if let Some(pattern) = config.process.pattern.clone() {
         let watcher = ProcessWatcher {
@@ -250,7 +250,7 @@ fn traffic_watcher(
             tracing::warn!(port, error = %e, "drain: cannot watch the app port: a drain ends after drain.delay");
             Ok(None)
         }
-        Err(e) => Err(StartError::Traffic(format!(
+        Err(e) => Err(StartError::Drain(format!(
             "drain.traffic_source {:?} on port {port}: {e}",
             d.traffic_source
         ))),
@@ -265,7 +265,7 @@ fn drain_token(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
     };
     match std::env::var(var) {
         Ok(token) if !token.is_empty() => Ok(Some(token.into_bytes())),
-        _ => Err(StartError::Traffic(format!(
+        _ => Err(StartError::Drain(format!(
             "drain.token_env names {var}, which is unset or empty"
         ))),
     }

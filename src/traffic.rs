@@ -89,6 +89,10 @@ pub fn compare(prev: &Snapshot, next: &Snapshot) -> Activity {
 pub struct TrafficWatcher {
     port: u16,
     backend: Backend,
+    /// The last full look and the namespace's TCP `InSegs` then: with no segment received since,
+    /// there can be no new connection and no byte in, and the socket dump (a walk of the kernel's
+    /// whole TCP table, milliseconds) is skipped.
+    last: Option<(u64, HashMap<SockKey, Sock>)>,
     /// Connections sidewatch's own server accepted: they raise PassiveOpens but are not app traffic.
     own_accepts: Arc<AtomicU64>,
     passive_opens: bool,
@@ -121,6 +125,7 @@ impl TrafficWatcher {
         let mut watcher = Self {
             port,
             backend,
+            last: None,
             own_accepts,
             passive_opens,
         };
@@ -154,6 +159,26 @@ impl TrafficWatcher {
     }
 
     pub fn snapshot(&mut self) -> std::io::Result<Snapshot> {
+        let snmp = procfs::net::snmp().map_err(std::io::Error::other)?;
+        let passive_opens = self.passive_opens.then(|| {
+            let own = self.own_accepts.load(Ordering::Relaxed);
+            snmp.tcp_passive_opens.saturating_sub(own)
+        });
+        let sockets = match &self.last {
+            Some((in_segs, sockets)) if *in_segs == snmp.tcp_in_segs => sockets.clone(),
+            _ => {
+                let sockets = self.sockets()?;
+                self.last = Some((snmp.tcp_in_segs, sockets.clone()));
+                sockets
+            }
+        };
+        Ok(Snapshot {
+            sockets,
+            passive_opens,
+        })
+    }
+
+    fn sockets(&mut self) -> std::io::Result<HashMap<SockKey, Sock>> {
         let mut sockets = HashMap::new();
         match &mut self.backend {
             Backend::SockDiag(socket) => {
@@ -178,17 +203,7 @@ impl TrafficWatcher {
                 }
             }
         }
-        let passive_opens = if self.passive_opens {
-            let snmp = procfs::net::snmp().map_err(std::io::Error::other)?;
-            let own = self.own_accepts.load(Ordering::Relaxed);
-            Some(snmp.tcp_passive_opens.saturating_sub(own))
-        } else {
-            None
-        };
-        Ok(Snapshot {
-            sockets,
-            passive_opens,
-        })
+        Ok(sockets)
     }
 }
 

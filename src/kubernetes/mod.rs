@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{KubernetesConfig, Switch};
 use crate::engine::{Observation, Verdict};
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::watcher::{Input, Published};
@@ -107,7 +108,8 @@ pub struct KubeWatcher {
 }
 
 impl KubeWatcher {
-    pub async fn run(self) {
+    pub async fn run(self, liveness: Liveness) {
+        let _guard = liveness.register("kubernetes");
         let KubeWatcher {
             identity,
             config,
