@@ -16,11 +16,16 @@ upper bound: arrival_i - i*interval minus its smallest value over the phase (a t
 never early, so the least-late probe is the on-time reference; both ends use CLOCK_MONOTONIC of
 one host, so there is no clock drift to correct). Target: p99 gap excess <= 5 ms under the flood.
 
-usage: bench/lateness.py [--phase 60]
+Two experiment switches, to see what gives the probe thread precedence (not part of the figures):
+--serve-nice N renices the admin server threads (sidewatch-serve) to N, --watch-fifo makes the
+probe thread (sidewatch-watch) SCHED_FIFO 10.
+
+usage: bench/lateness.py [--phase 60] [--serve-nice N] [--watch-fifo]
 """
 
 import argparse
 import os
+import subprocess
 import time
 
 import common
@@ -47,6 +52,8 @@ def report(name, ts):
 def run():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase", type=float, default=60.0)
+    ap.add_argument("--serve-nice", type=int)
+    ap.add_argument("--watch-fifo", action="store_true")
     args = ap.parse_args()
     os.makedirs(common.OUT, exist_ok=True)
     log = os.path.join(common.OUT, "lateness-arrivals.txt")
@@ -55,10 +62,18 @@ def run():
     common.upstream(up_port, arrivals=log, prio=True)
     sw = common.sidewatch(up_port, admin_port, "100ms", log="lateness.log")
     common.Admin(admin_port).wait_ready(200)
+    for tid in os.listdir(f"/proc/{sw.pid}/task"):
+        with open(f"/proc/{sw.pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+        if args.serve_nice is not None and name == "sidewatch-serve":
+            subprocess.run(["renice", "-n", str(args.serve_nice), "-p", tid], check=True,
+                           stdout=subprocess.DEVNULL)
+        if args.watch_fifo and name == "sidewatch-watch":
+            subprocess.run(["chrt", "-f", "-p", "10", tid], check=True)
     time.sleep(1)
 
     quiet = (time.monotonic(), time.monotonic() + args.phase)
-    time.sleep(args.phase)
+    print(f"quiet: other processes' CPU seconds: {common.others_busy(args.phase)[:5]}")
 
     wrk_logs = [os.path.join(common.OUT, f"lateness-wrk{i}.log") for i in (0, 1)]
     for path in wrk_logs:
@@ -69,7 +84,7 @@ def run():
               for i, path in enumerate(("/readyz", "/metrics"))]
     time.sleep(1)  # let wrk ramp up
     flood = (time.monotonic(), time.monotonic() + args.phase)
-    time.sleep(args.phase)
+    print(f"flood: other processes' CPU seconds: {common.others_busy(args.phase)[:5]}")
     cpu = (common.cpu_seconds(sw.pid) - cpu0) / (args.phase + 1)
     for w in floods:
         w.wait()

@@ -101,6 +101,21 @@ async fn working_set_thresholds_have_hysteresis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_high_below_max_is_the_limit_that_counts() {
+    let tree = Tree::new();
+    tree.write("memory.high", "94371840\n"); // 90 MiB, as MemoryQoS sets 0.9 × 100 MiB
+    let up = Upstream::start(healthy()).await;
+    let env = [
+        ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
+        ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
+    ];
+    let sw = watch(&tree, &up, &env).await;
+    wait_metric(&sw, "sidewatch_memory_limit_bytes", (90 * MIB) as f64).await;
+    tree.working_set(85); // 94% of memory.high, 85% of memory.max
+    sw.wait_reason("memory_high", WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_limit_means_no_memory_threshold() {
     let tree = Tree::new();
     tree.write("memory.max", "max\n");

@@ -89,6 +89,15 @@ impl Assessor {
     }
 
     fn usage(&mut self, s: &Sample) -> Observation {
+        if s.under_oom {
+            return Observation::Failure {
+                reason: Reason::MemoryHigh,
+                message: format!(
+                    "the cgroup is out of memory (under_oom) at {}",
+                    mib(s.working_set)
+                ),
+            };
+        }
         let Some(limit) = s.limit.filter(|l| *l > 0) else {
             self.high = false;
             return Observation::Success;
@@ -246,6 +255,7 @@ mod tests {
             at: t0 + Duration::from_millis(ms),
             working_set: ws,
             limit: Some(100 * MIB),
+            under_oom: false,
             oom_kills: Some(0),
             pressure: None,
         }
@@ -272,6 +282,16 @@ mod tests {
         );
         assert_eq!(at(90_000, 84 * MIB), None);
         assert_eq!(at(120_000, 88 * MIB), None, "between: stays ready");
+    }
+
+    #[test]
+    fn a_cgroup_under_oom_is_memory_high_whatever_the_numbers() {
+        let mut a = Assessor::new(thresholds());
+        let mut s = sample(Instant::now(), 0, MIB);
+        s.under_oom = true;
+        assert_eq!(reason(&a.assess(&s).usage), Some(Reason::MemoryHigh));
+        s.under_oom = false;
+        assert_eq!(a.assess(&s).usage, Observation::Success);
     }
 
     #[test]

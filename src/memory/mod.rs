@@ -165,6 +165,7 @@ impl MemoryWatcher {
                     at: std::time::Instant::now(),
                     working_set: 0,
                     limit: None,
+                    under_oom: false,
                     oom_kills: None,
                     pressure: None,
                 }),

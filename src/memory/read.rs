@@ -52,8 +52,11 @@ pub struct Sample {
     pub at: Instant,
     /// Usage minus inactive file cache, as the kubelet computes it for eviction and OOM.
     pub working_set: u64,
-    /// `None` when unlimited.
+    /// `None` when unlimited. On v2 the lower of `memory.max` and `memory.high`: above
+    /// `memory.high` the kernel throttles the app (Kubernetes' MemoryQoS sets it to 0.9 × limit).
     pub limit: Option<u64>,
+    /// v1 `under_oom`: the cgroup is out of memory right now (frozen when the OOM killer is off).
+    pub under_oom: bool,
     /// Cumulative OOM kills in the cgroup (and below it), when the source can see them.
     pub oom_kills: Option<u64>,
     /// Only cgroup v2 has per-cgroup PSI.
@@ -159,7 +162,17 @@ pub fn sample_v2(dir: &Path) -> Result<Sample, ReadError> {
     let at = Instant::now();
     let f = |name: &str| dir.join(name);
     let usage = parse_u64(&read_file(&f("memory.current"))?, &f("memory.current"))?;
-    let limit = parse_limit(&read_file(&f("memory.max"))?, &f("memory.max"))?;
+    let max = parse_limit(&read_file(&f("memory.max"))?, &f("memory.max"))?;
+    // memory.high is absent in the root cgroup and on old kernels: then only max counts.
+    let high = match read_file(&f("memory.high")) {
+        Ok(text) => parse_limit(&text, &f("memory.high"))?,
+        Err(ReadError::Missing { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let limit = match (max, high) {
+        (Some(m), Some(h)) => Some(m.min(h)),
+        (m, h) => m.or(h),
+    };
     let stat = read_file(&f("memory.stat"))?;
     let inactive_file = keyed(&stat, "inactive_file", &f("memory.stat"))?.unwrap_or(0);
     let events = read_file(&f("memory.events"))?;
@@ -174,6 +187,7 @@ pub fn sample_v2(dir: &Path) -> Result<Sample, ReadError> {
         at,
         working_set: usage.saturating_sub(inactive_file),
         limit,
+        under_oom: false,
         oom_kills,
         pressure,
     })
@@ -197,10 +211,12 @@ pub fn sample_v1(dir: &Path) -> Result<Sample, ReadError> {
     let oom = read_file(&f("memory.oom_control"))?;
     // oom_kill appeared in Linux 4.13; without it, only under_oom is known.
     let oom_kills = keyed(&oom, "oom_kill", &f("memory.oom_control"))?;
+    let under_oom = keyed(&oom, "under_oom", &f("memory.oom_control"))? == Some(1);
     Ok(Sample {
         at,
         working_set: usage.saturating_sub(inactive_file),
         limit,
+        under_oom,
         oom_kills,
         pressure: None,
     })
@@ -224,6 +240,7 @@ pub fn sample_proc(pids: &[i32], limit: Option<u64>) -> Result<Sample, ReadError
         at,
         working_set: rss,
         limit,
+        under_oom: false,
         oom_kills: None,
         pressure: None,
     })
