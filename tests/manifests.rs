@@ -1,0 +1,139 @@
+//! What users install from this repository: the Dockerfile passes hadolint, and `deploy/`
+//! renders with `kubectl kustomize` and validates against the Kubernetes 1.29 and 1.35 schemas,
+//! with a sidewatch configuration the binary itself accepts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{skip_or_fail, which};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a tool from PATH, or skips (fails under SIDEWATCH_REQUIRE_ALL=1) without it.
+fn tool(name: &str, args: &[&str]) -> Option<Output> {
+    let Some(path) = which(name) else {
+        skip_or_fail(&format!(
+            "{name} is not installed (scripts/install-test-tools)"
+        ));
+        return None;
+    };
+    Some(
+        Command::new(path)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .expect("run tool"),
+    )
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let Some(out) = tool("hadolint", &["Dockerfile"]) else {
+        return;
+    };
+    assert!(
+        out.status.success() && text(&out).trim().is_empty(),
+        "{}",
+        text(&out)
+    );
+}
+
+fn rendered_deploy() -> Option<String> {
+    let out = tool("kubectl", &["kustomize", "deploy"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn deploy_renders_and_validates_for_the_oldest_and_newest_supported_kubernetes() {
+    let Some(yaml) = rendered_deploy() else {
+        return;
+    };
+    for kind in [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodMonitor",
+    ] {
+        assert!(yaml.contains(&format!("kind: {kind}\n")), "{kind} missing");
+    }
+    let dir = common::tempdir::Dir::new();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    for version in ["1.29.0", "1.35.0"] {
+        let Some(out) = tool(
+            "kubernetes-validate",
+            &["--strict", "-k", version, file.to_str().unwrap()],
+        ) else {
+            return;
+        };
+        let report = text(&out);
+        assert!(out.status.success(), "{version}: {report}");
+        assert_eq!(
+            report.matches(" passed for resource ").count(),
+            5,
+            "{version}: {report}"
+        );
+        // The PodMonitor is a CRD, which the Kubernetes schemas do not carry.
+        let unchecked: Vec<&str> = report.lines().filter(|l| !l.contains(" passed ")).collect();
+        assert!(
+            unchecked.iter().all(|l| l.contains("PodMonitor")),
+            "{version}: {report}"
+        );
+    }
+}
+
+#[test]
+fn the_example_sidecar_configuration_is_one_sidewatch_accepts() {
+    let Some(yaml) = rendered_deploy() else {
+        return;
+    };
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let sidecar = deployment["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sidewatch")
+        .unwrap();
+    let args: Vec<&str> = sidecar["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "run");
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("check-config").args(&args[1..]);
+    for env in sidecar["env"].as_array().unwrap() {
+        if let Some(value) = env["value"].as_str() {
+            cmd.env(env["name"].as_str().unwrap(), value);
+        }
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(config["drain"]["max"], "35s");
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        35 < grace,
+        "drain.max must stay under terminationGracePeriodSeconds"
+    );
+    assert!(Path::new(&root().join("deploy/rbac.yaml")).exists());
+}
