@@ -26,6 +26,8 @@ pub enum Command {
     CheckConfig(ConfigArgs),
     /// Run a built-in sample app through crash, garbage, 503 and hang, with sidewatch watching it.
     Demo(DemoArgs),
+    /// Serve the mutating admission webhook that injects sidewatch into pods.
+    Webhook(crate::webhook::WebhookArgs),
     /// Print the version.
     Version,
 }
@@ -113,6 +115,10 @@ pub fn main() -> ExitCode {
                 Err(e) => return config_failed(&e),
             };
             block_on(crate::app::run(config))
+        }
+        Command::Webhook(args) => {
+            logging::init(LogFormat::Text, "info");
+            block_on(crate::webhook::run(args))
         }
         Command::Demo(args) => {
             logging::init(LogFormat::Text, "warn");

@@ -22,6 +22,10 @@ pub const FLAG_ENV: &[&str] = &[
     "SIDEWATCH_SUCCESS_THRESHOLD",
     "SIDEWATCH_LOG_FORMAT",
     "SIDEWATCH_CGROUP",
+    "SIDEWATCH_TLS_CERT",
+    "SIDEWATCH_TLS_KEY",
+    "SIDEWATCH_IMAGE",
+    "SIDEWATCH_PLAIN_SIDECAR",
     // Read by the test suite, not by sidewatch; children inherit it.
     "SIDEWATCH_REQUIRE_ALL",
 ];

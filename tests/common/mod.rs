@@ -100,6 +100,14 @@ impl Sidewatch {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Sidewatch {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--listen", listen]);
+        Self::launch(netns, &all, envs)
+    }
+
+    /// Starts `sidewatch ARGS` (any subcommand that logs "sidewatch started … listen=ADDR").
+    pub fn launch(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Sidewatch {
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -108,9 +116,7 @@ impl Sidewatch {
             }
             None => Command::new(BIN),
         };
-        cmd.arg("run")
-            .args(args)
-            .args(["--listen", listen])
+        cmd.args(args)
             .env("RUST_LOG", "info")
             .env_remove("SIDEWATCH_LOG_FORMAT")
             .stdout(Stdio::null())
