@@ -241,3 +241,47 @@ async fn malformed_reviews_get_a_clear_400_and_the_webhook_lives_on() {
     })
     .await;
 }
+
+/// The chart's own webhook Deployment is a real pod spec of another shape (an HTTPS readiness
+/// probe on a named port): injected through the namespace path, it still validates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_from_the_chart_is_injected_into_a_valid_spec() {
+    let Some(helm) = which("helm") else {
+        return skip_or_fail("helm is not installed (scripts/install-test-tools)");
+    };
+    let out = std::process::Command::new(helm)
+        .args([
+            "template",
+            "sw",
+            "charts/sidewatch",
+            "-f",
+            "tests/fixtures/chart-all-on.yaml",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let template = &deployment["spec"]["template"];
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "sw-sidewatch-", "namespace": "sidewatch", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"]});
+    let hook = Webhook::start();
+    let response = hook.review("/mutate-namespace", &pod).await;
+    let injected = apply(&pod, &response);
+    let sidecar = &injected["spec"]["initContainers"][0];
+    let target = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SIDEWATCH_TARGET")
+        .unwrap();
+    assert_eq!(target["value"], "https://127.0.0.1:9443/healthz");
+    validate(&injected);
+}

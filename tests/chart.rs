@@ -1,0 +1,221 @@
+//! The Helm chart, with real helm: lint, render with the defaults and with every option on, check
+//! the objects against the Kubernetes 1.29 and 1.35 schemas, the alert rules with promtool, and
+//! the chart, deploy/ and the Dockerfile with checkov (the checks skipped are justified in the
+//! README, section "Security scan").
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::{skip_or_fail, tempdir, which};
+use serde_json::Value;
+
+/// Checks skipped on purpose; README "Security scan" says why for each.
+const SKIPPED: &str =
+    "CKV_K8S_21,CKV_K8S_43,CKV_K8S_15,CKV2_K8S_6,CKV_K8S_11,CKV_K8S_38,CKV_DOCKER_2";
+const CRDS: [&str; 5] = [
+    "Certificate",
+    "Issuer",
+    "PodMonitor",
+    "PrometheusRule",
+    "ServiceMonitor",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(name: &str, args: &[&str]) -> Option<Output> {
+    let Some(path) = which(name) else {
+        skip_or_fail(&format!(
+            "{name} is not installed (scripts/install-test-tools)"
+        ));
+        return None;
+    };
+    Some(
+        Command::new(path)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .expect("run tool"),
+    )
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const ALL_ON: &str = "tests/fixtures/chart-all-on.yaml";
+
+fn render(all_on: bool) -> Option<String> {
+    let mut args = vec![
+        "template",
+        "sw",
+        "charts/sidewatch",
+        "--namespace",
+        "sidewatch",
+    ];
+    if all_on {
+        args.extend(["-f", ALL_ON]);
+    }
+    let out = run("helm", &args)?;
+    assert!(out.status.success(), "{}", text(&out));
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+fn kinds(yaml: &str) -> Vec<String> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).unwrap();
+    docs.iter()
+        .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn the_chart_lints_strictly_and_rejects_unknown_values() {
+    for extra in [vec![], vec!["-f", ALL_ON]] {
+        let mut args = vec!["lint", "--strict", "charts/sidewatch"];
+        args.extend(extra);
+        let Some(out) = run("helm", &args) else {
+            return;
+        };
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let Some(out) = run(
+        "helm",
+        &[
+            "lint",
+            "--strict",
+            "charts/sidewatch",
+            "--set",
+            "webhok.replicas=2",
+        ],
+    ) else {
+        return;
+    };
+    assert!(
+        !out.status.success(),
+        "a misspelt value must fail: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("webhok"), "{}", text(&out));
+}
+
+#[test]
+fn every_option_renders_and_validates_for_1_29_and_1_35() {
+    let Some(default) = render(false) else { return };
+    let Some(all) = render(true) else { return };
+    let default_kinds = kinds(&default);
+    for kind in [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "MutatingWebhookConfiguration",
+        "Secret",
+    ] {
+        assert!(
+            default_kinds.iter().any(|k| k == kind),
+            "{kind} missing by default"
+        );
+    }
+    let all_kinds = kinds(&all);
+    for kind in CRDS.iter().chain(&["ConfigMap", "Role", "RoleBinding"]) {
+        assert!(
+            all_kinds.iter().any(|k| k == kind),
+            "{kind} missing with every option on"
+        );
+    }
+    let dir = tempdir::Dir::new();
+    for (name, yaml) in [("default", &default), ("all", &all)] {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        for version in ["1.29.0", "1.35.0"] {
+            let Some(out) = run(
+                "kubernetes-validate",
+                &["--strict", "-k", version, file.to_str().unwrap()],
+            ) else {
+                return;
+            };
+            let report = text(&out);
+            assert!(out.status.success(), "{name} {version}: {report}");
+            let builtin = kinds(yaml)
+                .iter()
+                .filter(|k| !CRDS.contains(&k.as_str()))
+                .count();
+            assert_eq!(
+                report.matches(" passed for resource ").count(),
+                builtin,
+                "{name} {version}: {report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let Some(all) = render(true) else { return };
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&all).unwrap();
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    let dir = tempdir::Dir::new();
+    let file = dir.path().join("rules.json");
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&serde_json::json!({"groups": rule["spec"]["groups"]})).unwrap(),
+    )
+    .unwrap();
+    let Some(out) = run("promtool", &["check", "rules", file.to_str().unwrap()]) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("SUCCESS: 4 rules found"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn checkov_finds_nothing_beyond_the_justified_skips() {
+    let Some(default) = render(false) else { return };
+    let Some(all) = render(true) else { return };
+    let Some(deploy) = run("kubectl", &["kustomize", "deploy"]) else {
+        return;
+    };
+    let dir = tempdir::Dir::new();
+    let mut files = Vec::new();
+    for (name, yaml) in [
+        ("default", default),
+        ("all", all),
+        ("deploy", String::from_utf8(deploy.stdout).unwrap()),
+    ] {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        files.push(file);
+    }
+    let mut args = vec![
+        "--compact",
+        "--quiet",
+        "--skip-download",
+        "--skip-check",
+        SKIPPED,
+        "-f",
+        "Dockerfile",
+    ];
+    for f in &files {
+        args.extend(["-f", f.to_str().unwrap()]);
+    }
+    let Some(out) = run("checkov", &args) else {
+        return;
+    };
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(!report.contains("FAILED for resource"), "{report}");
+    assert!(
+        report.contains("Passed checks"),
+        "checkov ran no check: {report}"
+    );
+}
