@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodReadinessGate, Probe,
-    ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecurityContext,
+    HostPathVolumeSource, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodReadinessGate,
+    Probe, ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -124,14 +125,38 @@ pub fn mutate(
     }
     let mut mutated = pod.clone();
     let mspec = mutated.spec.as_mut().ok_or("the pod has no spec")?;
-    match annotation("process-match") {
-        // The proc memory source: the app's RSS against its limit, with a shared process namespace.
-        Some(pattern) => {
+    let mut mounts = Vec::new();
+    match (annotation("memory"), annotation("process-match")) {
+        // The cgroup source: the node's cgroup tree, read-only, where the container's own view was
+        // (hostPath: Pod Security "privileged" only). sidewatch then finds the pod's cgroup.
+        (Some("cgroup"), pattern) => {
+            env.push(value_env("SIDEWATCH_MEMORY_SOURCE", "cgroup"));
+            if let Some(pattern) = pattern {
+                env.push(value_env("SIDEWATCH_PROCESS_MATCH", pattern));
+                mspec.share_process_namespace = Some(true);
+            }
+            mspec.volumes.get_or_insert_with(Vec::new).push(Volume {
+                name: "sidewatch-cgroup".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: "/sys/fs/cgroup".into(),
+                    type_: Some("Directory".into()),
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "sidewatch-cgroup".into(),
+                mount_path: "/sys/fs/cgroup".into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        // The proc source: the app's RSS against its limit, with a shared process namespace.
+        (_, Some(pattern)) => {
             env.push(value_env("SIDEWATCH_PROCESS_MATCH", pattern));
             env.push(value_env("SIDEWATCH_MEMORY_SOURCE", "proc"));
             mspec.share_process_namespace = Some(true);
         }
-        None => env.push(value_env("SIDEWATCH_MEMORY_SOURCE", "none")),
+        (_, None) => env.push(value_env("SIDEWATCH_MEMORY_SOURCE", "none")),
     }
     let has_memory_limit = app
         .resources
@@ -154,6 +179,9 @@ pub fn mutate(
     }
 
     let mut sidecar = sidecar(settings, env);
+    if !mounts.is_empty() {
+        sidecar.volume_mounts = Some(mounts);
+    }
     if settings.native && annotation("mode") != Some("plain") {
         sidecar.restart_policy = Some("Always".into());
         mspec
@@ -483,6 +511,51 @@ mod tests {
         );
         assert_eq!(env(sidecar, "SIDEWATCH_DRAIN_MAX").as_deref(), Some("3s"));
         assert_eq!(env(sidecar, "SIDEWATCH_DRAIN_DELAY").as_deref(), Some("3s"));
+    }
+
+    #[test]
+    fn memory_modes_bring_what_they_need() {
+        let cgroup = injected(
+            &pod(
+                json!({"sidewatch.io/inject": "true", "sidewatch.io/memory": "cgroup"}),
+                web(),
+            ),
+            Scope::Annotated,
+        );
+        let spec = cgroup.spec.unwrap();
+        let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            env(sidecar, "SIDEWATCH_MEMORY_SOURCE").as_deref(),
+            Some("cgroup")
+        );
+        let mount = &sidecar.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/sys/fs/cgroup", Some(true))
+        );
+        let volume = &spec.volumes.as_ref().unwrap()[0];
+        assert_eq!(volume.host_path.as_ref().unwrap().path, "/sys/fs/cgroup");
+        assert_eq!(spec.share_process_namespace, None);
+
+        let proc = injected(
+            &pod(
+                json!({"sidewatch.io/inject": "true", "sidewatch.io/process-match": "java"}),
+                web(),
+            ),
+            Scope::Annotated,
+        );
+        let spec = proc.spec.unwrap();
+        let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            env(sidecar, "SIDEWATCH_MEMORY_SOURCE").as_deref(),
+            Some("proc")
+        );
+        assert_eq!(
+            env(sidecar, "SIDEWATCH_PROCESS_MATCH").as_deref(),
+            Some("java")
+        );
+        assert_eq!(spec.share_process_namespace, Some(true));
+        assert!(spec.volumes.is_none());
     }
 
     #[test]
