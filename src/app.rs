@@ -48,7 +48,6 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub verdict: watch::Receiver<Arc<Published>>,
     pub drain: Drain,
-    pub metrics: Metrics,
 }
 
 /// Starts everything; must be called inside a tokio runtime, which then serves the admin port.
@@ -191,7 +190,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         local_addr,
         verdict,
         drain,
-        metrics,
     })
 }
 
