@@ -50,8 +50,7 @@ async fn sigterm_drains_then_exits_zero() {
         "exited before drain.delay"
     );
     assert!(up.requests.load(std::sync::atomic::Ordering::SeqCst) <= probes + 1);
-    let logs = sw.logs().join("\n");
-    assert!(logs.contains("drain ended"), "{logs}");
+    sw.wait_log("drain ended").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,8 +196,7 @@ fn short_connections_hold_the_drain_until_quiet() {
         let app = app("127.0.0.1:0").await;
         let sw = start_sidewatch(&ns, app, &[]);
         sw.wait_ready(WITHIN).await;
-        let logs = sw.logs().join("\n");
-        assert!(logs.contains("sock_diag"), "{logs}");
+        sw.wait_log("sock_diag").await;
         let (body, lag) = drain_during(&sw, app, Client::Short, Duration::from_secs(2)).await;
         assert_prompt(lag, &body);
         assert!(body["new_connections"].as_u64().unwrap() >= 50, "{body}");
@@ -292,8 +291,7 @@ fn the_proc_fallback_sees_short_connections() {
         let app = app("127.0.0.1:0").await;
         let sw = start_sidewatch(&ns, app, &[("SIDEWATCH_DRAIN_TRAFFIC_SOURCE", "proc")]);
         sw.wait_ready(WITHIN).await;
-        let logs = sw.logs().join("\n");
-        assert!(logs.contains("/proc/net/tcp"), "{logs}");
+        sw.wait_log("/proc/net/tcp").await;
         let (body, lag) = drain_during(&sw, app, Client::Short, Duration::from_secs(2)).await;
         assert_prompt(lag, &body);
         assert_eq!(body["bytes_in"], 0, "/proc has no byte counts");
@@ -368,8 +366,7 @@ fn callers_off_loopback_need_the_token() {
             (status, body["reasons"][0]["reason"].as_str()),
             (503, Some("draining"))
         );
-        let logs = sw.logs().join("\n");
-        assert!(logs.contains("drain refused"), "{logs}");
+        sw.wait_log("drain refused").await;
     });
 }
 

@@ -100,8 +100,7 @@ async fn an_oom_killed_restart_is_unready_at_once_then_cools_down() {
     let s = setup(fake_api::pod(false), &[]).await;
     s.sw.wait_ready(WITHIN).await;
     wait_watching(&s.api).await;
-    let logs = s.sw.logs().join("\n");
-    assert!(logs.contains("kubernetes: on"), "{logs}");
+    s.sw.wait_log("kubernetes: on").await;
 
     s.api.update_pod(|pod| {
         let app = &mut pod["status"]["containerStatuses"][0];
@@ -335,8 +334,7 @@ async fn a_deletion_timestamp_is_terminating_within_a_second() {
         s.sw.wait_reason("terminating", Duration::from_secs(1))
             .await;
     assert_eq!(body["reasons"][0]["signal"], "kube:pod");
-    let logs = s.sw.logs().join("\n");
-    assert!(logs.contains("/drain is open to the kubelet"), "{logs}");
+    s.sw.wait_log("/drain is open to the kubelet").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

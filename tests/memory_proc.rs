@@ -54,8 +54,7 @@ async fn rss_against_the_limit_then_exit_and_restart() {
         return;
     };
     sw.wait_ready(WITHIN).await;
-    let logs = sw.logs().join("\n");
-    assert!(logs.contains("app process is back"), "{logs}");
+    sw.wait_log("app process is back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,10 +70,19 @@ async fn no_matching_process_is_not_ready() {
         ],
     );
     let body = sw.wait_reason("process_exited", WITHIN).await;
-    assert!(body["reasons"][0]["message"]
-        .as_str()
+    let process = body["reasons"]
+        .as_array()
         .unwrap()
-        .contains("no process matches"));
+        .iter()
+        .find(|r| r["signal"] == "process:app")
+        .unwrap();
+    assert!(
+        process["message"]
+            .as_str()
+            .unwrap()
+            .contains("no process matches"),
+        "{body}"
+    );
     let Some(_app) = Hog::spawn(1, 1000, 1, &marker) else {
         return;
     };

@@ -160,8 +160,7 @@ async fn leaves_before_the_oom_killer_and_counts_every_kill() {
         &[("SIDEWATCH_MEMORY_OOM_COOLDOWN", "2s")],
     );
     sw.wait_ready(Duration::from_secs(10)).await;
-    let logs = sw.logs().join("\n");
-    assert!(logs.contains("eventfd memory.oom_control"), "{logs}");
+    sw.wait_log("eventfd memory.oom_control").await;
 
     // Slow: 1 MiB every 300 ms fills 64 MiB in about 20 s.
     leak_until_killed(&sw, &cgroup, 1, 300, "slow leak").await;

@@ -185,8 +185,7 @@ async fn oom_kills_arrive_through_inotify_and_cool_down() {
     sw.wait_reason("oom_killed", WITHIN).await;
     assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(3.0));
     sw.wait_ready(WITHIN).await;
-    let logs = sw.logs().join("\n");
-    assert!(logs.contains("inotify memory.events"), "{logs}");
+    sw.wait_log("inotify memory.events").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,8 +243,7 @@ async fn garbled_and_missing_files_are_counted_and_never_veto() {
     .await;
     assert_eq!(sw.readyz().await.0, 200);
     assert_eq!(sw.get("/livez").await.0, 200);
-    let logs = sw.logs().join("\n");
-    assert!(logs.contains("memory.stat is missing"), "{logs}");
+    sw.wait_log("memory.stat is missing").await;
 }
 
 #[test]

@@ -212,6 +212,19 @@ impl Sidewatch {
         .await
     }
 
+    /// Waits until a log line contains `text`: lines reach `logs` through a reader thread.
+    pub async fn wait_log(&self, text: &str) {
+        eventually(
+            &format!("a log line with {text:?}"),
+            Duration::from_secs(10),
+            || {
+                let found = self.logs().iter().any(|l| l.contains(text));
+                async move { found.then_some(()) }
+            },
+        )
+        .await
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
