@@ -104,7 +104,7 @@ pub fn mutate(
     };
     let grace = spec.termination_grace_period_seconds.unwrap_or(30);
     // Leave the app 5 s of its own shutdown inside the grace period, and never more than 25 s.
-    let max = (grace - 5).clamp(1, 25);
+    let max = grace.saturating_sub(5).clamp(1, 25);
     let delay = max.min(5);
 
     let mut env = vec![

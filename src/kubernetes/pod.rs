@@ -84,7 +84,7 @@ impl Tracker {
                     restarts.push(Restart {
                         container: s.name.clone(),
                         reason,
-                        count: (s.restart_count - before) as u64,
+                        count: s.restart_count.saturating_sub(before).unsigned_abs().into(),
                     });
                     if is_app {
                         // The later of the termination and the moment the rise was seen.
