@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-use common::{skip_or_fail, tempdir, which};
+use common::{output_text, run_tool, tempdir};
 use serde_json::Value;
 
 /// Checks skipped on purpose; README "Security scan" says why for each.
@@ -21,34 +18,6 @@ const CRDS: [&str; 5] = [
     "PrometheusRule",
     "ServiceMonitor",
 ];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(name: &str, args: &[&str]) -> Option<Output> {
-    let Some(path) = which(name) else {
-        skip_or_fail(&format!(
-            "{name} is not installed (scripts/install-test-tools)"
-        ));
-        return None;
-    };
-    Some(
-        Command::new(path)
-            .args(args)
-            .current_dir(root())
-            .output()
-            .expect("run tool"),
-    )
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 const ALL_ON: &str = "tests/fixtures/chart-all-on.yaml";
 
@@ -63,8 +32,8 @@ fn render(all_on: bool) -> Option<String> {
     if all_on {
         args.extend(["-f", ALL_ON]);
     }
-    let out = run("helm", &args)?;
-    assert!(out.status.success(), "{}", text(&out));
+    let out = run_tool("helm", &args)?;
+    assert!(out.status.success(), "{}", output_text(&out));
     Some(String::from_utf8(out.stdout).unwrap())
 }
 
@@ -80,12 +49,12 @@ fn the_chart_lints_strictly_and_rejects_unknown_values() {
     for extra in [vec![], vec!["-f", ALL_ON]] {
         let mut args = vec!["lint", "--strict", "charts/sidewatch"];
         args.extend(extra);
-        let Some(out) = run("helm", &args) else {
+        let Some(out) = run_tool("helm", &args) else {
             return;
         };
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
     }
-    let Some(out) = run(
+    let Some(out) = run_tool(
         "helm",
         &[
             "lint",
@@ -100,9 +69,13 @@ fn the_chart_lints_strictly_and_rejects_unknown_values() {
     assert!(
         !out.status.success(),
         "a misspelt value must fail: {}",
-        text(&out)
+        output_text(&out)
     );
-    assert!(text(&out).contains("webhok"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("webhok"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]
@@ -134,13 +107,13 @@ fn every_option_renders_and_validates_for_1_29_and_1_35() {
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, yaml).unwrap();
         for version in ["1.29.0", "1.35.0"] {
-            let Some(out) = run(
+            let Some(out) = run_tool(
                 "kubernetes-validate",
                 &["--strict", "-k", version, file.to_str().unwrap()],
             ) else {
                 return;
             };
-            let report = text(&out);
+            let report = output_text(&out);
             assert!(out.status.success(), "{name} {version}: {report}");
             let builtin = kinds(yaml)
                 .iter()
@@ -167,14 +140,14 @@ fn the_alert_rules_pass_promtool() {
         serde_json::to_vec(&serde_json::json!({"groups": rule["spec"]["groups"]})).unwrap(),
     )
     .unwrap();
-    let Some(out) = run("promtool", &["check", "rules", file.to_str().unwrap()]) else {
+    let Some(out) = run_tool("promtool", &["check", "rules", file.to_str().unwrap()]) else {
         return;
     };
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
-        text(&out).contains("SUCCESS: 4 rules found"),
+        output_text(&out).contains("SUCCESS: 4 rules found"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -182,7 +155,7 @@ fn the_alert_rules_pass_promtool() {
 fn checkov_finds_nothing_beyond_the_justified_skips() {
     let Some(default) = render(false) else { return };
     let Some(all) = render(true) else { return };
-    let Some(deploy) = run("kubectl", &["kustomize", "deploy"]) else {
+    let Some(deploy) = run_tool("kubectl", &["kustomize", "deploy"]) else {
         return;
     };
     let dir = tempdir::Dir::new();
@@ -208,10 +181,10 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
     for f in &files {
         args.extend(["-f", f.to_str().unwrap()]);
     }
-    let Some(out) = run("checkov", &args) else {
+    let Some(out) = run_tool("checkov", &args) else {
         return;
     };
-    let report = text(&out);
+    let report = output_text(&out);
     assert!(out.status.success(), "{report}");
     assert!(!report.contains("FAILED for resource"), "{report}");
     assert!(

@@ -221,15 +221,8 @@ async fn events_are_posted_for_transitions_and_rate_limited() {
         s.up.set(healthy());
         s.sw.wait_ready(WITHIN).await;
     }
-    eventually("dropped events counted", WITHIN, || async {
-        (s.sw
-            .metric("sidewatch_events_dropped_total")
-            .await
-            .unwrap_or(0.0)
-            >= 10.0)
-            .then_some(())
-    })
-    .await;
+    s.sw.wait_metric_at_least("sidewatch_events_dropped_total", 10.0)
+        .await;
     let n = posted(&s.api);
     assert!((1..=6).contains(&n), "{n} events posted for 20 transitions");
     let first = s
@@ -254,15 +247,8 @@ async fn a_forbidden_api_leaves_probes_working_and_the_watch_recovers() {
     let s = setup(api_pod, &[]).await;
     s.api.fail_with(Some(403));
     s.sw.wait_ready(WITHIN).await;
-    eventually("watch errors counted", WITHIN, || async {
-        (s.sw
-            .metric("sidewatch_kube_errors_total{op=\"watch\"}")
-            .await
-            .unwrap_or(0.0)
-            >= 1.0)
-            .then_some(())
-    })
-    .await;
+    s.sw.wait_metric_at_least("sidewatch_kube_errors_total{op=\"watch\"}", 1.0)
+        .await;
     s.up.set(Behaviour::Status(503, ""));
     s.sw.wait_reason("http_5xx", WITHIN).await;
     s.up.set(healthy());
@@ -311,14 +297,8 @@ async fn a_dead_api_server_is_counted_and_local_signals_decide() {
         ],
     );
     sw.wait_ready(WITHIN).await;
-    eventually("watch errors counted", WITHIN, || async {
-        (sw.metric("sidewatch_kube_errors_total{op=\"watch\"}")
-            .await
-            .unwrap_or(0.0)
-            >= 1.0)
-            .then_some(())
-    })
-    .await;
+    sw.wait_metric_at_least("sidewatch_kube_errors_total{op=\"watch\"}", 1.0)
+        .await;
     up.set(Behaviour::Reset);
     sw.wait_reason("reset", WITHIN).await;
 }

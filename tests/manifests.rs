@@ -4,55 +4,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-use common::{skip_or_fail, which};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a tool from PATH, or skips (fails under SIDEWATCH_REQUIRE_ALL=1) without it.
-fn tool(name: &str, args: &[&str]) -> Option<Output> {
-    let Some(path) = which(name) else {
-        skip_or_fail(&format!(
-            "{name} is not installed (scripts/install-test-tools)"
-        ));
-        return None;
-    };
-    Some(
-        Command::new(path)
-            .args(args)
-            .current_dir(root())
-            .output()
-            .expect("run tool"),
-    )
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{output_text, run_tool};
 
 #[test]
 fn the_dockerfile_passes_hadolint() {
-    let Some(out) = tool("hadolint", &["Dockerfile"]) else {
+    let Some(out) = run_tool("hadolint", &["Dockerfile"]) else {
         return;
     };
     assert!(
-        out.status.success() && text(&out).trim().is_empty(),
+        out.status.success() && output_text(&out).trim().is_empty(),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
 fn rendered_deploy() -> Option<String> {
-    let out = tool("kubectl", &["kustomize", "deploy"])?;
-    assert!(out.status.success(), "{}", text(&out));
+    let out = run_tool("kubectl", &["kustomize", "deploy"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
     Some(String::from_utf8(out.stdout).unwrap())
 }
 
@@ -75,13 +46,13 @@ fn deploy_renders_and_validates_for_the_oldest_and_newest_supported_kubernetes()
     let file = dir.path().join("deploy.yaml");
     std::fs::write(&file, &yaml).unwrap();
     for version in ["1.29.0", "1.35.0"] {
-        let Some(out) = tool(
+        let Some(out) = run_tool(
             "kubernetes-validate",
             &["--strict", "-k", version, file.to_str().unwrap()],
         ) else {
             return;
         };
-        let report = text(&out);
+        let report = output_text(&out);
         assert!(out.status.success(), "{version}: {report}");
         assert_eq!(
             report.matches(" passed for resource ").count(),
@@ -125,7 +96,7 @@ fn the_example_sidecar_configuration_is_one_sidewatch_accepts() {
         }
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(config["drain"]["max"], "35s");
     let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -135,5 +106,5 @@ fn the_example_sidecar_configuration_is_one_sidewatch_accepts() {
         35 < grace,
         "drain.max must stay under terminationGracePeriodSeconds"
     );
-    assert!(Path::new(&root().join("deploy/rbac.yaml")).exists());
+    assert!(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).exists());
 }

@@ -212,6 +212,16 @@ impl Sidewatch {
         .await
     }
 
+    /// Waits until the series in `/metrics` reaches at least `min`.
+    pub async fn wait_metric_at_least(&self, series: &str, min: f64) {
+        eventually(
+            &format!("{series} >= {min}"),
+            Duration::from_secs(10),
+            || async { (self.metric(series).await.unwrap_or(0.0) >= min).then_some(()) },
+        )
+        .await
+    }
+
     /// Waits until a log line contains `text`: lines reach `logs` through a reader thread.
     pub async fn wait_log(&self, text: &str) {
         eventually(
@@ -399,6 +409,32 @@ pub fn client() -> reqwest::Client {
         .no_proxy()
         .build()
         .expect("test client")
+}
+
+/// Runs a tool from PATH in the repository, or skips (fails under SIDEWATCH_REQUIRE_ALL=1)
+/// without it.
+pub fn run_tool(name: &str, args: &[&str]) -> Option<std::process::Output> {
+    let Some(path) = which(name) else {
+        skip_or_fail(&format!(
+            "{name} is not installed (scripts/install-test-tools)"
+        ));
+        return None;
+    };
+    let out = Command::new(path)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run tool");
+    Some(out)
+}
+
+/// A tool's stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Finds a tool on PATH.
