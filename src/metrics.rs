@@ -28,6 +28,8 @@ pub struct Metrics {
     pub container_restarts: IntCounterVec,
     pub kube_errors: IntCounterVec,
     pub events_dropped: IntCounter,
+    pub admin_connections: IntGauge,
+    pub admin_evictions: IntCounter,
 }
 
 impl Metrics {
@@ -169,6 +171,18 @@ impl Metrics {
         )
         .expect("static metric definition");
 
+        let admin_connections = IntGauge::new(
+            "sidewatch_admin_connections",
+            "Open connections to sidewatch's own port (probes, scrapes, held drains).",
+        )
+        .expect("static metric definition");
+        let admin_evictions = IntCounter::new(
+            "sidewatch_admin_evictions_total",
+            "Idle or slow connections to sidewatch's own port closed to admit new ones at the connection cap: \
+             a rise means a client holds many connections open (a leak or an attack).",
+        )
+        .expect("static metric definition");
+
         let registry = Registry::new();
         for c in [
             Box::new(ready.clone()) as Box<dyn prometheus::core::Collector>,
@@ -190,6 +204,8 @@ impl Metrics {
             Box::new(container_restarts.clone()),
             Box::new(kube_errors.clone()),
             Box::new(events_dropped.clone()),
+            Box::new(admin_connections.clone()),
+            Box::new(admin_evictions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -240,6 +256,8 @@ impl Metrics {
             container_restarts,
             kube_errors,
             events_dropped,
+            admin_connections,
+            admin_evictions,
         }
     }
 

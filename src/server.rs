@@ -8,10 +8,11 @@
 //!
 //! Probes and the engine run on their own runtime, so nothing here waits on a probe.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::drain::{Access, Drain};
 use crate::liveness::Liveness;
@@ -34,6 +35,9 @@ use crate::watcher::Published;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// hyper's smallest allowed read buffer is 8 KiB; our requests are one line and a few headers.
 const MAX_BUF: usize = 16 * 1024;
+/// Open admin connections kept at most (fewer under a low descriptor limit, see `connection_cap`).
+/// The kubelet and Prometheus need a handful; the cap bounds what hostile clients can hold.
+const MAX_CONNECTIONS: usize = 256;
 
 pub struct Admin {
     pub verdict: watch::Receiver<Arc<Published>>,
@@ -48,6 +52,7 @@ pub struct Admin {
 const TOKEN_HEADER: &str = "x-sidewatch-drain-token";
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let connections = Connections::new(connection_cap());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -60,20 +65,162 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         };
         admin.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
+        let (slot, evicted) = connections.admit(peer.ip(), &admin.metrics);
         let admin = admin.clone();
         tokio::spawn(async move {
+            let busy = slot.busy.clone();
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, peer, req).await) }
+                let busy = Busy::enter(&busy);
+                async move {
+                    let resp = handle(&admin, peer, req).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let mut conn = http1::Builder::new();
             conn.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_BUF);
-            if let Err(e) = conn.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            tokio::select! {
+                result = conn.serve_connection(TokioIo::new(stream), service) => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+                    }
+                }
+                _ = evicted => tracing::debug!(%peer, "admin connection closed to make room"),
             }
+            drop(slot);
         });
+    }
+}
+
+/// The connection cap: `MAX_CONNECTIONS`, or a quarter of the descriptor limit when that is lower,
+/// so that accepting never fails for want of a descriptor while the cap holds.
+fn connection_cap() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let quarter = limit.map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX));
+    MAX_CONNECTIONS.min(quarter).max(1)
+}
+
+/// The open admin connections, oldest first. At the cap, admitting a connection closes one that is
+/// not inside a request (so idle, or still sending its headers), taken from the client address
+/// that holds the most connections, its oldest first: one client that opens many connections
+/// loses its own, and the kubelet's probe from the node's address always gets in. A connection
+/// inside a request, a held `/drain` above all, is never closed.
+#[derive(Clone)]
+struct Connections {
+    cap: usize,
+    open: Arc<Mutex<Open>>,
+}
+
+#[derive(Default)]
+struct Open {
+    next: u64,
+    slots: BTreeMap<u64, Entry>,
+}
+
+struct Entry {
+    peer: IpAddr,
+    busy: Arc<AtomicBool>,
+    /// Dropping it closes the connection.
+    _evict: oneshot::Sender<()>,
+}
+
+/// A connection's place in `Connections`; dropped when the connection ends.
+struct Slot {
+    id: u64,
+    busy: Arc<AtomicBool>,
+    connections: Connections,
+    open_gauge: prometheus::IntGauge,
+}
+
+impl Connections {
+    fn new(cap: usize) -> Self {
+        Connections {
+            cap,
+            open: Arc::default(),
+        }
+    }
+
+    /// Registers a new connection, closing another (`Open::victim`) if the cap is reached. The
+    /// receiver completes when this connection is closed in turn.
+    fn admit(&self, peer: IpAddr, metrics: &Metrics) -> (Slot, oneshot::Receiver<()>) {
+        let (evict, evicted) = oneshot::channel();
+        let busy = Arc::new(AtomicBool::new(false));
+        let mut open = self.lock();
+        if open.slots.len() >= self.cap {
+            if let Some(id) = open.victim() {
+                open.slots.remove(&id);
+                metrics.admin_evictions.inc();
+            }
+        }
+        let id = open.next;
+        open.next += 1;
+        open.slots.insert(
+            id,
+            Entry {
+                peer,
+                busy: busy.clone(),
+                _evict: evict,
+            },
+        );
+        metrics.admin_connections.set(open.slots.len() as i64);
+        let slot = Slot {
+            id,
+            busy,
+            connections: self.clone(),
+            open_gauge: metrics.admin_connections.clone(),
+        };
+        (slot, evicted)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        // The map stays consistent even if a holder panicked: every update is a single insert or remove.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Open {
+    /// The connection to close: not inside a request, of the address with the most connections,
+    /// the oldest of those.
+    fn victim(&self) -> Option<u64> {
+        let mut per_peer: HashMap<IpAddr, usize> = HashMap::new();
+        for entry in self.slots.values() {
+            *per_peer.entry(entry.peer).or_default() += 1;
+        }
+        let idle = self
+            .slots
+            .iter()
+            .filter(|(_, e)| !e.busy.load(Ordering::Acquire));
+        // max_by_key keeps the last of equals; reversed, that is the oldest.
+        idle.rev()
+            .max_by_key(|(_, e)| per_peer.get(&e.peer).copied().unwrap_or(0))
+            .map(|(id, _)| *id)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.connections.lock();
+        open.slots.remove(&self.id);
+        self.open_gauge.set(open.slots.len() as i64);
+    }
+}
+
+/// Marks a connection busy while one of its requests is being answered.
+struct Busy(Arc<AtomicBool>);
+
+impl Busy {
+    fn enter(flag: &Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Release);
+        Busy(flag.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -173,6 +320,26 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_victim_is_the_oldest_idle_connection_of_the_busiest_client() {
+        let c = Connections::new(4);
+        let m = Metrics::new([]);
+        let (node, attacker) = ("10.0.0.1".parse().unwrap(), "10.1.2.3".parse().unwrap());
+        let (_kubelet, _) = c.admit(node, &m);
+        let (held, _) = c.admit(attacker, &m);
+        let busy = Busy::enter(&held.busy);
+        let (next, _) = c.admit(attacker, &m);
+        let (_newest, _) = c.admit(attacker, &m);
+        assert_eq!(c.lock().victim(), Some(next.id));
+        drop(busy);
+        assert_eq!(c.lock().victim(), Some(held.id));
+        // At the cap, admitting closes the victim and keeps the count.
+        let (_admitted, _) = c.admit(node, &m);
+        assert_eq!(m.admin_evictions.get(), 1);
+        assert_eq!(c.lock().slots.len(), 4);
+        assert!(!c.lock().slots.contains_key(&held.id));
+    }
 
     #[test]
     fn loopback_is_recognised_in_every_form() {

@@ -108,10 +108,18 @@ impl Sidewatch {
 
     /// Starts `sidewatch ARGS` (any subcommand that logs "sidewatch started … listen=ADDR").
     pub fn launch(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Sidewatch {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+        match netns {
+            Some(ns) => Self::launch_under(&["ip", "netns", "exec", ns], args, envs),
+            None => Self::launch_under(&[], args, envs),
+        }
+    }
+
+    /// As `launch`, with the binary run by `wrapper` (e.g. `["prlimit", "--nofile=64"]`).
+    pub fn launch_under(wrapper: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Sidewatch {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
                 c
             }
             None => Command::new(BIN),
