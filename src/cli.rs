@@ -53,10 +53,10 @@ pub struct ConfigArgs {
     #[arg(long, env = "SIDEWATCH_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Time between checks, for every probe (e.g. 250ms, 1s).
-    #[arg(long, env = "SIDEWATCH_INTERVAL", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SIDEWATCH_INTERVAL", value_parser = crate::config::duration::parse)]
     pub interval: Option<Duration>,
     /// Time a check may take, for every probe.
-    #[arg(long, env = "SIDEWATCH_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SIDEWATCH_TIMEOUT", value_parser = crate::config::duration::parse)]
     pub timeout: Option<Duration>,
     /// Consecutive failures that make a probe unhealthy.
     #[arg(long, env = "SIDEWATCH_FAILURE_THRESHOLD", value_parser = clap::value_parser!(u32).range(1..))]
@@ -75,7 +75,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:9102")]
     pub listen: SocketAddr,
     /// How long each phase of the demo lasts.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = crate::config::duration::parse)]
     pub phase: Duration,
 }
 

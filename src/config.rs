@@ -11,6 +11,56 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::traffic::TrafficSource;
 
+/// Every duration of the configuration: humantime text (`250ms`, `1m30s`), at most a day. Longer
+/// means nothing to a watchdog, and far longer would overflow the arithmetic of instants.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{de::Error, Deserializer, Serializer};
+
+    pub const MAX: Duration = Duration::from_secs(24 * 60 * 60);
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration like 250ms or 1m30s: {e}"))
+            .and_then(bounded)
+    }
+
+    fn bounded(d: Duration) -> Result<Duration, String> {
+        if d > MAX {
+            return Err(format!(
+                "{} is longer than the most allowed, 24h",
+                humantime::format_duration(d)
+            ));
+        }
+        Ok(d)
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        humantime_serde::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let d: Duration = humantime_serde::deserialize(d)?;
+        bounded(d).map_err(D::Error::custom)
+    }
+
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{de::Error, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            humantime_serde::option::serialize(d, s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let d: Option<Duration> = humantime_serde::option::deserialize(d)?;
+            d.map(super::bounded).transpose().map_err(D::Error::custom)
+        }
+    }
+}
+
 /// The environment variables that belong to command-line flags (clap reads them), not to config keys.
 pub const FLAG_ENV: &[&str] = &[
     "SIDEWATCH_CONFIG",
@@ -86,7 +136,7 @@ pub struct KubernetesConfig {
     /// Post Kubernetes Events for readiness changes and OOM kills.
     pub events: bool,
     /// Not ready this long after an app container restart.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub restart_cooldown: Duration,
     /// The app container; default: the first container that is not sidewatch.
     pub app_container: Option<String>,
@@ -151,15 +201,15 @@ pub struct MemoryConfig {
     pub cgroup: CgroupSetting,
     /// The app's memory limit for `source: proc` (bytes, or a quantity like `512Mi`).
     pub limit: Option<Bytes>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub interval: Duration,
     pub unready_above: Fraction,
     pub ready_below: Fraction,
     pub pressure_full_avg10_above: Option<f64>,
     pub pressure_some_avg10_above: Option<f64>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::option")]
     pub predict_oom_within: Option<Duration>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub oom_cooldown: Duration,
 }
 
@@ -315,13 +365,13 @@ impl<'de> Deserialize<'de> for Fraction {
 #[serde(deny_unknown_fields, default)]
 pub struct DrainConfig {
     /// At least this long not ready before the drain may end, so load balancers see the change.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub delay: Duration,
     /// Then end once the app port has had no new connection and no bytes in for this long.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub quiet: Duration,
     /// End at the latest here (keep it under terminationGracePeriodSeconds).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max: Duration,
     /// Name of an env var holding a token that lets non-loopback callers drain.
     pub token_env: Option<String>,
@@ -474,9 +524,9 @@ struct RawProbe {
     http: Option<HttpCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tcp: Option<TcpCheck>,
-    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[serde(default = "default_interval", with = "duration")]
     interval: Duration,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "default_timeout", with = "duration")]
     timeout: Duration,
     #[serde(default = "default_failure_threshold")]
     failure_threshold: u32,
@@ -997,6 +1047,19 @@ drain:
             message.contains("parsecs") || message.contains("unit"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_duration_over_a_day_is_refused_at_its_field() {
+        let (line, _, field, message) = file_error("drain:\n  delay: 1s\n  max: 100y\n");
+        assert_eq!((line, field.as_str()), (3, "drain.max"));
+        assert!(
+            message.contains("at most") || message.contains("24h"),
+            "{message}"
+        );
+        let (_, _, field, _) = file_error("memory:\n  predict_oom_within: 18446744073709551615s\n");
+        assert_eq!(field, "memory.predict_oom_within");
+        assert_eq!(duration::parse("24h"), Ok(duration::MAX));
     }
 
     #[test]

@@ -166,16 +166,6 @@ async fn check_http(client: &reqwest::Client, check: &HttpCheck) -> Result<(), F
         .await
         .map_err(|e| classify(&e))?;
     let status = response.status().as_u16();
-    let mut body = Vec::new();
-    if check.body_contains.is_some() {
-        while body.len() < MAX_BODY {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(e) => return Err(classify(&e)),
-            }
-        }
-    }
     if (500..=599).contains(&status) && !accepts(&check.expect_status, status) {
         return Err(Failure::new(Reason::Http5xx, format!("HTTP {status}")));
     }
@@ -186,18 +176,47 @@ async fn check_http(client: &reqwest::Client, check: &HttpCheck) -> Result<(), F
             format!("HTTP {status}, want {}", want.join(",")),
         ));
     }
-    if let Some(needle) = &check.body_contains {
-        let found = body
-            .windows(needle.len().max(1))
-            .any(|w| w == needle.as_bytes());
-        if !found {
+    let Some(needle) = &check.body_contains else {
+        return Ok(());
+    };
+    // Read until the needle shows, the body ends, or MAX_BODY: a health page larger than that is
+    // not one, and an endless body must not hold the check until its timeout.
+    let needle = needle.as_bytes();
+    let mut body = Vec::new();
+    loop {
+        if contains(&body, needle) {
+            return Ok(());
+        }
+        if body.len() >= MAX_BODY {
             return Err(Failure::new(
-                Reason::BodyMismatch,
-                format!("HTTP {status}, body lacks {needle:?}"),
+                Reason::InvalidResponse,
+                format!(
+                    "HTTP {status}, body over {} KiB without {:?}",
+                    MAX_BODY / 1024,
+                    String::from_utf8_lossy(needle)
+                ),
             ));
         }
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY + needle.len() - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(classify(&e)),
+        }
     }
-    Ok(())
+    Err(Failure::new(
+        Reason::BodyMismatch,
+        format!(
+            "HTTP {status}, body lacks {:?}",
+            String::from_utf8_lossy(needle)
+        ),
+    ))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn accepts(ranges: &[StatusRange], status: u16) -> bool {
