@@ -784,11 +784,33 @@ pub fn load(
 }
 
 fn parse_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read_error = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let bytes = read_bounded(path, MAX_CONFIG_FILE).map_err(read_error)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     parse_str(&text, path)
+}
+
+/// A config is a few KiB; a file far larger is a mistake (the wrong path, a log file).
+const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// Reads a whole file the user named, refusing one larger than `max` bytes.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} KiB", max / 1024),
+        ));
+    }
+    Ok(bytes)
 }
 
 pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -1047,6 +1069,15 @@ drain:
             message.contains("parsecs") || message.contains("unit"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_huge_config_file_is_refused_unread() {
+        let path = std::env::temp_dir().join(format!("sidewatch-huge-{}.yaml", std::process::id()));
+        std::fs::write(&path, "#".repeat(2 * 1024 * 1024)).unwrap();
+        let err = load(Some(&path), [], &Overrides::default()).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.to_string().contains("larger than 1024 KiB"), "{err}");
     }
 
     #[test]

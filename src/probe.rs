@@ -18,6 +18,8 @@ use crate::watcher::Input;
 /// on what a misbehaving app can make us buffer.
 const MAX_BODY: usize = 64 * 1024;
 const MAX_MESSAGE: usize = 240;
+/// A CA bundle; the system's whole one is about 200 KiB.
+const MAX_CA_FILE: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeSetupError {
@@ -87,10 +89,12 @@ impl Prober {
                     .user_agent(concat!("sidewatch/", env!("CARGO_PKG_VERSION")));
                 if let Some(path) = &http.ca_file {
                     let err_path = path.display().to_string();
-                    let pem = std::fs::read(path).map_err(|source| ProbeSetupError::CaFile {
-                        probe: probe.name.clone(),
-                        path: err_path.clone(),
-                        source,
+                    let pem = crate::config::read_bounded(path, MAX_CA_FILE).map_err(|source| {
+                        ProbeSetupError::CaFile {
+                            probe: probe.name.clone(),
+                            path: err_path.clone(),
+                            source,
+                        }
                     })?;
                     let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
                         ProbeSetupError::CaPem {
