@@ -1,4 +1,4 @@
-//! The mutating admission webhook, `sidewatch webhook`, TLS only, on `--listen`:
+//! The mutating admission webhook, `sidewatch webhook`, TLS 1.2 and 1.3 only, on `--listen`:
 //!
 //! - `POST /mutate`           pods annotated `sidewatch.io/inject: "true"` get sidewatch
 //! - `POST /mutate-namespace` every pod of a namespace labelled `sidewatch.io/inject=enabled`
@@ -6,8 +6,8 @@
 //! - `GET /healthz`
 //!
 //! Every policy outcome, a pod that cannot be injected included, is an AdmissionReview answer; a
-//! request that is not a review gets a 4xx with the reason. The policy itself is
-//! `inject::mutate`.
+//! request that is not a review gets a 4xx with the reason. The certificate and key are re-read
+//! when they change on disk. The policy itself is `inject::mutate`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,12 +26,15 @@ use kube::core::admission::{
     META_KIND,
 };
 use kube::core::DynamicObject;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::inject::{self, Outcome, Scope, Settings};
+
+mod certs;
+
+use certs::Certs;
+pub use certs::TlsError;
 
 /// Kubernetes objects are at most 1.5 MiB; a review wraps one (twice for updates).
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -54,12 +57,15 @@ pub struct WebhookArgs {
     /// Address to serve HTTPS on.
     #[arg(long, env = "SIDEWATCH_LISTEN", default_value = "0.0.0.0:9443")]
     pub listen: SocketAddr,
-    /// PEM certificate chain for the webhook's Service name.
+    /// PEM certificate chain for the webhook's Service name; re-read when it changes.
     #[arg(long, env = "SIDEWATCH_TLS_CERT")]
     pub tls_cert: PathBuf,
-    /// PEM private key of that certificate.
+    /// PEM private key of that certificate; re-read when it changes.
     #[arg(long, env = "SIDEWATCH_TLS_KEY")]
     pub tls_key: PathBuf,
+    /// How often the certificate and key files are checked for a new pair.
+    #[arg(long, env = "SIDEWATCH_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = nonzero_duration)]
+    pub tls_reload_interval: Duration,
     /// Connections served at once; more wait in the listen backlog until one closes.
     #[arg(long, env = "SIDEWATCH_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -71,19 +77,25 @@ pub struct WebhookArgs {
     pub plain_sidecar: bool,
 }
 
+fn nonzero_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
-    crate::tls::install_crypto_provider();
-    let certs = CertificateDer::pem_file_iter(&args.tls_cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", args.tls_cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&args.tls_key)
-        .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", args.tls_key.display()))?;
-    // rustls speaks TLS 1.2 and 1.3 only.
-    let tls = rustls::ServerConfig::builder()
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = Arc::new(Certs::load(args.tls_cert, args.tls_key, provider.clone())?);
+    // The API server speaks TLS 1.2 and 1.3; nothing older is offered to anyone.
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Versions)?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| anyhow::anyhow!("--tls-cert and --tls-key do not make a usable pair: {e}"))?;
+        .with_cert_resolver(certs.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tokio::spawn(certs.watch(args.tls_reload_interval));
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

@@ -1,16 +1,17 @@
 //! The admission webhook over real TLS on loopback: real AdmissionReview JSON in, the returned
 //! JSON Patch applied to real pod specs (the example app of `deploy/`), the result checked against
-//! the Kubernetes schemas; idempotence and malformed input; size limits, slow clients and the
-//! connection cap.
+//! the Kubernetes schemas; idempotence and malformed input; the hardening: TLS versions, certificate
+//! rotation on disk, size limits, slow clients and the connection cap.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{eventually, skip_or_fail, tempdir, which, Sidewatch};
+use common::{eventually, output_text, run_tool, skip_or_fail, tempdir, which, Sidewatch};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::SupportedProtocolVersion;
@@ -34,6 +35,7 @@ struct Pki {
 struct Leaf {
     cert_pem: String,
     key_pem: String,
+    der: CertificateDer<'static>,
 }
 
 impl Pki {
@@ -53,7 +55,58 @@ impl Pki {
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
         }
+    }
+}
+
+/// A directory laid out as the kubelet lays out a Secret volume: the files in a generation
+/// directory, `..data` a symlink to it, `tls.crt` and `tls.key` symlinks through `..data`. An
+/// update writes a new generation and swaps `..data` in one rename.
+struct SecretVolume {
+    dir: tempdir::Dir,
+    generation: usize,
+}
+
+impl SecretVolume {
+    fn new(leaf: &Leaf) -> SecretVolume {
+        let mut volume = SecretVolume {
+            dir: tempdir::Dir::new(),
+            generation: 0,
+        };
+        volume.publish(leaf);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.path().join(name))
+                .unwrap();
+        }
+        volume
+    }
+
+    fn publish(&mut self, leaf: &Leaf) {
+        let old = self.dir.path().join(format!("..gen{}", self.generation));
+        self.generation += 1;
+        let name = format!("..gen{}", self.generation);
+        let new = self.dir.path().join(&name);
+        std::fs::create_dir(&new).unwrap();
+        std::fs::write(new.join("tls.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(new.join("tls.key"), &leaf.key_pem).unwrap();
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+        let _ = std::fs::remove_dir_all(old);
+    }
+
+    /// Replaces one file of the current generation in place (by rename, so that no poll sees it
+    /// half-written unless the test means it to), as a writer that updates files one at a time.
+    fn replace(&self, name: &str, text: &str) {
+        let data = self.dir.path().join("..data");
+        let tmp = data.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, data.join(name)).unwrap();
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 }
 
@@ -173,6 +226,25 @@ impl Webhook {
         self.handshake(rustls::DEFAULT_VERSIONS)
             .await
             .expect("TLS handshake")
+    }
+
+    /// The leaf certificate a new handshake is served.
+    async fn served(&self) -> CertificateDer<'static> {
+        let tls = self.tls().await;
+        tls.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned()
+    }
+
+    async fn wait_served(&self, leaf: &Leaf, what: &str) {
+        eventually(what, Duration::from_secs(10), || async {
+            (self.served().await == leaf.der).then_some(())
+        })
+        .await
+    }
+
+    fn log_count(&self, text: &str) -> usize {
+        self.sw.logs().iter().filter(|l| l.contains(text)).count()
     }
 
     /// Sends a CREATE review of `pod` and returns the response part.
@@ -533,6 +605,98 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         },
     )
     .await;
+}
+
+/// TLS 1.0 and 1.1 are refused by the server (its alert reaches the client), while the same OpenSSL client (python3's ssl) and rustls get through with 1.2 and 1.3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tls_1_2_and_1_3_are_spoken() {
+    const CLIENT: &str = r#"
+import socket, ssl, sys
+host, port, version = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+# Security level 0 lets OpenSSL offer the old versions at all.
+ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+ctx.minimum_version = getattr(ssl.TLSVersion, version)
+ctx.maximum_version = getattr(ssl.TLSVersion, version)
+try:
+    with socket.create_connection((host, port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        print("connected", tls.version())
+except (ssl.SSLError, OSError) as e:
+    print("refused", e)
+"#;
+    let hook = Webhook::start();
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let tls = hook.handshake(&[version]).await.unwrap();
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+    }
+    let port = hook.addr().port().to_string();
+    for (version, expect) in [
+        ("TLSv1", "refused"),
+        ("TLSv1_1", "refused"),
+        ("TLSv1_2", "connected TLSv1.2"),
+        ("TLSv1_3", "connected TLSv1.3"),
+    ] {
+        let Some(out) = run_tool("python3", &["-c", CLIENT, "127.0.0.1", &port, version]) else {
+            return;
+        };
+        let text = output_text(&out);
+        assert!(
+            text.contains(expect),
+            "{version}: want {expect:?} in {text}"
+        );
+        // The refusal is the server's alert (handshake_failure: a hello of before 1.2 has no
+        // signature_algorithms, which rustls checks first; or protocol_version), not a client
+        // that could not send the version at all.
+        if expect == "refused" {
+            assert!(text.contains("_ALERT_"), "{version}: {text}");
+        }
+    }
+}
+
+/// The kubelet's Secret volume update (a `..data` swap), then a writer that updates the key before
+/// the certificate and leaves a truncated certificate on the way: only matching pairs are served,
+/// each refused pair is logged once, and no handshake ever fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_a_restart_and_a_bad_pair_is_not() {
+    const REFUSED: &str = "still serving the previous pair";
+    const RELOADED: &str = "TLS certificate reloaded";
+    let pki = Pki::new();
+    let (a, b, c) = (pki.leaf(), pki.leaf(), pki.leaf());
+    let mut volume = SecretVolume::new(&a);
+    let mut hook = Webhook::launch(
+        &pki,
+        &volume.path("tls.crt"),
+        &volume.path("tls.key"),
+        &["--tls-reload-interval", "100ms"],
+    );
+    assert!(hook.served().await == a.der, "A at start");
+
+    volume.publish(&b);
+    hook.wait_served(&b, "certificate B after the ..data swap")
+        .await;
+
+    volume.replace("tls.key", &c.key_pem);
+    hook.sw.wait_log("does not match").await;
+    volume.replace("tls.crt", &c.cert_pem[..c.cert_pem.len() / 2]);
+    eventually("a second refusal", Duration::from_secs(10), || {
+        let n = hook.log_count(REFUSED);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    // Ten polls or so with the bad pair in place: B is served all along, and no warning repeats.
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(1) {
+        assert!(hook.served().await == b.der, "B while the pair is bad");
+    }
+
+    volume.replace("tls.crt", &c.cert_pem);
+    hook.wait_served(&c, "certificate C once its pair is whole")
+        .await;
+    assert_eq!(hook.log_count(REFUSED), 2, "{:#?}", hook.sw.logs());
+    assert_eq!(hook.log_count(RELOADED), 2, "{:#?}", hook.sw.logs());
+    hook.assert_alive().await;
 }
 
 /// The chart's own webhook Deployment is a real pod spec of another shape (an HTTPS readiness
