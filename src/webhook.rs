@@ -1,4 +1,4 @@
-//! The mutating admission webhook, `sidewatch webhook`, TLS only, on `--listen`:
+//! The mutating admission webhook, `sidewatch webhook`, TLS 1.2 and 1.3 only, on `--listen`:
 //!
 //! - `POST /mutate`           pods annotated `sidewatch.io/inject: "true"` get sidewatch
 //! - `POST /mutate-namespace` every pod of a namespace labelled `sidewatch.io/inject=enabled`
@@ -6,43 +6,69 @@
 //! - `GET /healthz`
 //!
 //! Every policy outcome, a pod that cannot be injected included, is an AdmissionReview answer; a
-//! review that does not parse is a 400 with the reason. The policy itself is `inject::mutate`.
+//! request that is not a review gets a 4xx with the reason. The certificate and key are re-read
+//! when they change on disk. The policy itself is `inject::mutate`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, AdmissionReview, SerializePatchError, META_API_VERSION_V1,
+    META_KIND,
+};
 use kube::core::DynamicObject;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::inject::{self, Outcome, Scope, Settings};
 
+mod certs;
+
+use certs::Certs;
+pub use certs::TlsError;
+
 /// Kubernetes objects are at most 1.5 MiB; a review wraps one (twice for updates).
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// How much of a body over `MAX_BODY` is read (and dropped) to answer 413 cleanly.
+const DISCARD_MAX: usize = 4 * MAX_BODY;
+// The API server gives up on a webhook after its timeoutSeconds (at most 30 s, the chart's default
+// 5 s): a client slower than these is not the API server, and must not hold a connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Also how long a kept-alive connection may sit idle: hyper times the wait for the next request.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Then a connection is asked to close after its current request, so that one whose client stopped
+/// reading answers (the header timeout does not run while hyper waits to write) frees its slot.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// Headers are small; hyper's default buffer of 400 KB per connection is not needed.
+const MAX_BUF: usize = 64 * 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct WebhookArgs {
     /// Address to serve HTTPS on.
     #[arg(long, env = "SIDEWATCH_LISTEN", default_value = "0.0.0.0:9443")]
     pub listen: SocketAddr,
-    /// PEM certificate chain for the webhook's Service name.
+    /// PEM certificate chain for the webhook's Service name; re-read when it changes.
     #[arg(long, env = "SIDEWATCH_TLS_CERT")]
     pub tls_cert: PathBuf,
-    /// PEM private key of that certificate.
+    /// PEM private key of that certificate; re-read when it changes.
     #[arg(long, env = "SIDEWATCH_TLS_KEY")]
     pub tls_key: PathBuf,
+    /// How often the certificate and key files are checked for a new pair.
+    #[arg(long, env = "SIDEWATCH_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = nonzero_duration)]
+    pub tls_reload_interval: Duration,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "SIDEWATCH_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Image of the injected sidecar.
     #[arg(long, env = "SIDEWATCH_IMAGE", default_value = "sidewatch:0.1.0")]
     pub image: String,
@@ -51,19 +77,25 @@ pub struct WebhookArgs {
     pub plain_sidecar: bool,
 }
 
+fn nonzero_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
-    crate::tls::install_crypto_provider();
-    let certs = CertificateDer::pem_file_iter(&args.tls_cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", args.tls_cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&args.tls_key)
-        .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", args.tls_key.display()))?;
-    // rustls speaks TLS 1.2 and 1.3 only.
-    let tls = rustls::ServerConfig::builder()
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = Arc::new(Certs::load(args.tls_cert, args.tls_key, provider.clone())?);
+    // The API server speaks TLS 1.2 and 1.3; nothing older is offered to anyone.
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Versions)?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| anyhow::anyhow!("--tls-cert and --tls-key do not make a usable pair: {e}"))?;
+        .with_cert_resolver(certs.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tokio::spawn(certs.watch(args.tls_reload_interval));
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
@@ -72,8 +104,13 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         native: !args.plain_sidecar,
         ..Settings::default()
     });
+    let slots = Arc::new(Semaphore::new(args.max_connections as usize));
     tracing::info!(listen = %listener.local_addr()?, image = %settings.image, native = settings.native, "sidewatch started (webhook)");
     loop {
+        // Taken before accept: at the cap, new clients wait in the backlog rather than being reset.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            anyhow::bail!("the connection slots were closed");
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -84,53 +121,151 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         };
         let (acceptor, settings) = (acceptor.clone(), settings.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let settings = settings.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &settings).await) }
-            });
-            let mut conn = hyper::server::conn::http1::Builder::new();
-            conn.timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT);
-            if let Err(e) = conn.serve_connection(TokioIo::new(tls), service).await {
-                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
-            }
+            serve(tcp, peer, acceptor, settings).await;
+            drop(slot);
         });
     }
 }
 
-async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<Bytes>> {
-    let scope = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::POST, "/mutate") => Scope::Annotated,
-        (&Method::POST, "/mutate-namespace") => Scope::Namespace,
-        _ => return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    settings: Arc<Settings>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(e) => {
-            let message = format!("cannot read the review (at most {MAX_BODY} bytes): {e}\n");
-            return reply(StatusCode::BAD_REQUEST, "text/plain", message);
+    let service = hyper::service::service_fn(move |req| {
+        let settings = settings.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &settings).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUF);
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(BODY_TIMEOUT, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => return tracing::debug!(%peer, "webhook connection dropped: stuck at the end of its life"),
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
+    }
+}
+
+async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<Bytes>> {
+    let scope = match req.uri().path() {
+        "/healthz" if matches!(*req.method(), Method::GET | Method::HEAD) => {
+            return reply(StatusCode::OK, "ok\n")
+        }
+        "/healthz" => return not_allowed("GET, HEAD"),
+        "/mutate" => Scope::Annotated,
+        "/mutate-namespace" => Scope::Namespace,
+        _ => return reply(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if req.method() != Method::POST {
+        return not_allowed("POST");
+    }
+    if !is_json(req.headers()) {
+        let message = "an AdmissionReview is sent as content-type application/json\n";
+        return closing(reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, message));
+    }
+    let too_large = || {
+        tracing::warn!(max = MAX_BODY, "admission review over the size limit");
+        let message = format!("the review is larger than {MAX_BODY} bytes\n");
+        closing(reply(StatusCode::PAYLOAD_TOO_LARGE, message))
+    };
+    // Far over the cap: refused at once (the client, still sending, may see a reset instead).
+    if req.body().size_hint().lower() > DISCARD_MAX as u64 {
+        return too_large();
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(req.into_body())).await {
+        Ok(Ok(Some(body))) => body,
+        Ok(Ok(None)) => return too_large(),
+        Ok(Err(e)) => {
+            let message = format!("cannot read the review: {e}\n");
+            return closing(reply(StatusCode::BAD_REQUEST, message));
+        }
+        Err(_) => {
+            tracing::debug!("admission review body too slow");
+            let message = format!("the review did not arrive within {BODY_TIMEOUT:?}\n");
+            return closing(reply(StatusCode::REQUEST_TIMEOUT, message));
         }
     };
     let Some(token) = drain_token() else {
         return reply(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
             "no randomness for a drain token\n",
         );
     };
     match review(&body, scope, settings, &token) {
-        Ok(answer) => reply(StatusCode::OK, "application/json", answer),
+        Ok(answer) => {
+            let mut resp = reply(StatusCode::OK, answer);
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
         Err(why) => {
             tracing::warn!(error = %why, "malformed admission review");
-            reply(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n"))
+            reply(StatusCode::BAD_REQUEST, format!("{why}\n"))
         }
     }
+}
+
+/// The body, or `None` past `MAX_BODY`. Past it the rest is read and dropped, up to `DISCARD_MAX`
+/// in all, so that a client still sending reads the 413 rather than a reset connection.
+async fn read_body(mut body: Incoming) -> Result<Option<Bytes>, hyper::Error> {
+    let mut kept = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        total = total.saturating_add(data.len());
+        if total > DISCARD_MAX {
+            return Ok(None);
+        }
+        if total <= MAX_BODY {
+            kept.extend_from_slice(&data);
+        }
+    }
+    Ok((total <= MAX_BODY).then(|| kept.freeze()))
+}
+
+/// `application/json`, with or without parameters such as a charset.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("not an AdmissionReview: {0}")]
+    Parse(serde_json::Error),
+    #[error("not an {META_API_VERSION_V1} {META_KIND}: apiVersion {api_version:?}, kind {kind:?}")]
+    Type { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    #[error("the review's object is not a Pod: {0}")]
+    NotAPod(serde_json::Error),
+    #[error("cannot serialise the patch: {0}")]
+    Patch(SerializePatchError),
+    #[error("cannot serialise the answer: {0}")]
+    Answer(serde_json::Error),
 }
 
 /// One AdmissionReview in, one out. `Err` only for a review that cannot be answered at all.
@@ -139,24 +274,31 @@ pub fn review(
     scope: Scope,
     settings: &Settings,
     token: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ReviewError> {
+    // serde_json stops at 128 levels of nesting, so a hostile review cannot overflow the stack.
     let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
-    let request: AdmissionRequest<DynamicObject> = review
-        .try_into()
-        .map_err(|e| format!("not an AdmissionReview request: {e}"))?;
+        serde_json::from_slice(body).map_err(ReviewError::Parse)?;
+    // The answer repeats these; the API server would reject an answer of another type.
+    if review.types.api_version != META_API_VERSION_V1 || review.types.kind != META_KIND {
+        return Err(ReviewError::Type {
+            api_version: review.types.api_version,
+            kind: review.types.kind,
+        });
+    }
+    let request: AdmissionRequest<DynamicObject> =
+        review.try_into().map_err(|_| ReviewError::NoRequest)?;
     let response = AdmissionResponse::from(&request);
     let pod: Option<Pod> = request
         .object
         .as_ref()
         .map(|o| serde_json::to_value(o).and_then(serde_json::from_value))
         .transpose()
-        .map_err(|e| format!("the review's object is not a Pod: {e}"))?;
+        .map_err(ReviewError::NotAPod)?;
     let response = match pod.map(|pod| inject::mutate(&pod, settings, scope, token)) {
         None | Some(Ok(Outcome::Untouched)) => response,
-        Some(Ok(Outcome::Patch(patch))) => response
-            .with_patch(patch)
-            .map_err(|e| format!("cannot serialise the patch: {e}"))?,
+        Some(Ok(Outcome::Patch(patch))) => {
+            response.with_patch(patch).map_err(ReviewError::Patch)?
+        }
         Some(Err(why)) => {
             // Admit the pod as it is: a missing sidecar must not stop a deployment.
             let mut response = response;
@@ -164,8 +306,7 @@ pub fn review(
             response
         }
     };
-    serde_json::to_vec(&response.into_review())
-        .map_err(|e| format!("cannot serialise the answer: {e}"))
+    serde_json::to_vec(&response.into_review()).map_err(ReviewError::Answer)
 }
 
 /// A fresh per-pod token shared by the sidecar and the app's preStop hook.
@@ -175,14 +316,25 @@ fn drain_token() -> Option<String> {
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn reply(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+/// A plain-text answer.
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// For answers given before the body was read: the rest of it is not worth reading.
+fn closing(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     resp
 }
