@@ -78,13 +78,27 @@ async fn wait_metric_at_least(addr: SocketAddr, series: &str, min: f64) {
     .await;
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+fn rss_kib(sw: &Sidewatch) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", sw.child.id())).expect("proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix(field))
+        .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .expect("field in /proc/PID/status")
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Waits until sidewatch is ready; its resident memory then, before any hostile client.
+async fn ready_rss(sw: &Sidewatch) -> u64 {
+    sw.wait_ready(WITHIN).await;
+    rss_kib(sw)
+}
+
+/// Asserts what the hostile clients added to the resident memory, and returns it.
+fn assert_rss_bounded(sw: &Sidewatch, before: u64) -> u64 {
+    let grown = rss_kib(sw).saturating_sub(before);
+    assert!(grown < RSS_GROWTH_KIB, "RSS grew by {grown} KiB");
+    grown
 }
 
 /// Client tasks that stop when dropped.
@@ -171,9 +185,7 @@ async fn slowloris_never_locks_out_the_kubelet_probe() {
     let Some(sw) = start_limited(&up, 256, &[]) else {
         return;
     };
-    sw.wait_ready(WITHIN).await;
-    let pid = sw.child.id();
-    let rss_before = proc_status_kib(pid, "VmRSS:");
+    let rss_before = ready_rss(&sw).await;
 
     let attack = slowloris(sw.addr, 500);
     wait_metric_at_least(sw.addr, "sidewatch_admin_evictions_total", 500.0).await;
@@ -182,8 +194,7 @@ async fn slowloris_never_locks_out_the_kubelet_probe() {
     let open = metric(sw.addr, "sidewatch_admin_connections").await;
     // The cap is a quarter of the 256 descriptors; the scrape's own connection is one of them.
     assert!(open <= 64.0, "{open} admin connections open, cap 64");
-    let grown = proc_status_kib(pid, "VmRSS:").saturating_sub(rss_before);
-    assert!(grown < RSS_GROWTH_KIB, "RSS grew by {grown} KiB");
+    let grown = assert_rss_bounded(&sw, rss_before);
     eprintln!(
         "slowloris: {} attacker connections, slowest probe {worst:?}, {open} open, RSS +{grown} KiB",
         attack.connects.load(Ordering::Relaxed)
@@ -195,9 +206,7 @@ async fn floods_and_idle_keep_alives_leave_readyz_fast() {
     let up = Upstream::start(healthy()).await;
     let url = up.url();
     let sw = Sidewatch::start(&["--target", &url, "--interval", "100ms"], &[]);
-    sw.wait_ready(WITHIN).await;
-    let pid = sw.child.id();
-    let rss_before = proc_status_kib(pid, "VmRSS:");
+    let rss_before = ready_rss(&sw).await;
 
     // 300 keep-alive connections that made one request and went quiet: more than the cap of 256.
     let mut idle = Vec::new();
@@ -247,8 +256,7 @@ async fn floods_and_idle_keep_alives_leave_readyz_fast() {
         evicted >= 44.0,
         "only {evicted} evictions with 304 connections over 256"
     );
-    let grown = proc_status_kib(pid, "VmRSS:").saturating_sub(rss_before);
-    assert!(grown < RSS_GROWTH_KIB, "RSS grew by {grown} KiB");
+    let grown = assert_rss_bounded(&sw, rss_before);
     eprintln!(
         "flood: {} scrapes, slowest probe {worst:?}, {evicted} evictions, RSS +{grown} KiB",
         scraped.load(Ordering::Relaxed)
@@ -271,9 +279,7 @@ async fn oversized_requests_are_refused_and_forgotten() {
     let up = Upstream::start(healthy()).await;
     let url = up.url();
     let sw = Sidewatch::start(&["--target", &url, "--interval", "100ms"], &[]);
-    sw.wait_ready(WITHIN).await;
-    let pid = sw.child.id();
-    let rss_before = proc_status_kib(pid, "VmRSS:");
+    let rss_before = ready_rss(&sw).await;
 
     let big_header = format!(
         "GET /readyz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
@@ -314,8 +320,7 @@ async fn oversized_requests_are_refused_and_forgotten() {
     );
 
     assert_eq!(kubelet_probe(sw.addr).await.1, "HTTP/1.1 200 OK");
-    let grown = proc_status_kib(pid, "VmRSS:").saturating_sub(rss_before);
-    assert!(grown < RSS_GROWTH_KIB, "RSS grew by {grown} KiB");
+    assert_rss_bounded(&sw, rss_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
