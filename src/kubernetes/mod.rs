@@ -233,8 +233,8 @@ impl PodWatcher {
                     retry_at = None;
                     events = Some(start());
                 }
-                _ = sleep_until_wall(cooldown), if cooldown.is_some() => {
-                    let app = self.tracker.app_observation(SystemTime::now());
+                _ = sleep_until(cooldown), if cooldown.is_some() => {
+                    let app = self.tracker.app_observation(Instant::now());
                     self.send(APP, app).await;
                 }
             }
@@ -261,7 +261,7 @@ impl PodWatcher {
     }
 
     async fn on_pod(&mut self, pod: &Pod) {
-        let update = self.tracker.observe(pod, SystemTime::now());
+        let update = self.tracker.observe(pod, pod::Now::read());
         for r in &update.restarts {
             self.metrics
                 .container_restarts
@@ -705,13 +705,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
-}
-
-async fn sleep_until_wall(at: Option<SystemTime>) {
-    let wait = at
-        .and_then(|at| at.duration_since(SystemTime::now()).ok())
-        .unwrap_or_default();
-    tokio::time::sleep(wait).await;
 }
 
 #[cfg(test)]
