@@ -398,6 +398,8 @@ struct Armed {
     parent: Option<JoinHandle<()>>,
     /// A cgroup was watched before: any later one is new.
     seen: bool,
+    /// The parent's watch failed and that was logged (once: it is retried at every look).
+    parent_failed: bool,
 }
 
 impl Armed {
@@ -423,9 +425,11 @@ impl Armed {
         if self.parent.is_none() {
             match events::parent(&dir.path, wake.clone()) {
                 Ok(task) => self.parent = Some(task),
-                Err(e) => {
+                Err(e) if !self.parent_failed => {
+                    self.parent_failed = true;
                     tracing::info!(dir = %dir.path.display(), error = %e, "cannot watch the cgroup's parent; polling sees the cgroup go and come back")
                 }
+                Err(_) => {}
             }
         }
         self.parent.is_some()
