@@ -1,8 +1,9 @@
 //! The engine task: takes watcher inputs, runs the engine, publishes each new verdict with its
-//! `/readyz` body pre-rendered, and logs and counts readiness transitions.
+//! `/readyz` body pre-rendered, and logs and counts readiness transitions. The logs are
+//! rate-limited (a flapping app must not flood them); the metrics count every transition.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -10,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::engine::{Change, Engine, Observation, Verdict};
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
+use crate::reason::Reason;
 
 pub enum Input {
     Observe {
@@ -47,7 +49,20 @@ pub async fn run_engine(
 ) {
     let guard = liveness.register("engine");
     metrics.ready.set(i64::from(engine.verdict().ready));
-    while let Some(input) = inputs.recv().await {
+    let mut limiter = LogLimiter::default();
+    loop {
+        let due = limiter.due();
+        let input = tokio::select! {
+            input = inputs.recv() => match input {
+                Some(input) => input,
+                // Every watcher has let go of its sender: the process is shutting down.
+                None => break,
+            },
+            _ = sleep_until(due), if due.is_some() => {
+                log_flapping(&mut limiter, engine.verdict(), Instant::now());
+                continue;
+            }
+        };
         let now = SystemTime::now();
         let before = publish.borrow().verdict.clone();
         let change = match input {
@@ -62,17 +77,131 @@ pub async fn run_engine(
         }
         let verdict = engine.verdict();
         publish.send_replace(Published::new(verdict));
-        if change == Change::Readiness {
+        let what = if change == Change::Readiness {
             metrics.ready.set(i64::from(verdict.ready));
             let to = if verdict.ready { "ready" } else { "not_ready" };
             metrics.transitions.with_label_values(&[to]).inc();
-            tracing::info!(ready = verdict.ready, reasons = %summary(verdict), "readiness changed");
+            Logged::Transition
         } else if labels(&before) != labels(verdict) {
-            tracing::info!(ready = verdict.ready, reasons = %summary(verdict), "reasons changed");
+            if starting_ended(&before, verdict) {
+                Logged::StartUp
+            } else {
+                Logged::Reasons
+            }
+        } else {
+            continue;
+        };
+        let at = Instant::now();
+        log_flapping(&mut limiter, &before, at);
+        let message = match what {
+            Logged::Transition => "readiness changed",
+            Logged::Reasons | Logged::StartUp => "reasons changed",
+        };
+        if what == Logged::StartUp || limiter.admit(what, at) {
+            tracing::info!(ready = verdict.ready, reasons = %summary(verdict), "{message}");
+        } else {
+            // Still there for whoever asks for debug logs (and the benchmarks).
+            tracing::debug!(ready = verdict.ready, reasons = %summary(verdict), rate_limited = true, "{message}");
         }
     }
-    // Every watcher has let go of its sender: the process is shutting down.
+    log_flapping(&mut limiter, engine.verdict(), Instant::now() + LOG_WINDOW);
     guard.finish();
+}
+
+/// At most `LOG_BURST` lines about readiness in a `LOG_WINDOW`; past that, changes are counted
+/// and one line at the window's end says how many were not logged and what the verdict is then.
+/// The first changes and the latest state are always in the logs.
+const LOG_BURST: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Logged {
+    Transition,
+    Reasons,
+    /// A signal's first success: start-up progress, logged without limit.
+    StartUp,
+}
+
+/// The log rate limit: a window opens at the first line after a quiet one.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    window: Option<Instant>,
+    logged: u32,
+    not_logged: NotLogged,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct NotLogged {
+    transitions: u64,
+    reasons: u64,
+}
+
+impl LogLimiter {
+    /// True when this change is logged; otherwise it is counted for the window's summary.
+    fn admit(&mut self, what: Logged, now: Instant) -> bool {
+        let open = self.window.is_some_and(|w| now < w + LOG_WINDOW);
+        if !open {
+            self.window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < LOG_BURST {
+            self.logged += 1;
+            return true;
+        }
+        match what {
+            Logged::Transition => self.not_logged.transitions += 1,
+            Logged::Reasons | Logged::StartUp => self.not_logged.reasons += 1,
+        }
+        false
+    }
+
+    /// When the summary of the changes not logged is due.
+    fn due(&self) -> Option<Instant> {
+        let pending = self.not_logged != NotLogged::default();
+        self.window.filter(|_| pending).map(|w| w + LOG_WINDOW)
+    }
+
+    /// The changes not logged in a window that has ended; the next change opens a new one.
+    fn take_due(&mut self, now: Instant) -> Option<NotLogged> {
+        if self.due().is_none_or(|due| now < due) {
+            return None;
+        }
+        self.window = None;
+        Some(std::mem::take(&mut self.not_logged))
+    }
+}
+
+/// Logs the summary of a window that has ended, with `verdict`, the state at its end.
+fn log_flapping(limiter: &mut LogLimiter, verdict: &Verdict, now: Instant) {
+    if let Some(n) = limiter.take_due(now) {
+        tracing::warn!(
+            transitions = n.transitions,
+            reason_changes = n.reasons,
+            window = %humantime::format_duration(LOG_WINDOW),
+            ready = verdict.ready,
+            reasons = %summary(verdict),
+            "readiness flapping: changes not logged (rate limit); the metrics count them all"
+        );
+    }
+}
+
+/// True when the only change is that signals left `starting` (their first success).
+fn starting_ended(before: &Verdict, after: &Verdict) -> bool {
+    let had = labels(before);
+    let has = labels(after);
+    has.iter().all(|l| had.contains(l))
+        && before
+            .reasons
+            .iter()
+            .filter(|c| !has.contains(&(c.signal.as_str(), c.reason.as_str())))
+            .all(|c| c.reason == Reason::Starting)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn labels(v: &Verdict) -> Vec<(&str, &str)> {
@@ -92,4 +221,96 @@ pub fn summary(v: &Verdict) -> String {
         .map(|c| format!("{}={} ({})", c.signal, c.reason, c.message))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn a_burst_is_logged_then_counted_and_summed_up_at_the_window_end() {
+        let start = t0();
+        let mut l = LogLimiter::default();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        for i in 0..LOG_BURST {
+            assert!(
+                l.admit(Logged::Transition, ms(u64::from(i) * 20)),
+                "line {i}"
+            );
+        }
+        assert_eq!(l.due(), None, "nothing suppressed yet");
+        for i in 0..30 {
+            let what = if i % 3 == 0 {
+                Logged::Reasons
+            } else {
+                Logged::Transition
+            };
+            assert!(!l.admit(what, ms(300 + i * 20)));
+        }
+        assert_eq!(l.due(), Some(start + LOG_WINDOW));
+        assert_eq!(l.take_due(ms(9_999)), None, "not yet");
+        assert_eq!(
+            l.take_due(start + LOG_WINDOW),
+            Some(NotLogged {
+                transitions: 20,
+                reasons: 10
+            })
+        );
+        assert_eq!(l.due(), None);
+        // Still flapping: a new window, a new burst.
+        assert!(l.admit(Logged::Transition, ms(10_050)));
+    }
+
+    #[test]
+    fn a_quiet_window_resets_the_budget_without_a_summary() {
+        let start = t0();
+        let mut l = LogLimiter::default();
+        for _ in 0..LOG_BURST {
+            assert!(l.admit(Logged::Transition, start));
+        }
+        assert_eq!(l.due(), None);
+        assert!(l.admit(Logged::Transition, start + LOG_WINDOW));
+    }
+
+    fn verdict(reasons: &[(&str, Reason)]) -> Verdict {
+        Verdict {
+            ready: reasons.is_empty(),
+            reasons: reasons
+                .iter()
+                .map(|(signal, reason)| crate::engine::Cause {
+                    signal: (*signal).to_owned(),
+                    reason: *reason,
+                    message: String::new(),
+                    since: SystemTime::UNIX_EPOCH,
+                })
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_signals_leaving_starting_is_start_up_progress() {
+        let start = verdict(&[
+            ("memory:oom", Reason::Starting),
+            ("probe:app", Reason::Starting),
+        ]);
+        let later = verdict(&[("probe:app", Reason::Starting)]);
+        assert!(starting_ended(&start, &later));
+        let failing = verdict(&[("probe:app", Reason::Refused)]);
+        assert!(!starting_ended(&later, &failing));
+        let other = verdict(&[
+            ("memory:oom", Reason::Starting),
+            ("probe:app", Reason::Refused),
+        ]);
+        assert!(!starting_ended(&failing, &other));
+        let fixed = verdict(&[("probe:app", Reason::Starting)]);
+        assert!(
+            !starting_ended(&failing, &fixed),
+            "a failure gone is no start-up"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! sidewatch against a fake API server speaking the real wire format, pointed at with a
 //! kubeconfig exactly as a user would: pod watch signals, the readiness gate, Events, and an API
-//! server that refuses, dies, comes back or forgets history.
+//! server that refuses, dies, comes back (ten times in ten seconds), hangs, fails one kind of
+//! request, or forgets history.
 
 mod common;
 #[path = "common/fake_api.rs"]
@@ -8,7 +9,8 @@ mod fake_api;
 #[path = "common/netns.rs"]
 mod netns;
 
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{eventually, healthy, tempdir, Behaviour, Sidewatch, Upstream};
 use fake_api::FakeApi;
@@ -382,6 +384,162 @@ async fn a_slow_api_server_does_not_slow_the_local_verdict() {
     assert!(message.contains("http_5xx"), "{message}");
 }
 
+async fn wait_gate(api: &FakeApi, want: &str, within: Duration) {
+    eventually(&format!("the gate {want}"), within, || async {
+        (gate_status(api).is_some_and(|(st, _)| st == want)).then_some(())
+    })
+    .await;
+}
+
+/// Every `/readyz` status while it runs, until the task is aborted.
+fn record_readyz(sw: &Sidewatch) -> (Arc<Mutex<Vec<u16>>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let url = sw.url("/readyz");
+    let client = common::client();
+    let task = tokio::spawn(async move {
+        loop {
+            let status = match client.get(&url).send().await {
+                Ok(resp) => resp.status().as_u16(),
+                Err(_) => 0,
+            };
+            sink.lock().unwrap().push(status);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (seen, task)
+}
+
+/// The API server goes down and comes back ten times in ten seconds (each time every connection
+/// is closed and new ones are closed unanswered), then once for six seconds. The probes alone
+/// decide readiness throughout; the errors are counted; the watcher backs off (few connection
+/// attempts per outage, no hot loop); after the last recovery the watch resumes, sees changes,
+/// and the gate is asserted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_flapping_leaves_readiness_alone_and_is_caught_up_after() {
+    let s = setup(fake_api::pod(true), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    wait_gate(&s.api, "True", WITHIN).await;
+    wait_watching(&s.api).await;
+    let (readyz, recorder) = record_readyz(&s.sw);
+    let errors = "sidewatch_kube_errors_total{op=\"watch\"}";
+    let errors_before = s.sw.metric(errors).await.unwrap();
+
+    let mut attempts = Vec::new();
+    for _ in 0..10 {
+        let before = s.api.refused();
+        s.api.set_down(true);
+        // The outage's and the uptime's lengths are the scenario, not waits for something.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.api.set_down(false);
+        attempts.push(s.api.refused() - before);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before = s.api.refused();
+    s.api.set_down(true);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    s.api.set_down(false);
+    let long = s.api.refused() - before;
+    let recovered = SystemTime::now();
+    eprintln!("connections during ten 0.5 s outages: {attempts:?}; during one of 6 s: {long}");
+    assert!(
+        attempts.iter().sum::<usize>() <= 30,
+        "a hot loop against a dead API server: {attempts:?}"
+    );
+    assert!(long <= 8, "{long} connections in a 6 s outage");
+
+    eventually(
+        "a watch after the last recovery",
+        Duration::from_secs(40),
+        || async {
+            s.api
+                .requests()
+                .iter()
+                .any(|r| r.at > recovered && r.query.contains("watch=true"))
+                .then_some(())
+        },
+    )
+    .await;
+    eventually("the gate asserted again", WITHIN, || async {
+        gate_patches(&s.api)
+            .iter()
+            .any(|p| p.at > recovered && p.body["status"]["conditions"][0]["status"] == "True")
+            .then_some(())
+    })
+    .await;
+    let counted = s.sw.metric(errors).await.unwrap() - errors_before;
+    assert!(counted >= 2.0, "{counted} watch errors counted");
+    recorder.abort();
+    let seen = readyz.lock().unwrap().clone();
+    assert!(seen.len() > 200, "{} /readyz answers", seen.len());
+    assert!(
+        seen.iter().all(|st| *st == 200),
+        "readiness moved with the API server: {seen:?}"
+    );
+    // The watch is live: a restart of the app container is seen.
+    s.api.update_pod(|pod| {
+        let app = &mut pod["status"]["containerStatuses"][0];
+        app["restartCount"] = 1.into();
+        app["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error",
+            "finishedAt": rfc3339(SystemTime::now())}});
+    });
+    s.sw.wait_reason("container_restarted", WITHIN).await;
+    let logs = s.sw.logs().join("\n");
+    assert!(
+        logs.matches("cannot watch the pod").count() <= 12,
+        "logged once per outage at most:\n{logs}"
+    );
+}
+
+/// The API server fails the status patch alone (the watch stays up, nothing else changes): the
+/// patch is retried with backoff until it lands, so the gate does not stay stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gate_patch_is_retried_until_it_lands() {
+    let s = setup(fake_api::pod(true), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    wait_gate(&s.api, "True", WITHIN).await;
+    s.api.fail_patches_with(Some(500));
+    s.up.set(Behaviour::Status(503, ""));
+    s.sw.wait_reason("http_5xx", WITHIN).await;
+    s.sw.wait_metric_at_least("sidewatch_kube_errors_total{op=\"patch_status\"}", 1.0)
+        .await;
+    assert_eq!(gate_status(&s.api).unwrap().0, "True", "the failure held");
+    s.api.fail_patches_with(None);
+    wait_gate(&s.api, "False", WITHIN).await;
+    assert_eq!(s.sw.readyz().await.0, 503);
+}
+
+/// The API server accepts requests and never answers (a hung server, a black-holed connection):
+/// kube's client has no read timeout, so without one of sidewatch's own the gate and the Events
+/// would wait for ever. Each request is given up after 10 s and the gate patched once the server
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_api_server_does_not_hold_the_gate_for_ever() {
+    let s = setup(fake_api::pod(true), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    wait_gate(&s.api, "True", WITHIN).await;
+    let hung_from = SystemTime::now();
+    s.api.set_delay(Duration::from_secs(3600));
+    s.up.set(Behaviour::Status(503, ""));
+    s.sw.wait_reason("http_5xx", Duration::from_secs(1)).await;
+    eventually("a request to hang", WITHIN, || async {
+        s.api
+            .requests()
+            .iter()
+            .any(|r| r.at > hung_from && r.method != "GET")
+            .then_some(())
+    })
+    .await;
+    let healed = Instant::now();
+    s.api.set_delay(Duration::ZERO);
+    wait_gate(&s.api, "False", Duration::from_secs(30)).await;
+    eprintln!(
+        "gate False {:.1}s after the server answered again",
+        healed.elapsed().as_secs_f64()
+    );
+    s.sw.wait_log("no answer within 10s").await;
+}
+
 /// The kubelet's preStop hook comes from the node and carries no token: once the API server
 /// says the pod is terminating, /drain opens to it. A second namespace stands for the node.
 #[test]
@@ -534,11 +692,15 @@ async fn bench_transition_to_gate_patch_and_steady_requests() {
             ("POD_NAME", "web-1"),
             ("POD_NAMESPACE", "shop"),
             ("SIDEWATCH_KUBERNETES_EVENTS", "false"),
+            // Past the log's burst, transitions are logged at debug only.
+            ("RUST_LOG", "info,sidewatch=debug"),
         ],
     );
     sw.wait_ready(WITHIN).await;
     wait_watching(&api).await;
-    let mut lags = Vec::new();
+    // Turning not ready is patched at once; turning ready again is within the gate's rate limit
+    // (a burst of 5, then one a second), so the two directions are reported apart.
+    let (mut unready_lags, mut ready_lags) = (Vec::new(), Vec::new());
     for i in 0..60 {
         let (behaviour, want) = if i % 2 == 0 {
             (Behaviour::Status(503, ""), "False")
@@ -569,17 +731,24 @@ async fn bench_transition_to_gate_patch_and_steady_requests() {
                 .find(|p| p.at >= logged_at && p.body["status"]["conditions"][0]["status"] == want)
         })
         .await;
-        lags.push(patch.at.duration_since(logged_at).unwrap_or_default());
+        let lag = patch.at.duration_since(logged_at).unwrap_or_default();
+        if want == "False" {
+            unready_lags.push(lag);
+        } else {
+            ready_lags.push(lag);
+        }
     }
-    lags.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "transition -> status patch over {} transitions: median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
-        lags.len(),
-        ms(lags[lags.len() / 2]),
-        ms(lags[lags.len() * 9 / 10]),
-        ms(lags[lags.len() - 1])
-    );
+    for (what, mut lags) in [("not ready", unready_lags), ("ready", ready_lags)] {
+        lags.sort();
+        println!(
+            "transition to {what} -> status patch over {} transitions: median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+            lags.len(),
+            ms(lags[lags.len() / 2]),
+            ms(lags[lags.len() * 9 / 10]),
+            ms(lags[lags.len() - 1])
+        );
+    }
     let before = api.requests().len();
     let window = Duration::from_secs(30);
     tokio::time::sleep(window).await; // the measurement window, not synchronisation

@@ -1,6 +1,7 @@
 //! Real cgroup v1 and real OOM kills: a 64 MiB cgroup, a process that allocates until the kernel
-//! kills it (slowly, then fast), and sidewatch watching the cgroup. Needs root and the v1 memory
-//! controller at /sys/fs/cgroup/memory.
+//! kills it (slowly, then fast), and sidewatch watching the cgroup, also when the cgroup is
+//! removed and made again under it. Needs root and the v1 memory controller at
+//! /sys/fs/cgroup/memory.
 
 mod common;
 
@@ -32,10 +33,42 @@ impl Cgroup {
             return None;
         }
         let cgroup = Cgroup(path);
-        cgroup.write("memory.limit_in_bytes", &LIMIT.to_string());
-        // No swap to escape to: the limit is the limit.
-        let _ = std::fs::write(cgroup.0.join("memory.swappiness"), "0");
+        cgroup.limit();
         Some(cgroup)
+    }
+
+    fn limit(&self) {
+        self.write("memory.limit_in_bytes", &LIMIT.to_string());
+        // No swap to escape to: the limit is the limit.
+        let _ = std::fs::write(self.0.join("memory.swappiness"), "0");
+    }
+
+    /// Kills what runs in it and removes it, as a container runtime does at a restart.
+    fn remove(&self) {
+        self.kill_all();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = std::fs::remove_dir(&self.0) {
+            assert!(Instant::now() < deadline, "rmdir {}: {e}", self.0.display());
+            std::thread::yield_now();
+        }
+    }
+
+    /// A new cgroup at the same path, with the same limit, as the runtime makes for the new
+    /// container.
+    fn make_again(&self) {
+        std::fs::create_dir(&self.0).unwrap();
+        self.limit();
+    }
+
+    fn kill_all(&self) {
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 
     fn write(&self, file: &str, value: &str) {
@@ -50,14 +83,7 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        self.kill_all();
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
             std::thread::yield_now();
@@ -172,6 +198,73 @@ async fn leaves_before_the_oom_killer_and_counts_every_kill() {
     // Fast: 4 MiB every 100 ms fills it in under 2 s.
     leak_until_killed(&sw, &cgroup, 4, 100, "fast leak").await;
     sw.wait_reason("oom_killed", Duration::from_secs(5)).await;
+    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(2.0));
+    sw.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(
+        sw.metric("sidewatch_oom_kills_total").await,
+        Some(2.0),
+        "exactly one per kill"
+    );
+}
+
+/// Runs a fast hog in the cgroup until the kernel OOM-kills it.
+async fn oom_kill_in(cgroup: &Cgroup, label: &str) {
+    let Some(mut hog) = Hog::spawn(4, 50, 1024, label) else {
+        panic!("python3 vanished between checks");
+    };
+    cgroup.add(hog.pid());
+    hog.go();
+    let status = eventually("the OOM kill", Duration::from_secs(60), || {
+        let status = hog.child.try_wait().expect("try_wait");
+        async move { status }
+    })
+    .await;
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{label}: {status:?}");
+}
+
+/// A container restart: the cgroup is removed and made again at the same path. Polling is set to
+/// an hour, so only kernel notifications can see anything: the removal (the eventfd fires on it,
+/// the parent's inotify sees the rmdir), the new directory (the parent's inotify sees the mkdir),
+/// and the new cgroup's OOM kill through a newly armed eventfd, counted although the old cgroup
+/// had counted as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cgroup_removed_and_made_again_has_its_oom_kills_counted() {
+    let Some(cgroup) = Cgroup::create("sidewatch-again") else {
+        return;
+    };
+    if common::which("python3").is_none() {
+        skip_or_fail("python3 is needed to allocate memory in a child process");
+        return;
+    }
+    let up = Upstream::start(healthy()).await;
+    let url = up.url();
+    let dir = cgroup.0.to_str().unwrap().to_owned();
+    let sw = Sidewatch::start(
+        &["--target", &url, "--interval", "200ms", "--cgroup", &dir],
+        &[
+            ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
+            ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "3s"),
+        ],
+    );
+    sw.wait_ready(Duration::from_secs(10)).await;
+    sw.wait_log("inotify on the parent directory").await;
+
+    oom_kill_in(&cgroup, "first cgroup").await;
+    sw.wait_metric_at_least("sidewatch_oom_kills_total", 1.0)
+        .await;
+    sw.wait_ready(Duration::from_secs(10)).await;
+
+    cgroup.remove();
+    sw.wait_metric_at_least("sidewatch_memory_read_errors_total{kind=\"gone\"}", 1.0)
+        .await;
+    assert_eq!(sw.readyz().await.0, 200, "not knowing is no veto");
+
+    cgroup.make_again();
+    sw.wait_log("a new cgroup directory is here").await;
+    oom_kill_in(&cgroup, "new cgroup").await;
+    let body = sw.wait_reason("oom_killed", Duration::from_secs(5)).await;
+    assert_eq!(body["reasons"][0]["signal"], "memory:oom");
     assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(2.0));
     sw.wait_ready(Duration::from_secs(10)).await;
     assert_eq!(

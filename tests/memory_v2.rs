@@ -1,6 +1,7 @@
 //! cgroup v2 on a fixture tree (tests/fixtures/cgroup-v2, laid out as Linux 6.x writes the files):
 //! thresholds and hysteresis, `max` limits, PSI, the OOM trend, OOM kills delivered by rewriting
-//! `memory.events` (the inotify path: polling is set to an hour), and garbled or missing files.
+//! `memory.events` (the inotify path: polling is set to an hour), garbled, missing and unreadable
+//! files, and the whole directory removed and made again under the running watcher.
 
 mod common;
 
@@ -12,8 +13,18 @@ use common::{eventually, healthy, tempdir, Sidewatch, Upstream};
 const WITHIN: Duration = Duration::from_secs(10);
 const MIB: u64 = 1 << 20;
 
+fn copy_fixtures(to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup-v2");
+    for entry in std::fs::read_dir(fixtures).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 struct Tree {
-    _dir: tempdir::Dir,
+    /// The temp directory that holds the tree; none for a staged one, renamed into a tree's.
+    _dir: Option<tempdir::Dir>,
     path: PathBuf,
 }
 
@@ -21,13 +32,11 @@ impl Tree {
     fn new() -> Tree {
         let dir = tempdir::Dir::new();
         let path = dir.path().join("app.scope");
-        std::fs::create_dir(&path).unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup-v2");
-        for entry in std::fs::read_dir(fixtures).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), path.join(entry.file_name())).unwrap();
+        copy_fixtures(&path);
+        Tree {
+            _dir: Some(dir),
+            path,
         }
-        Tree { _dir: dir, path }
     }
 
     /// Rewrites a file in place (truncate and write, as the kernel's seq files appear to change).
@@ -38,6 +47,28 @@ impl Tree {
     /// memory.current for a working set of `mib` (the fixture's inactive_file is 8 MiB).
     fn working_set(&self, mib: u64) {
         self.write("memory.current", &format!("{}\n", (mib + 8) * MIB));
+    }
+
+    /// Removes the directory, as the kernel does when the container's cgroup goes.
+    fn remove(&self) {
+        std::fs::remove_dir_all(&self.path).unwrap();
+    }
+
+    /// A new cgroup directory with the fixture's files, built beside the old one; `put` renames
+    /// it into place, whole at once, as the kernel makes a cgroup's files with it.
+    fn staged(&self, working_set_mib: u64, oom_kills: u64) -> Tree {
+        let staging = Tree {
+            _dir: None,
+            path: self.path.with_extension("staging"),
+        };
+        copy_fixtures(&staging.path);
+        staging.working_set(working_set_mib);
+        staging.oom_kills(oom_kills);
+        staging
+    }
+
+    fn put(&self, staged: Tree) {
+        std::fs::rename(&staged.path, &self.path).unwrap();
     }
 
     fn oom_kills(&self, n: u64) {
@@ -244,6 +275,178 @@ async fn garbled_and_missing_files_are_counted_and_never_veto() {
     assert_eq!(sw.readyz().await.0, 200);
     assert_eq!(sw.get("/livez").await.0, 200);
     sw.wait_log("memory.stat is missing").await;
+}
+
+/// The kernel changes `memory.events` in one step; a truncate and a write would wake sidewatch
+/// twice, the first time on an empty file.
+fn events_in_place(tree: &Tree, oom_kills: u8) {
+    use std::io::Write;
+    assert!(oom_kills < 10, "same length as the fixture's 0");
+    let text = format!(
+        "low 0\nhigh 0\nmax {oom_kills}\noom {oom_kills}\noom_kill {oom_kills}\noom_group_kill 0\n"
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tree.path.join("memory.events"))
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+/// The kill frees memory: in one sample `memory_high` ends and `oom_killed` begins. The verdict
+/// goes from one reason to the other without a moment of "ready" between them (which would be a
+/// counted transition, a gate patch and an Event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_that_ends_memory_high_is_no_moment_of_ready() {
+    let tree = Tree::new();
+    let up = Upstream::start(healthy()).await;
+    let env = [
+        ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
+        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "30s"),
+        ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
+    ];
+    let sw = watch(&tree, &up, &env).await;
+    tree.working_set(95);
+    events_in_place(&tree, 0);
+    sw.wait_reason("memory_high", WITHIN).await;
+    let to_ready = "sidewatch_ready_transitions_total{to=\"ready\"}";
+    let before = sw.metric(to_ready).await;
+
+    tree.working_set(10);
+    events_in_place(&tree, 1);
+    let body = sw.wait_reason("oom_killed", WITHIN).await;
+    assert_eq!(body["reasons"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(
+        sw.metric(to_ready).await,
+        before,
+        "a moment of ready between the reasons"
+    );
+}
+
+async fn read_errors(sw: &Sidewatch, kind: &str) -> f64 {
+    let series = format!("sidewatch_memory_read_errors_total{{kind=\"{kind}\"}}");
+    sw.metric(&series).await.unwrap_or(0.0)
+}
+
+/// A container restart removes its cgroup and the runtime makes a new one at the same path. With
+/// polling at an hour, only notifications can see it: the parent directory's watch sees it go
+/// (classified `gone`, no veto) and come back, the new `memory.events` is watched, and its first
+/// kill counts although the old cgroup had counted more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cgroup_removed_and_made_again_is_watched_again() {
+    let tree = Tree::new();
+    tree.oom_kills(2);
+    let up = Upstream::start(healthy()).await;
+    let env = [
+        ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
+        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "1s"),
+    ];
+    let sw = watch(&tree, &up, &env).await;
+    tree.oom_kills(3);
+    sw.wait_reason("oom_killed", WITHIN).await;
+    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(1.0));
+    sw.wait_ready(WITHIN).await;
+
+    tree.remove();
+    eventually("the cgroup counted gone", WITHIN, || async {
+        (read_errors(&sw, "gone").await >= 1.0).then_some(())
+    })
+    .await;
+    sw.wait_log("is gone").await;
+    assert_eq!(sw.readyz().await.0, 200, "not knowing is no veto");
+    assert_eq!(sw.get("/livez").await.0, 200);
+
+    tree.put(tree.staged(40, 0));
+    wait_metric(&sw, "sidewatch_memory_usage_bytes", (40 * MIB) as f64).await;
+    sw.wait_log("a new cgroup directory is here").await;
+    tree.oom_kills(1);
+    let body = sw.wait_reason("oom_killed", WITHIN).await;
+    assert_eq!(body["reasons"][0]["signal"], "memory:oom");
+    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(2.0));
+    sw.wait_ready(WITHIN).await;
+    // Removed and made again once more, at once, with two kills already: still watched.
+    let again = tree.staged(45, 2);
+    tree.remove();
+    tree.put(again);
+    wait_metric(&sw, "sidewatch_oom_kills_total", 4.0).await;
+    assert_eq!(
+        sw.metric("sidewatch_memory_usage_bytes").await,
+        Some((45 * MIB) as f64)
+    );
+}
+
+/// As root, chmod does not stop a read: a file turns unreadable by becoming a directory (EISDIR),
+/// by going, or by holding garbage. Each is counted by kind and logged, none vetoes, and once the
+/// file reads again the memory signals decide again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_turn_unreadable_are_classified_and_recover() {
+    let tree = Tree::new();
+    let up = Upstream::start(healthy()).await;
+    let env = [
+        ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
+        ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
+    ];
+    let sw = watch(&tree, &up, &env).await;
+    let current = tree.path.join("memory.current");
+    type Break = fn(&Path);
+    let ways: [(&str, Break, &str); 3] = [
+        (
+            "io",
+            |p| {
+                std::fs::remove_file(p).unwrap();
+                std::fs::create_dir(p).unwrap();
+            },
+            "Is a directory",
+        ),
+        (
+            "missing",
+            |p| std::fs::remove_file(p).unwrap(),
+            "is missing",
+        ),
+        (
+            "garbled",
+            |p| std::fs::write(p, "\u{0}\u{1}garbage\n").unwrap(),
+            "is garbled",
+        ),
+    ];
+    for (i, (kind, break_it, logged)) in ways.into_iter().enumerate() {
+        let before = read_errors(&sw, kind).await;
+        tree.working_set(95);
+        sw.wait_reason("memory_high", WITHIN).await;
+        break_it(&current);
+        eventually(&format!("a {kind} read counted"), WITHIN, || async {
+            (read_errors(&sw, kind).await > before).then_some(())
+        })
+        .await;
+        sw.wait_log(logged).await;
+        sw.wait_ready(WITHIN).await;
+        if current.is_dir() {
+            std::fs::remove_dir(&current).unwrap();
+        }
+        tree.working_set(60 + i as u64);
+        wait_metric(
+            &sw,
+            "sidewatch_memory_usage_bytes",
+            ((60 + i as u64) * MIB) as f64,
+        )
+        .await;
+    }
+    eventually("three recoveries logged", WITHIN, || {
+        let logs = sw.logs();
+        let n = logs.iter().filter(|l| l.contains("memory: readable again"));
+        let found = n.count() >= 3;
+        async move { found.then_some(()) }
+    })
+    .await;
+
+    tree.remove();
+    eventually("a gone read counted", WITHIN, || async {
+        (read_errors(&sw, "gone").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(sw.readyz().await.0, 200);
+    tree.put(tree.staged(94, 0));
+    let body = sw.wait_reason("memory_high", WITHIN).await;
+    assert_eq!(body["reasons"][0]["signal"], "memory:usage");
 }
 
 #[test]

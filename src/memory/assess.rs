@@ -62,6 +62,16 @@ impl Assessor {
         }
     }
 
+    /// A new cgroup in place of the old one (the container restarted): its counters start at zero,
+    /// so every kill it counts is new, and the old one's history says nothing about its trend.
+    /// A running OOM cooldown goes on: the kill happened.
+    pub fn new_cgroup(&mut self) {
+        self.oom_seen = Some(0);
+        self.history.clear();
+        self.high = false;
+        self.predicted = false;
+    }
+
     /// When the OOM cooldown ends, so the watcher can wake up for it.
     pub fn oom_until(&self) -> Option<Instant> {
         self.oom_until
@@ -405,6 +415,22 @@ mod tests {
         assert_eq!(a.assess(&s).new_oom_kills, 0);
         s.oom_kills = Some(1);
         assert_eq!(a.assess(&s).new_oom_kills, 1);
+    }
+
+    #[test]
+    fn a_new_cgroup_counts_its_kills_from_zero() {
+        let t0 = Instant::now();
+        let mut a = Assessor::new(thresholds());
+        let mut s = sample(t0, 0, 10 * MIB);
+        s.oom_kills = Some(4);
+        assert_eq!(a.assess(&s).new_oom_kills, 0, "history at start-up");
+        // The new cgroup had its first kill before it was sampled: below the old count, yet new.
+        a.new_cgroup();
+        s = sample(t0, 1000, 10 * MIB);
+        s.oom_kills = Some(1);
+        let r = a.assess(&s);
+        assert_eq!(r.new_oom_kills, 1);
+        assert_eq!(reason(r.oom.as_ref().unwrap()), Some(Reason::OomKilled));
     }
 
     #[test]

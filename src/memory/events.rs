@@ -1,7 +1,8 @@
 //! Kernel notifications that make the memory watcher sample at once instead of at its next tick:
 //! inotify on v2 `memory.events`, eventfd through v1 `cgroup.event_control` (OOM and a usage
-//! threshold), and a PSI trigger on v2 `memory.pressure`. Each one that cannot be armed is
-//! logged, and polling covers for it.
+//! threshold), and a PSI trigger on v2 `memory.pressure`; and inotify on the cgroup's parent,
+//! which sees the cgroup removed and made again (a container restart) while the watches on its
+//! own files go quiet. Each one that cannot be armed is logged, and polling covers for it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -23,13 +24,13 @@ const PSI_TRIGGER: &[u8] = b"some 150000 2000000\0";
 /// the kill: sample again shortly after (milliseconds from one look to the next).
 const OOM_FOLLOW_UP: &[u64] = &[2, 2, 4, 8, 16, 32, 64, 128];
 
-/// Arms every notification the cgroup allows; each sends `()` on `wake`. Returns the names of
-/// those armed and their tasks (aborted when the cgroup changes).
-pub fn arm(
-    dir: &CgroupDir,
-    usage_threshold: Option<u64>,
-    wake: &mpsc::Sender<()>,
-) -> (Vec<String>, Vec<JoinHandle<()>>) {
+/// The name of the v1 usage threshold's notification, as start-up logs it.
+pub const USAGE_THRESHOLD: &str = "eventfd memory.usage_in_bytes threshold";
+
+/// Arms every notification the cgroup allows but the v1 usage threshold (see `usage_threshold`);
+/// each sends `()` on `wake`. Returns the names of those armed and their tasks (aborted when the
+/// cgroup changes).
+pub fn arm(dir: &CgroupDir, wake: &mpsc::Sender<()>) -> (Vec<String>, Vec<JoinHandle<()>>) {
     let mut armed = Vec::new();
     let mut tasks = Vec::new();
     let mut arm_one = |name: &str, result: std::io::Result<JoinHandle<()>>| match result {
@@ -65,21 +66,53 @@ pub fn arm(
                     wake.clone(),
                 ),
             );
-            if let Some(bytes) = usage_threshold {
-                arm_one(
-                    "eventfd memory.usage_in_bytes threshold",
-                    eventfd(
-                        &dir.path,
-                        "memory.usage_in_bytes",
-                        Some(bytes),
-                        &[],
-                        wake.clone(),
-                    ),
-                );
-            }
         }
     }
     (armed, tasks)
+}
+
+/// v1: wakes when usage crosses `bytes`, either way. Armed apart from the rest, since it follows
+/// the limit, which can change under a running cgroup (a resize in place).
+pub fn usage_threshold(
+    dir: &Path,
+    bytes: u64,
+    wake: mpsc::Sender<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    eventfd(dir, "memory.usage_in_bytes", Some(bytes), &[], wake)
+}
+
+/// Wakes when the cgroup directory appears in, or leaves, its parent (mkdir, rmdir, rename). The
+/// kernel's cgroup file systems report these on the parent, and nothing on the files inside.
+pub fn parent(dir: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<()>> {
+    use inotify::{Inotify, WatchMask};
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the cgroup directory has no parent",
+        ));
+    };
+    let name = name.to_owned();
+    let inotify = Inotify::init()?;
+    let mask = WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::ONLYDIR;
+    inotify.watches().add(parent, mask)?;
+    let mut events = inotify.into_event_stream([0u8; 1024])?;
+    Ok(tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { break };
+            // Siblings come and go all day (other pods, other containers); a queue overflow
+            // carries no name and may have hidden ours.
+            if event.name.as_ref().is_some_and(|n| *n != name) {
+                continue;
+            }
+            if wake.send(()).await.is_err() {
+                break;
+            }
+        }
+    }))
 }
 
 fn inotify(path: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<()>> {

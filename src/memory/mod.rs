@@ -122,7 +122,7 @@ impl MemoryWatcher {
         let _guard = liveness.register("memory");
         let mut assessor = Assessor::new(self.thresholds());
         let (wake_tx, mut wake_rx) = mpsc::channel(16);
-        let mut armed: Vec<JoinHandle<()>> = Vec::new();
+        let mut armed = Armed::default();
         let mut target = Target::Nothing;
         let mut last_error: Option<String> = None;
         let mut ticker = tokio::time::interval(self.config.interval);
@@ -136,22 +136,31 @@ impl MemoryWatcher {
             }
             let next = self.resolve(&target);
             if next != target {
-                for handle in armed.drain(..) {
-                    handle.abort();
-                }
-                if let Target::Cgroup(dir) = &next {
-                    let threshold = self.usage_threshold(dir);
-                    let (names, handles) = events::arm(dir, threshold, &wake_tx);
-                    armed = handles;
-                    let psi = match dir.version {
-                        Version::V1 => "off: cgroup v1 has no per-cgroup PSI",
-                        Version::V2 => "on",
-                    };
-                    tracing::info!(dir = %dir.path.display(), version = %dir.version, events = ?names, psi, interval = ?self.config.interval, "memory: watching cgroup");
-                } else if let Target::Processes { main } = &next {
+                armed.disarm();
+                if let Target::Processes { main } = &next {
                     tracing::info!(pid = main, limit = ?self.config.limit.map(|b| b.0), "memory: watching the RSS of the app's processes");
                 }
                 target = next;
+            }
+            if let Target::Cgroup(dir) = target.clone() {
+                let fresh = match dir_id(&dir.path) {
+                    Presence::Gone => {
+                        // Its notifications died with it (a removed PSI file may even poll ready
+                        // for ever); the parent's watch and the ticker see it come back.
+                        armed.gone();
+                        armed.watch_parent(&dir, &wake_tx);
+                        let gone = ReadError::Gone { path: dir.path };
+                        if !self.read_failed(gone, &mut last_error, &mut target).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Presence::Here(id) => (armed.dir != Some(id)).then_some(id),
+                    Presence::Unknown => None,
+                };
+                if let Some(id) = fresh {
+                    self.arm(&dir, id, &mut armed, &mut assessor, &wake_tx);
+                }
             }
             let sample = match &target {
                 Target::Cgroup(dir) => match dir.version {
@@ -175,6 +184,14 @@ impl MemoryWatcher {
                     if last_error.take().is_some() {
                         tracing::info!("memory: readable again");
                     }
+                    if let Target::Cgroup(dir) = &target {
+                        if dir.version == Version::V1 && armed.limit != sample.limit {
+                            // A resize in place, or a limit set just after mkdir: the threshold
+                            // is a share of the limit.
+                            tracing::info!(limit = ?sample.limit, "memory: the cgroup's limit changed; the usage threshold follows");
+                            self.arm_threshold(dir, sample.limit, &mut armed, &wake_tx);
+                        }
+                    }
                     let assessment = assessor.assess(&sample);
                     self.publish(&sample, &assessment);
                     self.send_all(assessment).await
@@ -185,6 +202,66 @@ impl MemoryWatcher {
                 return;
             }
         }
+    }
+
+    /// Arms the kernel notifications on the cgroup directory `id`, a new one unless it is the
+    /// first the watcher sees.
+    fn arm(
+        &self,
+        dir: &CgroupDir,
+        id: DirId,
+        armed: &mut Armed,
+        assessor: &mut Assessor,
+        wake: &mpsc::Sender<()>,
+    ) {
+        let (mut names, tasks) = events::arm(dir, wake);
+        armed.gone();
+        armed.tasks = tasks;
+        if dir.version == Version::V1 {
+            let limit = self.limit_v1(dir);
+            if self.arm_threshold(dir, limit, armed, wake) {
+                names.push(events::USAGE_THRESHOLD.to_owned());
+            }
+        }
+        if armed.watch_parent(dir, wake) {
+            names.push("inotify on the parent directory".to_owned());
+        }
+        if armed.seen {
+            assessor.new_cgroup();
+            tracing::info!(dir = %dir.path.display(), events = ?names, "memory: a new cgroup directory is here (a container restart?): watching it from zero");
+        } else {
+            let psi = match dir.version {
+                Version::V1 => "off: cgroup v1 has no per-cgroup PSI",
+                Version::V2 => "on",
+            };
+            tracing::info!(dir = %dir.path.display(), version = %dir.version, events = ?names, psi, interval = ?self.config.interval, "memory: watching cgroup");
+        }
+        armed.seen = true;
+        armed.dir = Some(id);
+    }
+
+    /// v1 can signal when usage crosses a threshold: armed where the working set would turn us
+    /// unready if there were no page cache, so a fast climb wakes us between ticks. The new one
+    /// is armed before the old one goes. True when one is armed.
+    fn arm_threshold(
+        &self,
+        dir: &CgroupDir,
+        limit: Option<u64>,
+        armed: &mut Armed,
+        wake: &mpsc::Sender<()>,
+    ) -> bool {
+        armed.limit = limit;
+        let task = limit.and_then(|limit| {
+            let bytes = (limit as f64 * self.config.unready_above.0) as u64;
+            events::usage_threshold(&dir.path, bytes, wake.clone())
+                .inspect_err(|e| tracing::info!(event = events::USAGE_THRESHOLD, error = %e, "kernel notification unavailable; polling covers it"))
+                .ok()
+        });
+        let armed_now = task.is_some();
+        if let Some(old) = std::mem::replace(&mut armed.threshold, task) {
+            old.abort();
+        }
+        armed_now
     }
 
     fn resolve(&self, current: &Target) -> Target {
@@ -216,12 +293,9 @@ impl MemoryWatcher {
         Target::Nothing
     }
 
-    /// v1 can signal when usage crosses a threshold: arm it where the working set would turn us
-    /// unready if there were no page cache, so a fast climb wakes us between ticks.
-    fn usage_threshold(&self, dir: &CgroupDir) -> Option<u64> {
+    fn limit_v1(&self, dir: &CgroupDir) -> Option<u64> {
         let path = dir.path.join("memory.limit_in_bytes");
-        let limit = read::parse_limit(&read::read_file(&path).ok()?, &path).ok()??;
-        Some((limit as f64 * self.config.unready_above.0) as u64)
+        read::parse_limit(&read::read_file(&path).ok()?, &path).ok()?
     }
 
     fn publish(&self, s: &Sample, a: &Assessment) {
@@ -256,12 +330,16 @@ impl MemoryWatcher {
     }
 
     async fn send_all(&self, a: Assessment) -> bool {
-        let observations = [
+        let mut observations = [
             (USAGE, a.usage),
             (PRESSURE, a.pressure.unwrap_or(Observation::Success)),
             (TREND, a.trend),
             (OOM, a.oom.unwrap_or(Observation::Success)),
         ];
+        // Failures first: when one signal recovers in the sample that another fails (memory_high
+        // ends as the OOM kill frees memory), the engine never sees a moment with neither, which
+        // would be a false "ready" between two reasons (a transition, a gate patch, an Event).
+        observations.sort_by_key(|(_, o)| matches!(o, Observation::Success));
         for (signal, observation) in observations {
             let input = Input::Observe {
                 signal: signal.to_owned(),
@@ -303,6 +381,78 @@ impl MemoryWatcher {
             new_oom_kills: 0,
         })
         .await
+    }
+}
+
+/// The notifications armed on the watched cgroup directory, and which directory that was.
+#[derive(Default)]
+struct Armed {
+    /// The directory the notifications were armed on; `None` while there is none.
+    dir: Option<DirId>,
+    /// The v1 limit the usage threshold was computed from.
+    limit: Option<u64>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The v1 usage threshold, apart: it follows the limit.
+    threshold: Option<JoinHandle<()>>,
+    /// The watch on the parent directory: it outlives the cgroup, to see it come back.
+    parent: Option<JoinHandle<()>>,
+    /// A cgroup was watched before: any later one is new.
+    seen: bool,
+    /// The parent's watch failed and that was logged (once: it is retried at every look).
+    parent_failed: bool,
+}
+
+impl Armed {
+    /// The directory went away, and its notifications with it.
+    fn gone(&mut self) {
+        for task in self.tasks.drain(..).chain(self.threshold.take()) {
+            task.abort();
+        }
+        self.dir = None;
+        self.limit = None;
+    }
+
+    /// Everything off: the target moved elsewhere.
+    fn disarm(&mut self) {
+        self.gone();
+        if let Some(parent) = self.parent.take() {
+            parent.abort();
+        }
+    }
+
+    /// Arms the parent's watch unless it is already; true when it is armed now.
+    fn watch_parent(&mut self, dir: &CgroupDir, wake: &mpsc::Sender<()>) -> bool {
+        if self.parent.is_none() {
+            match events::parent(&dir.path, wake.clone()) {
+                Ok(task) => self.parent = Some(task),
+                Err(e) if !self.parent_failed => {
+                    self.parent_failed = true;
+                    tracing::info!(dir = %dir.path.display(), error = %e, "cannot watch the cgroup's parent; polling sees the cgroup go and come back")
+                }
+                Err(_) => {}
+            }
+        }
+        self.parent.is_some()
+    }
+}
+
+/// A directory's identity: a cgroup made again at the same path is another directory.
+type DirId = (u64, u64);
+
+enum Presence {
+    Here(DirId),
+    Gone,
+    /// Cannot tell (a stat error other than not found): the reads will say what is wrong.
+    Unknown,
+}
+
+fn dir_id(path: &std::path::Path) -> Presence {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Presence::Here((m.dev(), m.ino())),
+        Ok(_) => Presence::Gone,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Presence::Gone,
+        Err(_) => Presence::Unknown,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Reading the kernel's memory files: pure parsers for each format, and one `Sample` per read of a
 //! cgroup v1 or v2 directory or of the app's processes. Every failure names the file and is
-//! classified (`missing`, `garbled`, `io`); none panics.
+//! classified (`gone`, `missing`, `garbled`, `io`); none panics.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,9 @@ const UNLIMITED_FROM: u64 = 1 << 62;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The cgroup directory itself: removed, as at a container restart, until it is made again.
+    #[error("the cgroup {path} is gone (removed, as at a container restart)")]
+    Gone { path: PathBuf },
     #[error("{path} is missing")]
     Missing { path: PathBuf },
     #[error("{path} is garbled: {detail}")]
@@ -25,6 +28,7 @@ impl ReadError {
     /// The `kind` label of `sidewatch_memory_read_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
+            ReadError::Gone { .. } => "gone",
             ReadError::Missing { .. } => "missing",
             ReadError::Garbled { .. } => "garbled",
             ReadError::Io { .. } => "io",

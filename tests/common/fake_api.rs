@@ -1,7 +1,10 @@
 //! An in-process fake Kubernetes API server on loopback that speaks the real wire format: LIST
 //! and WATCH of pods (newline-delimited JSON events, resourceVersion, bookmarks, 410 Gone), PATCH
 //! of `pods/{name}/status` (recorded and applied), POST and PATCH of Events (events.k8s.io/v1
-//! and core/v1), and failure modes (an error status for everything, dropped watches, slowness).
+//! and core/v1), and failure modes (an error status for everything or for status patches only,
+//! dropped watches, slowness, and going down: every connection closed at once, new ones accepted
+//! and closed unanswered, and counted).
+#![allow(dead_code)] // each test crate uses its own subset
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,7 +39,12 @@ struct State {
     oldest: u64,
     requests: Vec<Recorded>,
     fail: Option<u16>,
+    /// Like `fail`, for PATCH of pods/status only: the watch stays up.
+    fail_patches: Option<u16>,
     delay: Duration,
+    /// Down: connections are accepted, counted in `refused` and closed without a byte.
+    down: bool,
+    refused: usize,
     /// Bumped to cut every open watch.
     generation: u64,
 }
@@ -46,6 +54,8 @@ pub struct FakeApi {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
+    /// Bumped to close every open connection (going down).
+    cut: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl FakeApi {
@@ -63,27 +73,61 @@ impl FakeApi {
                 oldest: 0,
                 requests: Vec::new(),
                 fail: None,
+                fail_patches: None,
                 delay: Duration::ZERO,
+                down: false,
+                refused: 0,
                 generation: 0,
             })),
             changed: Arc::new(Notify::new()),
+            cut: Arc::new(tokio::sync::watch::channel(0).0),
         };
         let server = api.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                {
+                    let mut s = server.state.lock().unwrap();
+                    if s.down {
+                        s.refused += 1;
+                        continue; // dropping the stream closes it unanswered
+                    }
+                }
                 let api = server.clone();
+                let mut cut = server.cut.subscribe();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let api = api.clone();
                         async move { Ok::<_, Infallible>(api.handle(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = cut.changed() => {}
+                    }
                 });
             }
         });
         api
+    }
+
+    /// Goes down (every open connection closed, new ones closed unanswered) or comes back up.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+        if down {
+            self.drop_watches();
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Connections closed unanswered while down, so far.
+    pub fn refused(&self) -> usize {
+        self.state.lock().unwrap().refused
+    }
+
+    /// PATCH of pods/status answers this status until `None`; everything else works.
+    pub fn fail_patches_with(&self, status: Option<u16>) {
+        self.state.lock().unwrap().fail_patches = status;
     }
 
     /// A kubeconfig that points at this server, as a user would write one.
@@ -156,6 +200,7 @@ impl FakeApi {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let is_status_patch = method == Method::PATCH && path.ends_with("/status");
         let (fail, delay) = {
             let mut s = self.state.lock().unwrap();
             s.requests.push(Recorded {
@@ -166,7 +211,8 @@ impl FakeApi {
                 content_type: content_type.clone(),
                 body: body.clone(),
             });
-            (s.fail, s.delay)
+            let fail = s.fail.or(s.fail_patches.filter(|_| is_status_patch));
+            (fail, s.delay)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
