@@ -132,7 +132,8 @@ impl Metrics {
         let memory_read_errors = IntCounterVec::new(
             Opts::new(
                 "sidewatch_memory_read_errors_total",
-                "Failed reads of the app's memory files, by kind (missing, garbled, io); while they fail, memory signals do not veto readiness.",
+                "Failed reads of the app's memory files, by kind (gone = the cgroup directory was removed, as at a container restart; missing, garbled, io); \
+                 while they fail, memory signals do not veto readiness.",
             ),
             &["kind"],
         )
@@ -226,7 +227,7 @@ impl Metrics {
         for op in ["watch", "patch_status", "create_event"] {
             kube_errors.with_label_values(&[op]);
         }
-        for kind in ["missing", "garbled", "io"] {
+        for kind in ["gone", "missing", "garbled", "io"] {
             memory_read_errors.with_label_values(&[kind]);
         }
         for probe in probes {
