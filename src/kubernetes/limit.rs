@@ -1,0 +1,144 @@
+//! Rate limits of what sidewatch sends the API server, on the monotonic clock.
+
+use std::time::{Duration, Instant};
+
+/// The gate's rate limit for anything but a turn to not ready.
+const GATE_BURST: f64 = 5.0;
+const GATE_REFILL: Duration = Duration::from_secs(1);
+/// A failed gate patch is retried after this, doubling up to `GATE_RETRY_MAX`: the gate must not
+/// stay stale when the API server failed just that one patch.
+const GATE_RETRY_MIN: Duration = Duration::from_millis(500);
+const GATE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A token bucket: `burst` tokens, one more every `refill`. On the monotonic clock, so a jump of
+/// the wall clock neither empties nor fills it.
+#[derive(Debug)]
+pub(super) struct Bucket {
+    burst: f64,
+    refill: Duration,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    pub(super) fn new(burst: f64, refill: Duration, now: Instant) -> Self {
+        Self {
+            burst,
+            refill,
+            tokens: burst,
+            refilled: now,
+        }
+    }
+
+    fn top_up(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = self.refilled.max(now);
+        self.tokens = (self.tokens + elapsed / self.refill.as_secs_f64()).min(self.burst);
+    }
+
+    /// Takes a token when there is one.
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        self.top_up(now);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// When the next token is there.
+    pub(super) fn next_token(&self) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.refilled + self.refill.mul_f64(missing)
+    }
+}
+
+/// When the readiness gate may be patched. A turn to not ready goes at once: that is what keeps
+/// requests away from a failing app. Anything else (back to ready, other reasons, a relist)
+/// waits for a token, so a flapping app moves the pod in and out of its endpoints a few times a
+/// second at most, not at every probe. After a failed patch, backoff.
+#[derive(Debug)]
+pub(super) struct GateLimit {
+    bucket: Bucket,
+    retry: Duration,
+    pub(super) retry_at: Option<Instant>,
+}
+
+impl GateLimit {
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            bucket: Bucket::new(GATE_BURST, GATE_REFILL, now),
+            retry: GATE_RETRY_MIN,
+            retry_at: None,
+        }
+    }
+
+    /// `Ok` to patch now, or when to try again.
+    pub(super) fn may_patch(&mut self, turning_unready: bool, now: Instant) -> Result<(), Instant> {
+        if let Some(at) = self.retry_at.filter(|at| now < *at) {
+            return Err(at);
+        }
+        if self.bucket.take(now) || turning_unready {
+            return Ok(());
+        }
+        Err(self.bucket.next_token())
+    }
+
+    pub(super) fn succeeded(&mut self) {
+        self.retry = GATE_RETRY_MIN;
+        self.retry_at = None;
+    }
+
+    pub(super) fn failed(&mut self, now: Instant) {
+        self.retry_at = Some(now + self.retry);
+        self.retry = (self.retry * 2).min(GATE_RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_bursts_then_gives_one_per_refill_period() {
+        const REFILL: Duration = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut l = Bucket::new(5.0, REFILL, t0);
+        for i in 0..5 {
+            assert!(l.take(t0), "event {i} of the burst");
+        }
+        assert!(!l.take(t0));
+        assert_eq!(l.next_token(), t0 + REFILL);
+        assert!(!l.take(t0 + REFILL / 2));
+        assert_eq!(l.next_token(), t0 + REFILL);
+        assert!(l.take(t0 + REFILL));
+        assert!(!l.take(t0 + REFILL));
+        // A long quiet time refills the burst, no more.
+        let later = t0 + REFILL * 100;
+        for _ in 0..5 {
+            assert!(l.take(later));
+        }
+        assert!(!l.take(later));
+    }
+
+    #[test]
+    fn the_gate_turns_unready_at_once_and_the_rest_waits_for_tokens() {
+        let t0 = Instant::now();
+        let mut g = GateLimit::new(t0);
+        for _ in 0..5 {
+            assert_eq!(g.may_patch(false, t0), Ok(()));
+        }
+        assert_eq!(g.may_patch(false, t0), Err(t0 + GATE_REFILL));
+        assert_eq!(g.may_patch(true, t0), Ok(()), "not ready never waits");
+        let later = t0 + GATE_REFILL;
+        assert_eq!(g.may_patch(false, later), Ok(()));
+        // A failure backs off, doubling, whatever the tokens say.
+        g.failed(later);
+        assert_eq!(g.may_patch(true, later), Err(later + GATE_RETRY_MIN));
+        let again = later + GATE_RETRY_MIN;
+        g.failed(again);
+        assert_eq!(g.retry_at, Some(again + GATE_RETRY_MIN * 2));
+        g.succeeded();
+        assert_eq!(g.may_patch(true, again), Ok(()));
+    }
+}
