@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{eventually, healthy, skip_or_fail, tempdir, Behaviour, Sidewatch, Upstream};
 use fake_api::FakeApi;
-use serde_json::json;
 
 const WITHIN: Duration = Duration::from_secs(10);
 const HOUR: f64 = 3600.0;
@@ -40,21 +39,18 @@ fn libfaketime() -> Option<PathBuf> {
 /// at every call.
 struct FakeClock {
     dir: tempdir::Dir,
+    /// The file libfaketime reads.
+    stamp: PathBuf,
     lib: PathBuf,
 }
 
 impl FakeClock {
     fn new(lib: PathBuf) -> FakeClock {
-        let clock = FakeClock {
-            dir: tempdir::Dir::new(),
-            lib,
-        };
+        let dir = tempdir::Dir::new();
+        let stamp = dir.path().join("faketime");
+        let clock = FakeClock { dir, stamp, lib };
         clock.set("+0");
         clock
-    }
-
-    fn stamp(&self) -> PathBuf {
-        self.dir.path().join("faketime")
     }
 
     /// Moves the wall clock to real time plus `offset` (`-1h`, `+1d`), whole at once: a reader
@@ -62,18 +58,15 @@ impl FakeClock {
     fn set(&self, offset: &str) {
         let next = self.dir.path().join("faketime.next");
         std::fs::write(&next, format!("{offset}\n")).unwrap();
-        std::fs::rename(&next, self.stamp()).unwrap();
+        std::fs::rename(&next, &self.stamp).unwrap();
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("LD_PRELOAD", self.lib.to_str().unwrap().to_owned()),
-            (
-                "FAKETIME_TIMESTAMP_FILE",
-                self.stamp().to_str().unwrap().to_owned(),
-            ),
-            ("FAKETIME_NO_CACHE", "1".to_owned()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    fn env(&self) -> [(&'static str, &str); 4] {
+        [
+            ("LD_PRELOAD", self.lib.to_str().unwrap()),
+            ("FAKETIME_TIMESTAMP_FILE", self.stamp.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ]
     }
 }
@@ -144,37 +137,14 @@ async fn setup(lib: PathBuf) -> Setup {
     let up = Upstream::start(healthy()).await;
     let dir = tempdir::Dir::new();
     let kubeconfig = api.kubeconfig(dir.path());
-    let url = up.url();
-    let mut env = clock.env();
+    let mut env = clock.env().to_vec();
     env.extend([
-        ("KUBECONFIG", kubeconfig.to_str().unwrap().to_owned()),
-        ("POD_NAME", "web-1".to_owned()),
-        ("POD_NAMESPACE", "shop".to_owned()),
-        ("SIDEWATCH_KUBERNETES_RESTART_COOLDOWN", "3s".to_owned()),
-        ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false".to_owned()),
+        ("SIDEWATCH_KUBERNETES_RESTART_COOLDOWN", "3s"),
+        ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false"),
     ]);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let sw = Sidewatch::start(
-        &[
-            "--target",
-            &url,
-            "--interval",
-            "100ms",
-            "--failure-threshold",
-            "1",
-            "--cgroup",
-            "none",
-        ],
-        &env,
-    );
+    let sw = Sidewatch::start_sidecar(&up.url(), "100ms", &kubeconfig, &env);
     sw.wait_ready(WITHIN).await;
-    eventually("a pod watch", WITHIN, || async {
-        api.requests()
-            .iter()
-            .any(|r| r.query.contains("watch=true"))
-            .then_some(())
-    })
-    .await;
+    api.wait_watching().await;
     Setup {
         clock,
         api,
@@ -189,12 +159,8 @@ async fn setup(lib: PathBuf) -> Setup {
 /// runs once the hold is seen.
 async fn restart_hold(s: &Setup, count: i32, during: impl FnOnce()) -> Duration {
     let began = Instant::now();
-    s.api.update_pod(|pod| {
-        let app = &mut pod["status"]["containerStatuses"][0];
-        app["restartCount"] = count.into();
-        app["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error",
-            "finishedAt": humantime::format_rfc3339_seconds(SystemTime::now()).to_string()}});
-    });
+    s.api
+        .update_pod(|pod| fake_api::app_restarted(pod, count, 1, "Error", SystemTime::now()));
     s.sw.wait_reason("container_restarted", WITHIN).await;
     during();
     s.sw.wait_ready(Duration::from_secs(30)).await;

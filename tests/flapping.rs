@@ -262,32 +262,16 @@ async fn a_flapping_port_is_counted_and_its_logs_and_events_are_rate_limited() {
     let flapper = tokio::spawn(flap_port(listener, flap.clone(), accepted.clone()));
     let dir = tempdir::Dir::new();
     let kubeconfig = api.kubeconfig(dir.path());
-    let url = format!("http://{addr}/healthz");
-    let sw = Sidewatch::start(
-        &[
-            "--target",
-            &url,
-            "--interval",
-            "10ms",
-            "--failure-threshold",
-            "1",
-            "--cgroup",
-            "none",
-        ],
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("POD_NAME", "web-1"),
-            ("POD_NAMESPACE", "shop"),
-            ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false"),
-        ],
+    let sw = Sidewatch::start_sidecar(
+        &format!("http://{addr}/healthz"),
+        "10ms",
+        &kubeconfig,
+        &[("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false")],
     );
     sw.wait_ready(WITHIN).await;
-    eventually("the gate True", WITHIN, || async {
-        (gate(&api).as_deref() == Some("True")).then_some(())
-    })
-    .await;
+    api.wait_gate("True", WITHIN).await;
     let events_before = event_requests(&api).len();
-    let patches_before = gate_patches(&api);
+    let patches_before = api.gate_patches().len();
     let began = Instant::now();
     flap.lock().unwrap().start = Some(began);
 
@@ -374,11 +358,8 @@ async fn a_flapping_port_is_counted_and_its_logs_and_events_are_rate_limited() {
         "the last Event is the held-back latest state: {trailing}"
     );
 
-    eventually("the gate False at the end", WITHIN, || async {
-        (gate(&api).as_deref() == Some("False")).then_some(())
-    })
-    .await;
-    let patches = gate_patches(&api) - patches_before;
+    api.wait_gate("False", WITHIN).await;
+    let patches = api.gate_patches().len() - patches_before;
     let seconds = began.elapsed().as_secs();
     eprintln!(
         "gate patches: {patches} in {seconds}s; the app accepted {} connections",
@@ -392,10 +373,7 @@ async fn a_flapping_port_is_counted_and_its_logs_and_events_are_rate_limited() {
 
     flap.lock().unwrap().after = 200;
     sw.wait_ready(WITHIN).await;
-    eventually("the gate True once the app is back", WITHIN, || async {
-        (gate(&api).as_deref() == Some("True")).then_some(())
-    })
-    .await;
+    api.wait_gate("True", WITHIN).await;
     flapper.abort();
 }
 
@@ -461,21 +439,4 @@ fn event_requests(api: &FakeApi) -> Vec<fake_api::Recorded> {
         .filter(|r| r.path.contains("/events") && (r.method == "POST" || r.method == "PATCH"))
         .filter(|r| r.body["action"] == "Readiness")
         .collect()
-}
-
-fn gate_patches(api: &FakeApi) -> usize {
-    api.requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.ends_with("/pods/web-1/status"))
-        .count()
-}
-
-fn gate(api: &FakeApi) -> Option<String> {
-    let pod = api.pod();
-    let c = pod["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "sidewatch.io/healthy")?
-        .clone();
-    Some(c["status"].as_str()?.to_owned())
 }

@@ -9,12 +9,10 @@ mod fake_api;
 #[path = "common/netns.rs"]
 mod netns;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{eventually, healthy, tempdir, Behaviour, Sidewatch, Upstream};
 use fake_api::FakeApi;
-use serde_json::json;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -30,30 +28,13 @@ async fn setup(pod: serde_json::Value, env: &[(&str, &str)]) -> Setup {
     let up = Upstream::start(healthy()).await;
     let dir = tempdir::Dir::new();
     let kubeconfig = api.kubeconfig(dir.path());
-    let url = up.url();
     let mut all = vec![
-        ("KUBECONFIG", kubeconfig.to_str().unwrap().to_owned()),
-        ("POD_NAME", "web-1".to_owned()),
-        ("POD_NAMESPACE", "shop".to_owned()),
-        ("CONTAINER_NAME", "sidewatch".to_owned()),
-        ("SIDEWATCH_KUBERNETES_RESTART_COOLDOWN", "2s".to_owned()),
-        ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false".to_owned()),
+        ("CONTAINER_NAME", "sidewatch"),
+        ("SIDEWATCH_KUBERNETES_RESTART_COOLDOWN", "2s"),
+        ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false"),
     ];
-    all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
-    let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let sw = Sidewatch::start(
-        &[
-            "--target",
-            &url,
-            "--interval",
-            "100ms",
-            "--failure-threshold",
-            "1",
-            "--cgroup",
-            "none",
-        ],
-        &env,
-    );
+    all.extend_from_slice(env);
+    let sw = Sidewatch::start_sidecar(&up.url(), "100ms", &kubeconfig, &all);
     Setup {
         api,
         up,
@@ -66,50 +47,15 @@ fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-fn gate_patches(api: &FakeApi) -> Vec<fake_api::Recorded> {
-    api.requests()
-        .into_iter()
-        .filter(|r| r.method == "PATCH" && r.path.ends_with("/pods/web-1/status"))
-        .collect()
-}
-
-fn gate_status(api: &FakeApi) -> Option<(String, String)> {
-    let pod = api.pod();
-    let c = pod["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "sidewatch.io/healthy")?
-        .clone();
-    Some((
-        c["status"].as_str()?.to_owned(),
-        c["message"].as_str()?.to_owned(),
-    ))
-}
-
-/// Waits until the fake has served the initial list and a watch.
-async fn wait_watching(api: &FakeApi) {
-    eventually("a pod watch", WITHIN, || async {
-        api.requests()
-            .iter()
-            .any(|r| r.query.contains("watch=true"))
-            .then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_killed_restart_is_unready_at_once_then_cools_down() {
     let s = setup(fake_api::pod(false), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    wait_watching(&s.api).await;
+    s.api.wait_watching().await;
     s.sw.wait_log("kubernetes: on").await;
 
-    s.api.update_pod(|pod| {
-        let app = &mut pod["status"]["containerStatuses"][0];
-        app["restartCount"] = 1.into();
-        app["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled",
-            "finishedAt": rfc3339(SystemTime::now())}});
-    });
+    s.api
+        .update_pod(|pod| fake_api::app_restarted(pod, 1, 137, "OOMKilled", SystemTime::now()));
     let body = s.sw.wait_reason("oom_killed", Duration::from_secs(2)).await;
     assert_eq!(body["reasons"][0]["signal"], "kube:app");
     let series = "sidewatch_container_restarts_total{container=\"app\",reason=\"oom_killed\"}";
@@ -134,10 +80,9 @@ async fn an_oom_killed_restart_is_unready_at_once_then_cools_down() {
 async fn an_old_termination_at_start_up_is_history() {
     let mut pod = fake_api::pod(false);
     let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
-    pod["status"]["containerStatuses"][0]["restartCount"] = 7.into();
-    pod["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": rfc3339(an_hour_ago)}});
+    fake_api::app_restarted(&mut pod, 7, 137, "OOMKilled", an_hour_ago);
     let s = setup(pod, &[]).await;
-    wait_watching(&s.api).await;
+    s.api.wait_watching().await;
     s.sw.wait_ready(WITHIN).await;
     let series = "sidewatch_container_restarts_total{container=\"app\",reason=\"oom_killed\"}";
     assert_eq!(s.sw.metric(series).await, None);
@@ -147,22 +92,16 @@ async fn an_old_termination_at_start_up_is_history() {
 async fn the_gate_is_patched_on_transitions_with_a_strategic_merge() {
     let s = setup(fake_api::pod(true), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    eventually("the gate True", WITHIN, || async {
-        (gate_status(&s.api).is_some_and(|(st, _)| st == "True")).then_some(())
-    })
-    .await;
+    s.api.wait_gate("True", WITHIN).await;
     s.up.set(Behaviour::Status(503, ""));
     let (_, message) = eventually("the gate False", WITHIN, || async {
-        gate_status(&s.api).filter(|(st, _)| st == "False")
+        s.api.gate().filter(|(st, _)| st == "False")
     })
     .await;
     assert!(message.contains("probe:app=http_5xx"), "{message}");
     s.up.set(healthy());
-    eventually("the gate True again", WITHIN, || async {
-        (gate_status(&s.api).is_some_and(|(st, _)| st == "True")).then_some(())
-    })
-    .await;
-    let patches = gate_patches(&s.api);
+    s.api.wait_gate("True", WITHIN).await;
+    let patches = s.api.gate_patches();
     assert!(patches.len() >= 3, "{patches:?}");
     for p in &patches {
         assert_eq!(
@@ -190,7 +129,7 @@ async fn the_gate_is_patched_on_transitions_with_a_strategic_merge() {
 async fn no_gate_in_the_spec_means_no_status_patch() {
     let s = setup(fake_api::pod(false), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    wait_watching(&s.api).await;
+    s.api.wait_watching().await;
     s.up.set(Behaviour::Status(503, ""));
     s.sw.wait_reason("http_5xx", WITHIN).await;
     // The transition Event is the proof that the publisher has acted on the change.
@@ -202,14 +141,14 @@ async fn no_gate_in_the_spec_means_no_status_patch() {
             .then_some(())
     })
     .await;
-    assert!(gate_patches(&s.api).is_empty());
+    assert!(s.api.gate_patches().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_posted_for_transitions_and_rate_limited() {
     let s = setup(fake_api::pod(false), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    wait_watching(&s.api).await;
+    s.api.wait_watching().await;
     let posted = |api: &FakeApi| {
         api.requests()
             .iter()
@@ -280,24 +219,7 @@ async fn a_dead_api_server_is_counted_and_local_signals_decide() {
         "apiVersion: v1\nkind: Config\nclusters:\n- name: dead\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: dead\n  context: {{cluster: dead, user: u}}\ncurrent-context: dead\n"
     )).unwrap();
     let up = Upstream::start(healthy()).await;
-    let url = up.url();
-    let sw = Sidewatch::start(
-        &[
-            "--target",
-            &url,
-            "--interval",
-            "100ms",
-            "--failure-threshold",
-            "1",
-            "--cgroup",
-            "none",
-        ],
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("POD_NAME", "web-1"),
-            ("POD_NAMESPACE", "shop"),
-        ],
-    );
+    let sw = Sidewatch::start_sidecar(&up.url(), "100ms", &kubeconfig, &[]);
     sw.wait_ready(WITHIN).await;
     sw.wait_metric_at_least("sidewatch_kube_errors_total{op=\"watch\"}", 1.0)
         .await;
@@ -309,7 +231,7 @@ async fn a_dead_api_server_is_counted_and_local_signals_decide() {
 async fn a_deletion_timestamp_is_terminating_within_a_second() {
     let s = setup(fake_api::pod(false), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    wait_watching(&s.api).await;
+    s.api.wait_watching().await;
     s.api
         .update_pod(|pod| pod["metadata"]["deletionTimestamp"] = rfc3339(SystemTime::now()).into());
     let body =
@@ -323,24 +245,21 @@ async fn a_deletion_timestamp_is_terminating_within_a_second() {
 async fn a_410_gone_forces_a_relist_and_the_gate_is_asserted_again() {
     let s = setup(fake_api::pod(true), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    eventually("the gate True", WITHIN, || async {
-        (gate_status(&s.api).is_some_and(|(st, _)| st == "True")).then_some(())
-    })
-    .await;
+    s.api.wait_gate("True", WITHIN).await;
     let lists = |api: &FakeApi| {
         api.requests()
             .iter()
             .filter(|r| r.method == "GET" && !r.query.contains("watch=true"))
             .count()
     };
-    let (lists_before, patches_before) = (lists(&s.api), gate_patches(&s.api).len());
+    let (lists_before, patches_before) = (lists(&s.api), s.api.gate_patches().len());
     s.api.compact();
     eventually("a relist after 410 Gone", WITHIN, || async {
         (lists(&s.api) > lists_before).then_some(())
     })
     .await;
     eventually("the gate patched again", WITHIN, || async {
-        (gate_patches(&s.api).len() > patches_before).then_some(())
+        (s.api.gate_patches().len() > patches_before).then_some(())
     })
     .await;
     assert_eq!(s.sw.readyz().await.0, 200);
@@ -350,7 +269,7 @@ async fn a_410_gone_forces_a_relist_and_the_gate_is_asserted_again() {
 async fn a_watch_dropped_mid_stream_reconnects() {
     let s = setup(fake_api::pod(false), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    wait_watching(&s.api).await;
+    s.api.wait_watching().await;
     let watches = |api: &FakeApi| {
         api.requests()
             .iter()
@@ -378,36 +297,10 @@ async fn a_slow_api_server_does_not_slow_the_local_verdict() {
     s.sw.wait_reason("http_5xx", Duration::from_secs(1)).await;
     s.api.set_delay(Duration::ZERO);
     let (_, message) = eventually("the gate False", Duration::from_secs(20), || async {
-        gate_status(&s.api).filter(|(st, _)| st == "False")
+        s.api.gate().filter(|(st, _)| st == "False")
     })
     .await;
     assert!(message.contains("http_5xx"), "{message}");
-}
-
-async fn wait_gate(api: &FakeApi, want: &str, within: Duration) {
-    eventually(&format!("the gate {want}"), within, || async {
-        (gate_status(api).is_some_and(|(st, _)| st == want)).then_some(())
-    })
-    .await;
-}
-
-/// Every `/readyz` status while it runs, until the task is aborted.
-fn record_readyz(sw: &Sidewatch) -> (Arc<Mutex<Vec<u16>>>, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let url = sw.url("/readyz");
-    let client = common::client();
-    let task = tokio::spawn(async move {
-        loop {
-            let status = match client.get(&url).send().await {
-                Ok(resp) => resp.status().as_u16(),
-                Err(_) => 0,
-            };
-            sink.lock().unwrap().push(status);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    (seen, task)
 }
 
 /// The API server goes down and comes back ten times in ten seconds (each time every connection
@@ -419,9 +312,9 @@ fn record_readyz(sw: &Sidewatch) -> (Arc<Mutex<Vec<u16>>>, tokio::task::JoinHand
 async fn an_api_server_flapping_leaves_readiness_alone_and_is_caught_up_after() {
     let s = setup(fake_api::pod(true), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    wait_gate(&s.api, "True", WITHIN).await;
-    wait_watching(&s.api).await;
-    let (readyz, recorder) = record_readyz(&s.sw);
+    s.api.wait_gate("True", WITHIN).await;
+    s.api.wait_watching().await;
+    let readyz = s.sw.record_readyz(Duration::from_millis(20));
     let errors = "sidewatch_kube_errors_total{op=\"watch\"}";
     let errors_before = s.sw.metric(errors).await.unwrap();
 
@@ -461,7 +354,8 @@ async fn an_api_server_flapping_leaves_readiness_alone_and_is_caught_up_after() 
     )
     .await;
     eventually("the gate asserted again", WITHIN, || async {
-        gate_patches(&s.api)
+        s.api
+            .gate_patches()
             .iter()
             .any(|p| p.at > recovered && p.body["status"]["conditions"][0]["status"] == "True")
             .then_some(())
@@ -469,20 +363,15 @@ async fn an_api_server_flapping_leaves_readiness_alone_and_is_caught_up_after() 
     .await;
     let counted = s.sw.metric(errors).await.unwrap() - errors_before;
     assert!(counted >= 2.0, "{counted} watch errors counted");
-    recorder.abort();
-    let seen = readyz.lock().unwrap().clone();
+    let seen: Vec<u16> = readyz.stop().iter().map(|a| a.status).collect();
     assert!(seen.len() > 200, "{} /readyz answers", seen.len());
     assert!(
         seen.iter().all(|st| *st == 200),
         "readiness moved with the API server: {seen:?}"
     );
     // The watch is live: a restart of the app container is seen.
-    s.api.update_pod(|pod| {
-        let app = &mut pod["status"]["containerStatuses"][0];
-        app["restartCount"] = 1.into();
-        app["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error",
-            "finishedAt": rfc3339(SystemTime::now())}});
-    });
+    s.api
+        .update_pod(|pod| fake_api::app_restarted(pod, 1, 1, "Error", SystemTime::now()));
     s.sw.wait_reason("container_restarted", WITHIN).await;
     let logs = s.sw.logs().join("\n");
     assert!(
@@ -497,15 +386,15 @@ async fn an_api_server_flapping_leaves_readiness_alone_and_is_caught_up_after() 
 async fn a_failed_gate_patch_is_retried_until_it_lands() {
     let s = setup(fake_api::pod(true), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    wait_gate(&s.api, "True", WITHIN).await;
+    s.api.wait_gate("True", WITHIN).await;
     s.api.fail_patches_with(Some(500));
     s.up.set(Behaviour::Status(503, ""));
     s.sw.wait_reason("http_5xx", WITHIN).await;
     s.sw.wait_metric_at_least("sidewatch_kube_errors_total{op=\"patch_status\"}", 1.0)
         .await;
-    assert_eq!(gate_status(&s.api).unwrap().0, "True", "the failure held");
+    assert_eq!(s.api.gate().unwrap().0, "True", "the failure held");
     s.api.fail_patches_with(None);
-    wait_gate(&s.api, "False", WITHIN).await;
+    s.api.wait_gate("False", WITHIN).await;
     assert_eq!(s.sw.readyz().await.0, 503);
 }
 
@@ -517,7 +406,7 @@ async fn a_failed_gate_patch_is_retried_until_it_lands() {
 async fn a_hung_api_server_does_not_hold_the_gate_for_ever() {
     let s = setup(fake_api::pod(true), &[]).await;
     s.sw.wait_ready(WITHIN).await;
-    wait_gate(&s.api, "True", WITHIN).await;
+    s.api.wait_gate("True", WITHIN).await;
     let hung_from = SystemTime::now();
     s.api.set_delay(Duration::from_secs(3600));
     s.up.set(Behaviour::Status(503, ""));
@@ -532,7 +421,7 @@ async fn a_hung_api_server_does_not_hold_the_gate_for_ever() {
     .await;
     let healed = Instant::now();
     s.api.set_delay(Duration::ZERO);
-    wait_gate(&s.api, "False", Duration::from_secs(30)).await;
+    s.api.wait_gate("False", Duration::from_secs(30)).await;
     eprintln!(
         "gate False {:.1}s after the server answered again",
         healed.elapsed().as_secs_f64()
@@ -570,7 +459,7 @@ fn a_terminating_pod_opens_drain_to_the_node() {
             ],
         );
         sw.wait_ready(WITHIN).await;
-        wait_watching(&api).await;
+        api.wait_watching().await;
         let drain_url = format!("http://{pod_ip}:{}/drain", sw.addr.port());
         let refused = netns::in_netns(&node_name, {
             let url = drain_url.clone();
@@ -642,7 +531,7 @@ async fn an_oom_kill_in_the_cgroup_is_posted_as_an_event() {
         ],
     );
     sw.wait_ready(WITHIN).await;
-    wait_watching(&api).await;
+    api.wait_watching().await;
     std::fs::write(
         cgroup.join("memory.events"),
         "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\noom_group_kill 0\n",
@@ -697,7 +586,7 @@ async fn bench_transition_to_gate_patch_and_steady_requests() {
         ],
     );
     sw.wait_ready(WITHIN).await;
-    wait_watching(&api).await;
+    api.wait_watching().await;
     // Turning not ready is patched at once; turning ready again is within the gate's rate limit
     // (a burst of 5, then one a second), so the two directions are reported apart.
     let (mut unready_lags, mut ready_lags) = (Vec::new(), Vec::new());
@@ -725,7 +614,7 @@ async fn bench_transition_to_gate_patch_and_steady_requests() {
         let json: serde_json::Value = serde_json::from_str(&line).unwrap();
         let logged_at = humantime::parse_rfc3339(json["timestamp"].as_str().unwrap()).unwrap();
         let patch = eventually("the patch", WITHIN, || async {
-            gate_patches(&api)
+            api.gate_patches()
                 .into_iter()
                 .rev()
                 .find(|p| p.at >= logged_at && p.body["status"]["conditions"][0]["status"] == want)

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, healthy, skip_or_fail, Hog, Sidewatch, Upstream};
@@ -91,38 +90,44 @@ impl Drop for Cgroup {
     }
 }
 
-/// `/readyz` answers: when, status, body.
-type Seen = Arc<Mutex<Vec<(Instant, u16, String)>>>;
-
-/// Records every `/readyz` answer with its time until stopped.
-fn record(sw: &Sidewatch) -> (Seen, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let url = sw.url("/readyz");
-    let client = common::client();
-    let task = tokio::spawn(async move {
-        loop {
-            if let Ok(resp) = client.get(&url).send().await {
-                let status = resp.status().as_u16();
-                let body = resp.text().await.unwrap_or_default();
-                sink.lock().unwrap().push((Instant::now(), status, body));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-    (seen, task)
+/// The app and sidewatch watching a new 64 MiB cgroup. Fields drop in order: sidewatch is gone
+/// before its cgroup is removed.
+struct Setup {
+    sw: Sidewatch,
+    _up: Upstream,
+    cgroup: Cgroup,
 }
 
-/// Runs one hog to its OOM kill; returns how long before the kill sidewatch went not ready for a
-/// memory reason.
-async fn leak_until_killed(
-    sw: &Sidewatch,
+/// `None` (after `skip_or_fail`) without root, the v1 memory controller or python3.
+async fn setup(name: &str, env: &[(&str, &str)]) -> Option<Setup> {
+    let cgroup = Cgroup::create(name)?;
+    if common::which("python3").is_none() {
+        skip_or_fail("python3 is needed to allocate memory in a child process");
+        return None;
+    }
+    let up = Upstream::start(healthy()).await;
+    let url = up.url();
+    let dir = cgroup.0.to_str().unwrap().to_owned();
+    let sw = Sidewatch::start(
+        &["--target", &url, "--interval", "200ms", "--cgroup", &dir],
+        env,
+    );
+    sw.wait_ready(Duration::from_secs(10)).await;
+    Some(Setup {
+        sw,
+        _up: up,
+        cgroup,
+    })
+}
+
+/// Runs a hog (`step_mib` every `delay_ms`) in the cgroup until the kernel OOM-kills it; returns
+/// when it was let go and when it was seen dead.
+async fn oom_kill_in(
     cgroup: &Cgroup,
     step_mib: u64,
     delay_ms: u64,
     label: &str,
-) -> Duration {
-    let (seen, recorder) = record(sw);
+) -> (Instant, Instant) {
     let Some(mut hog) = Hog::spawn(step_mib, delay_ms, 1024, label) else {
         panic!("python3 vanished between checks");
     };
@@ -135,18 +140,46 @@ async fn leak_until_killed(
     })
     .await;
     let killed = Instant::now();
-    recorder.abort();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         status.signal(),
         Some(9),
         "{label}: the hog should die by SIGKILL (OOM), got {status:?}"
     );
-    let seen = seen.lock().unwrap();
+    (started, killed)
+}
+
+/// Waits for the kill just done to show in `/readyz` as `oom_killed` and to be the `n`th counted,
+/// then for ready again, still `n`: one count per kill, none at the cooldown's end. Returns the
+/// `/readyz` body that showed the kill.
+async fn wait_kill_counted(sw: &Sidewatch, n: f64) -> serde_json::Value {
+    let body = sw.wait_reason("oom_killed", Duration::from_secs(5)).await;
+    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(n));
+    sw.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(
+        sw.metric("sidewatch_oom_kills_total").await,
+        Some(n),
+        "exactly one per kill"
+    );
+    body
+}
+
+/// Runs one hog to its OOM kill; returns how long before the kill sidewatch went not ready for a
+/// memory reason.
+async fn leak_until_killed(
+    sw: &Sidewatch,
+    cgroup: &Cgroup,
+    step_mib: u64,
+    delay_ms: u64,
+    label: &str,
+) -> Duration {
+    let readyz = sw.record_readyz(Duration::from_millis(10));
+    let (started, killed) = oom_kill_in(cgroup, step_mib, delay_ms, label).await;
+    let seen = readyz.stop();
     let first = seen
         .iter()
-        .find(|(_, status, body)| {
-            *status == 503 && (body.contains("memory_high") || body.contains("oom_predicted"))
+        .find(|a| {
+            a.status == 503 && (a.body.contains("memory_high") || a.body.contains("oom_predicted"))
         })
         .unwrap_or_else(|| {
             panic!(
@@ -154,13 +187,13 @@ async fn leak_until_killed(
                 seen.last()
             )
         });
-    assert!(first.0 < killed, "{label}: not ready only after the kill");
-    let ahead = killed - first.0;
+    assert!(first.at < killed, "{label}: not ready only after the kill");
+    let ahead = killed - first.at;
     eprintln!(
         "{label}: limit filled in {:.1}s; not ready {:.2}s before the kill ({})",
         (killed - started).as_secs_f64(),
         ahead.as_secs_f64(),
-        if first.2.contains("oom_predicted") {
+        if first.body.contains("oom_predicted") {
             "oom_predicted"
         } else {
             "memory_high"
@@ -171,56 +204,19 @@ async fn leak_until_killed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaves_before_the_oom_killer_and_counts_every_kill() {
-    let Some(cgroup) = Cgroup::create("sidewatch-oom") else {
+    let Some(s) = setup("sidewatch-oom", &[("SIDEWATCH_MEMORY_OOM_COOLDOWN", "2s")]).await else {
         return;
     };
-    if common::which("python3").is_none() {
-        skip_or_fail("python3 is needed to allocate memory in a child process");
-        return;
-    }
-    let up = Upstream::start(healthy()).await;
-    let url = up.url();
-    let dir = cgroup.0.to_str().unwrap().to_owned();
-    let sw = Sidewatch::start(
-        &["--target", &url, "--interval", "200ms", "--cgroup", &dir],
-        &[("SIDEWATCH_MEMORY_OOM_COOLDOWN", "2s")],
-    );
-    sw.wait_ready(Duration::from_secs(10)).await;
-    sw.wait_log("eventfd memory.oom_control").await;
+    s.sw.wait_log("eventfd memory.oom_control").await;
 
     // Slow: 1 MiB every 300 ms fills 64 MiB in about 20 s.
-    leak_until_killed(&sw, &cgroup, 1, 300, "slow leak").await;
-    let body = sw.wait_reason("oom_killed", Duration::from_secs(5)).await;
+    leak_until_killed(&s.sw, &s.cgroup, 1, 300, "slow leak").await;
+    let body = wait_kill_counted(&s.sw, 1.0).await;
     assert_eq!(body["reasons"][0]["signal"], "memory:oom");
-    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(1.0));
-    sw.wait_ready(Duration::from_secs(10)).await;
 
     // Fast: 4 MiB every 100 ms fills it in under 2 s.
-    leak_until_killed(&sw, &cgroup, 4, 100, "fast leak").await;
-    sw.wait_reason("oom_killed", Duration::from_secs(5)).await;
-    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(2.0));
-    sw.wait_ready(Duration::from_secs(10)).await;
-    assert_eq!(
-        sw.metric("sidewatch_oom_kills_total").await,
-        Some(2.0),
-        "exactly one per kill"
-    );
-}
-
-/// Runs a fast hog in the cgroup until the kernel OOM-kills it.
-async fn oom_kill_in(cgroup: &Cgroup, label: &str) {
-    let Some(mut hog) = Hog::spawn(4, 50, 1024, label) else {
-        panic!("python3 vanished between checks");
-    };
-    cgroup.add(hog.pid());
-    hog.go();
-    let status = eventually("the OOM kill", Duration::from_secs(60), || {
-        let status = hog.child.try_wait().expect("try_wait");
-        async move { status }
-    })
-    .await;
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "{label}: {status:?}");
+    leak_until_killed(&s.sw, &s.cgroup, 4, 100, "fast leak").await;
+    wait_kill_counted(&s.sw, 2.0).await;
 }
 
 /// A container restart: the cgroup is removed and made again at the same path. Polling is set to
@@ -230,46 +226,28 @@ async fn oom_kill_in(cgroup: &Cgroup, label: &str) {
 /// had counted as many.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cgroup_removed_and_made_again_has_its_oom_kills_counted() {
-    let Some(cgroup) = Cgroup::create("sidewatch-again") else {
+    let env = [
+        ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
+        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "3s"),
+    ];
+    let Some(s) = setup("sidewatch-again", &env).await else {
         return;
     };
-    if common::which("python3").is_none() {
-        skip_or_fail("python3 is needed to allocate memory in a child process");
-        return;
-    }
-    let up = Upstream::start(healthy()).await;
-    let url = up.url();
-    let dir = cgroup.0.to_str().unwrap().to_owned();
-    let sw = Sidewatch::start(
-        &["--target", &url, "--interval", "200ms", "--cgroup", &dir],
-        &[
-            ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
-            ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "3s"),
-        ],
-    );
-    sw.wait_ready(Duration::from_secs(10)).await;
-    sw.wait_log("inotify on the parent directory").await;
+    s.sw.wait_log("inotify on the parent directory").await;
 
-    oom_kill_in(&cgroup, "first cgroup").await;
-    sw.wait_metric_at_least("sidewatch_oom_kills_total", 1.0)
+    oom_kill_in(&s.cgroup, 4, 50, "first cgroup").await;
+    s.sw.wait_metric_at_least("sidewatch_oom_kills_total", 1.0)
         .await;
-    sw.wait_ready(Duration::from_secs(10)).await;
+    s.sw.wait_ready(Duration::from_secs(10)).await;
 
-    cgroup.remove();
-    sw.wait_metric_at_least("sidewatch_memory_read_errors_total{kind=\"gone\"}", 1.0)
+    s.cgroup.remove();
+    s.sw.wait_metric_at_least("sidewatch_memory_read_errors_total{kind=\"gone\"}", 1.0)
         .await;
-    assert_eq!(sw.readyz().await.0, 200, "not knowing is no veto");
+    assert_eq!(s.sw.readyz().await.0, 200, "not knowing is no veto");
 
-    cgroup.make_again();
-    sw.wait_log("a new cgroup directory is here").await;
-    oom_kill_in(&cgroup, "new cgroup").await;
-    let body = sw.wait_reason("oom_killed", Duration::from_secs(5)).await;
+    s.cgroup.make_again();
+    s.sw.wait_log("a new cgroup directory is here").await;
+    oom_kill_in(&s.cgroup, 4, 50, "new cgroup").await;
+    let body = wait_kill_counted(&s.sw, 2.0).await;
     assert_eq!(body["reasons"][0]["signal"], "memory:oom");
-    assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(2.0));
-    sw.wait_ready(Duration::from_secs(10)).await;
-    assert_eq!(
-        sw.metric("sidewatch_oom_kills_total").await,
-        Some(2.0),
-        "exactly one per kill"
-    );
 }

@@ -79,7 +79,21 @@ impl Tree {
     }
 }
 
-async fn watch(tree: &Tree, up: &Upstream, env: &[(&str, &str)]) -> Sidewatch {
+/// Memory sampled every 50 ms and no OOM prediction: the thresholds alone decide.
+const THRESHOLDS_ONLY: [(&str, &str); 2] = [
+    ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
+    ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
+];
+
+/// Polling at an hour: only notifications see OOM kills, each one a second of not ready.
+const NOTIFIED_ONLY: [(&str, &str); 2] = [
+    ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
+    ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "1s"),
+];
+
+/// A healthy app and sidewatch watching `tree`, once ready. Keep the app as long as sidewatch.
+async fn watch(tree: &Tree, env: &[(&str, &str)]) -> (Sidewatch, Upstream) {
+    let up = Upstream::start(healthy()).await;
     let url = up.url();
     let cgroup = tree.path.to_str().unwrap().to_owned();
     let sw = Sidewatch::start(
@@ -87,7 +101,7 @@ async fn watch(tree: &Tree, up: &Upstream, env: &[(&str, &str)]) -> Sidewatch {
         env,
     );
     sw.wait_ready(WITHIN).await;
-    sw
+    (sw, up)
 }
 
 async fn wait_metric(sw: &Sidewatch, series: &str, value: f64) {
@@ -100,12 +114,7 @@ async fn wait_metric(sw: &Sidewatch, series: &str, value: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn working_set_thresholds_have_hysteresis() {
     let tree = Tree::new();
-    let up = Upstream::start(healthy()).await;
-    let env = [
-        ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
-        ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
-    ];
-    let sw = watch(&tree, &up, &env).await;
+    let (sw, _app) = watch(&tree, &THRESHOLDS_ONLY).await;
     wait_metric(&sw, "sidewatch_memory_limit_bytes", (100 * MIB) as f64).await;
     wait_metric(&sw, "sidewatch_memory_usage_bytes", (52 * MIB) as f64).await;
 
@@ -135,12 +144,7 @@ async fn working_set_thresholds_have_hysteresis() {
 async fn memory_high_below_max_is_the_limit_that_counts() {
     let tree = Tree::new();
     tree.write("memory.high", "94371840\n"); // 90 MiB, as MemoryQoS sets 0.9 × 100 MiB
-    let up = Upstream::start(healthy()).await;
-    let env = [
-        ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
-        ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
-    ];
-    let sw = watch(&tree, &up, &env).await;
+    let (sw, _app) = watch(&tree, &THRESHOLDS_ONLY).await;
     wait_metric(&sw, "sidewatch_memory_limit_bytes", (90 * MIB) as f64).await;
     tree.working_set(85); // 94% of memory.high, 85% of memory.max
     sw.wait_reason("memory_high", WITHIN).await;
@@ -150,8 +154,7 @@ async fn memory_high_below_max_is_the_limit_that_counts() {
 async fn a_max_limit_means_no_memory_threshold() {
     let tree = Tree::new();
     tree.write("memory.max", "max\n");
-    let up = Upstream::start(healthy()).await;
-    let sw = watch(&tree, &up, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
+    let (sw, _app) = watch(&tree, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
     tree.working_set(50_000);
     wait_metric(&sw, "sidewatch_memory_usage_bytes", (50_000 * MIB) as f64).await;
     assert_eq!(sw.metric("sidewatch_memory_limit_bytes").await, Some(0.0));
@@ -161,10 +164,8 @@ async fn a_max_limit_means_no_memory_threshold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rising_trend_predicts_the_oom_before_the_threshold() {
     let tree = Tree::new();
-    let up = Upstream::start(healthy()).await;
-    let sw = watch(
+    let (sw, _app) = watch(
         &tree,
-        &up,
         &[
             ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
             ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "1h"),
@@ -198,12 +199,7 @@ async fn a_rising_trend_predicts_the_oom_before_the_threshold() {
 async fn oom_kills_arrive_through_inotify_and_cool_down() {
     let tree = Tree::new();
     tree.oom_kills(2); // kills before sidewatch started are history
-    let up = Upstream::start(healthy()).await;
-    let env = [
-        ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
-        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "1s"),
-    ];
-    let sw = watch(&tree, &up, &env).await;
+    let (sw, _app) = watch(&tree, &NOTIFIED_ONLY).await;
     assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(0.0));
 
     tree.oom_kills(3);
@@ -222,8 +218,7 @@ async fn oom_kills_arrive_through_inotify_and_cool_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psi_full_above_the_threshold_is_memory_pressure() {
     let tree = Tree::new();
-    let up = Upstream::start(healthy()).await;
-    let sw = watch(&tree, &up, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
+    let (sw, _app) = watch(&tree, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
     tree.write(
         "memory.pressure",
         "some avg10=61.20 avg60=20.00 avg300=5.00 total=9000000\nfull avg10=35.50 avg60=10.00 avg300=2.00 total=4000000\n",
@@ -248,8 +243,7 @@ async fn psi_full_above_the_threshold_is_memory_pressure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbled_and_missing_files_are_counted_and_never_veto() {
     let tree = Tree::new();
-    let up = Upstream::start(healthy()).await;
-    let sw = watch(&tree, &up, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
+    let (sw, _app) = watch(&tree, &[("SIDEWATCH_MEMORY_INTERVAL", "50ms")]).await;
     tree.working_set(95);
     sw.wait_reason("memory_high", WITHIN).await;
 
@@ -298,13 +292,12 @@ fn events_in_place(tree: &Tree, oom_kills: u8) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_kill_that_ends_memory_high_is_no_moment_of_ready() {
     let tree = Tree::new();
-    let up = Upstream::start(healthy()).await;
     let env = [
         ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
         ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "30s"),
         ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
     ];
-    let sw = watch(&tree, &up, &env).await;
+    let (sw, _app) = watch(&tree, &env).await;
     tree.working_set(95);
     events_in_place(&tree, 0);
     sw.wait_reason("memory_high", WITHIN).await;
@@ -335,12 +328,7 @@ async fn read_errors(sw: &Sidewatch, kind: &str) -> f64 {
 async fn a_cgroup_removed_and_made_again_is_watched_again() {
     let tree = Tree::new();
     tree.oom_kills(2);
-    let up = Upstream::start(healthy()).await;
-    let env = [
-        ("SIDEWATCH_MEMORY_INTERVAL", "1h"),
-        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "1s"),
-    ];
-    let sw = watch(&tree, &up, &env).await;
+    let (sw, _app) = watch(&tree, &NOTIFIED_ONLY).await;
     tree.oom_kills(3);
     sw.wait_reason("oom_killed", WITHIN).await;
     assert_eq!(sw.metric("sidewatch_oom_kills_total").await, Some(1.0));
@@ -380,12 +368,7 @@ async fn a_cgroup_removed_and_made_again_is_watched_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_that_turn_unreadable_are_classified_and_recover() {
     let tree = Tree::new();
-    let up = Upstream::start(healthy()).await;
-    let env = [
-        ("SIDEWATCH_MEMORY_INTERVAL", "50ms"),
-        ("SIDEWATCH_MEMORY_PREDICT_OOM_WITHIN", "null"),
-    ];
-    let sw = watch(&tree, &up, &env).await;
+    let (sw, _app) = watch(&tree, &THRESHOLDS_ONLY).await;
     let current = tree.path.join("memory.current");
     type Break = fn(&Path);
     let ways: [(&str, Break, &str); 3] = [

@@ -3,13 +3,14 @@
 //! of `pods/{name}/status` (recorded and applied), POST and PATCH of Events (events.k8s.io/v1
 //! and core/v1), and failure modes (an error status for everything or for status patches only,
 //! dropped watches, slowness, and going down: every connection closed at once, new ones accepted
-//! and closed unanswered, and counted).
+//! and closed unanswered, and counted). Its waits poll with `common::eventually`: a test crate
+//! that includes it includes `common` too.
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -18,6 +19,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+
+use crate::common::eventually;
 
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -156,6 +159,47 @@ impl FakeApi {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Waits until a pod watch has been asked for (after the initial list).
+    pub async fn wait_watching(&self) {
+        eventually("a pod watch", Duration::from_secs(10), || async {
+            self.requests()
+                .iter()
+                .any(|r| r.query.contains("watch=true"))
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// The readiness gate's condition on the pod, if any: (status, message).
+    pub fn gate(&self) -> Option<(String, String)> {
+        let pod = self.pod();
+        let c = pod["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == GATE)?
+            .clone();
+        Some((
+            c["status"].as_str()?.to_owned(),
+            c["message"].as_str()?.to_owned(),
+        ))
+    }
+
+    /// Waits until the readiness gate's status is `want` (`"True"`, `"False"`).
+    pub async fn wait_gate(&self, want: &str, within: Duration) {
+        eventually(&format!("the gate {want}"), within, || async {
+            (self.gate().is_some_and(|(st, _)| st == want)).then_some(())
+        })
+        .await;
+    }
+
+    /// Every status patch of the pod so far.
+    pub fn gate_patches(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH" && r.path.ends_with("/pods/web-1/status"))
+            .collect()
     }
 
     /// Every request answers this status (403, 500…) until `None`.
@@ -358,6 +402,24 @@ fn json_response(code: u16, body: Value) -> Response<BoxBody<Bytes, Infallible>>
         .unwrap()
 }
 
+/// The readiness gate's condition type.
+const GATE: &str = "sidewatch.io/healthy";
+
+/// The app container restarted for the `restart_count`th time, its last run ended with
+/// `exit_code` for `reason` at `finished_at`, as the kubelet writes it into `pod`.
+pub fn app_restarted(
+    pod: &mut Value,
+    restart_count: i32,
+    exit_code: i32,
+    reason: &str,
+    finished_at: SystemTime,
+) {
+    let app = &mut pod["status"]["containerStatuses"][0];
+    app["restartCount"] = restart_count.into();
+    app["lastState"] = json!({"terminated": {"exitCode": exit_code, "reason": reason,
+        "finishedAt": humantime::format_rfc3339_seconds(finished_at).to_string()}});
+}
+
 /// A pod named web-1 in shop with an app container and sidewatch as a native sidecar.
 pub fn pod(with_gate: bool) -> Value {
     let mut pod = json!({
@@ -375,7 +437,7 @@ pub fn pod(with_gate: bool) -> Value {
         }
     });
     if with_gate {
-        pod["spec"]["readinessGates"] = json!([{"conditionType": "sidewatch.io/healthy"}]);
+        pod["spec"]["readinessGates"] = json!([{"conditionType": GATE}]);
     }
     pod
 }

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,6 +91,39 @@ impl Sidewatch {
     /// Starts `sidewatch run ARGS --listen 127.0.0.1:0` and waits for its start-up log line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Sidewatch {
         Self::start_in(None, "127.0.0.1:0", args, envs)
+    }
+
+    /// Starts sidewatch as the sidecar of pod web-1 in namespace shop (`fake_api::pod`), reaching
+    /// the API server through `kubeconfig`: probing `target` every `interval`, not ready at the
+    /// first failed check, no cgroup. `envs` come after the pod's own, so they may override them.
+    pub fn start_sidecar(
+        target: &str,
+        interval: &str,
+        kubeconfig: &Path,
+        envs: &[(&str, &str)],
+    ) -> Sidewatch {
+        let mut all = vec![
+            (
+                "KUBECONFIG",
+                kubeconfig.to_str().expect("kubeconfig path is UTF-8"),
+            ),
+            ("POD_NAME", "web-1"),
+            ("POD_NAMESPACE", "shop"),
+        ];
+        all.extend_from_slice(envs);
+        Self::start(
+            &[
+                "--target",
+                target,
+                "--interval",
+                interval,
+                "--failure-threshold",
+                "1",
+                "--cgroup",
+                "none",
+            ],
+            &all,
+        )
     }
 
     /// Starts sidewatch inside network namespace `netns` (through `ip netns exec`) when given.
@@ -181,6 +214,34 @@ impl Sidewatch {
         (status, serde_json::from_str(&body).expect("readyz is JSON"))
     }
 
+    /// Records every `/readyz` answer from now on, asking again `every` after each one, until the
+    /// log is stopped or dropped.
+    pub fn record_readyz(&self, every: Duration) -> ReadyzLog {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let url = self.url("/readyz");
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let answer = match client.get(&url).send().await {
+                    Ok(resp) => Answer {
+                        at: Instant::now(),
+                        status: resp.status().as_u16(),
+                        body: resp.text().await.unwrap_or_default(),
+                    },
+                    Err(_) => Answer {
+                        at: Instant::now(),
+                        status: 0,
+                        body: String::new(),
+                    },
+                };
+                sink.lock().unwrap().push(answer);
+                tokio::time::sleep(every).await;
+            }
+        });
+        ReadyzLog { seen, task }
+    }
+
     /// Waits until `/readyz` says not ready with `reason` among its reasons; returns the body.
     pub async fn wait_reason(&self, reason: &str, within: Duration) -> serde_json::Value {
         eventually(&format!("/readyz reason {reason}"), within, || async {
@@ -252,6 +313,36 @@ impl Drop for Sidewatch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One `/readyz` answer seen by `Sidewatch::record_readyz`.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// When it had arrived.
+    pub at: Instant,
+    /// 0 when the request failed: no answer at all.
+    pub status: u16,
+    pub body: String,
+}
+
+/// `/readyz` answers being recorded in the background.
+pub struct ReadyzLog {
+    seen: Arc<Mutex<Vec<Answer>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyzLog {
+    /// Stops recording; every answer so far, in order.
+    pub fn stop(self) -> Vec<Answer> {
+        self.task.abort();
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ReadyzLog {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
