@@ -210,7 +210,9 @@ impl PodWatcher {
     }
 
     async fn on_event(&mut self, event: WatchEvent<Pod>) {
-        if self.failing {
+        // `Init` opens every relist before its request is made: only what the API server sent
+        // says it is back, or each retry of one outage would log the outage again.
+        if self.failing && !matches!(event, WatchEvent::Init) {
             self.failing = false;
             tracing::info!("kubernetes: watching the pod again");
         }
