@@ -512,6 +512,19 @@ pub fn client() -> reqwest::Client {
 
 /// Runs a tool from PATH in the repository, or skips (fails under SIDEWATCH_REQUIRE_ALL=1)
 /// without it.
+/// `kubernetes-validate --strict` of `file` against the oldest and newest Kubernetes we support:
+/// per version, whether it passed and its report. `None` when the tool is missing (skipped, or a
+/// failure under `SIDEWATCH_REQUIRE_ALL=1`).
+pub fn kubernetes_validate(file: &std::path::Path) -> Option<Vec<(&'static str, bool, String)>> {
+    let file = file.to_str().expect("UTF-8 temp path");
+    let mut reports = Vec::new();
+    for version in ["1.29.0", "1.35.0"] {
+        let out = run_tool("kubernetes-validate", &["--strict", "-k", version, file])?;
+        reports.push((version, out.status.success(), output_text(&out)));
+    }
+    Some(reports)
+}
+
 pub fn run_tool(name: &str, args: &[&str]) -> Option<std::process::Output> {
     let Some(path) = which(name) else {
         skip_or_fail(&format!(
