@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
@@ -61,7 +60,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if config.probes.0.is_empty() && memory_plan.is_none() && config.process.pattern.is_none() {
         return Err(StartError::NothingToWatch);
     }
-    let listener = TcpListener::bind(config.listen)
+    let listener = crate::net::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
             addr: config.listen,
@@ -72,7 +71,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
 
-    let metrics = Metrics::new(config.probes.0.iter().map(|p| p.name.as_str()));
+    let metrics = Metrics::new(
+        config
+            .probes
+            .0
+            .iter()
+            .map(|p| (p.name.as_str(), p.check.reasons())),
+    );
     let mut engine = Engine::new();
     let now = SystemTime::now();
     let mut probers = Vec::new();

@@ -22,8 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Watch the app and serve /readyz, /livez, /metrics and /drain.
     Run(RunArgs),
-    /// Validate the configuration (file, environment, flags), print it, and exit.
-    CheckConfig(ConfigArgs),
+    /// Validate the configuration (file, environment, flags), print it, and exit. Takes what
+    /// `run` takes, so that a container's args and env can be checked as they are.
+    CheckConfig(RunArgs),
     /// Run a built-in sample app through crash, garbage, 503 and hang, with sidewatch watching it.
     Demo(DemoArgs),
     /// Serve the mutating admission webhook that injects sidewatch into pods.
@@ -46,7 +47,8 @@ pub struct ConfigArgs {
     /// YAML config file; every key can also be set as SIDEWATCH_<SECTION>_<KEY>.
     #[arg(long, env = "SIDEWATCH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// What to probe: http://…, https://… or tcp://host:port (adds or replaces the probe "app").
+    /// What to probe: http://…, https://…, tcp://host:port or grpc://host:port[/service]
+    /// (grpcs:// over TLS); adds or replaces the probe "app".
     #[arg(long, env = "SIDEWATCH_TARGET")]
     pub target: Option<Target>,
     /// Address of the admin server (/readyz, /metrics, /drain).
@@ -101,7 +103,7 @@ pub fn main() -> ExitCode {
             println!("sidewatch {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig(args) => match args.load() {
+        Command::CheckConfig(args) => match args.config.load() {
             Ok(config) => {
                 println!("{}", config::render(&config));
                 ExitCode::SUCCESS

@@ -1,5 +1,6 @@
-//! `sidewatch demo`: a sample app that goes through the usual causes of 502s, watched by a real
-//! sidewatch on a real port, printing each readiness change and a summary.
+//! `sidewatch demo`: a sample app (an HTTP port and a gRPC health service) that goes through the
+//! usual causes of 502s, watched by a real sidewatch on a real port, printing each readiness
+//! change and a summary.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,8 +13,8 @@ use tokio::sync::watch;
 use crate::app::{self, StartError};
 use crate::cli::DemoArgs;
 use crate::config::{
-    Check, Config, DrainConfig, HttpCheck, KubernetesConfig, MemoryConfig, MemorySource,
-    ProbeConfig, Probes, ProcessConfig, Switch,
+    Check, Config, DrainConfig, GrpcAddress, GrpcCheck, HttpCheck, KubernetesConfig, MemoryConfig,
+    MemorySource, ProbeConfig, Probes, ProcessConfig, Switch,
 };
 use crate::engine::Verdict;
 use crate::reason::Reason;
@@ -25,6 +26,8 @@ enum Mode {
     Garbage,
     Unavailable,
     Hang,
+    /// The HTTP port is fine; the gRPC health service answers NOT_SERVING.
+    NotServing,
 }
 
 struct Phase {
@@ -34,7 +37,7 @@ struct Phase {
     expect: Option<Reason>,
 }
 
-const PHASES: [Phase; 6] = [
+const PHASES: [Phase; 7] = [
     Phase {
         mode: Mode::Healthy,
         title: "healthy: answers 200",
@@ -61,6 +64,11 @@ const PHASES: [Phase; 6] = [
         expect: Some(Reason::Timeout),
     },
     Phase {
+        mode: Mode::NotServing,
+        title: "says NOT_SERVING on gRPC health",
+        expect: Some(Reason::NotServing),
+    },
+    Phase {
         mode: Mode::Healthy,
         title: "healthy again",
         expect: None,
@@ -68,16 +76,22 @@ const PHASES: [Phase; 6] = [
 ];
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let (app_addr, mode) = start_app().await.context("cannot start the demo app")?;
+    let (app_addr, grpc_addr, mode) = start_app().await.context("cannot start the demo app")?;
     let url = format!("http://{app_addr}/healthz")
         .parse()
         .map_err(anyhow::Error::msg)?;
-    let mut probe = ProbeConfig::new("app", Check::Http(HttpCheck::new(url)));
-    probe.interval = Duration::from_millis(200);
-    probe.timeout = Duration::from_millis(300);
+    let http = ProbeConfig::new("app", Check::Http(HttpCheck::new(url)));
+    let grpc = GrpcCheck::new(GrpcAddress::Tcp(
+        grpc_addr.to_string().parse().map_err(anyhow::Error::msg)?,
+    ));
+    let mut probes = vec![http, ProbeConfig::new("rpc", Check::Grpc(grpc))];
+    for probe in &mut probes {
+        probe.interval = Duration::from_millis(200);
+        probe.timeout = Duration::from_millis(300);
+    }
     let mut config = Config {
         listen: args.listen,
-        probes: Probes(vec![probe]),
+        probes: Probes(probes),
         // The demo may run on a busy machine: only the demo app's own sockets count as traffic.
         drain: DrainConfig {
             delay: Duration::from_secs(1),
@@ -104,7 +118,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let admin = running.local_addr;
     println!(
-        "sidewatch demo: sample app on http://{app_addr}/healthz, sidewatch on http://{admin}"
+        "sidewatch demo: sample app on http://{app_addr}/healthz and grpc://{grpc_addr}, sidewatch on http://{admin}"
     );
     println!("  (curl http://{admin}/readyz or /metrics from another terminal while it runs)\n");
 
@@ -215,13 +229,46 @@ fn describe(v: &Verdict) -> String {
     format!("NOT READY: {}", reasons.join("; "))
 }
 
-/// Starts the sample app on a free loopback port; the returned sender switches its behaviour.
-async fn start_app() -> std::io::Result<(SocketAddr, watch::Sender<Mode>)> {
+/// Starts the sample app on free loopback ports (HTTP, gRPC); the returned sender switches its
+/// behaviour.
+async fn start_app() -> std::io::Result<(SocketAddr, SocketAddr, watch::Sender<Mode>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let grpc_addr = grpc.local_addr()?;
     let (mode_tx, mode_rx) = watch::channel(Mode::Healthy);
+    tokio::spawn(serve_grpc(grpc, mode_rx.clone()));
     tokio::spawn(serve_app(addr, listener, mode_rx));
-    Ok((addr, mode_tx))
+    Ok((addr, grpc_addr, mode_tx))
+}
+
+/// The standard gRPC health service (tonic-health's), served over HTTP/2 by hyper.
+async fn serve_grpc(listener: TcpListener, mut mode: watch::Receiver<Mode>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    use tonic_health::ServingStatus;
+
+    let (reporter, service) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        loop {
+            let status = match *mode.borrow_and_update() {
+                Mode::NotServing => ServingStatus::NotServing,
+                _ => ServingStatus::Serving,
+            };
+            reporter.set_service_status("", status).await;
+            if mode.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Ok((stream, _)) = listener.accept().await {
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 async fn serve_app(addr: SocketAddr, listener: TcpListener, mut mode: watch::Receiver<Mode>) {
@@ -267,7 +314,9 @@ async fn answer(mut stream: TcpStream, mode: Mode) {
         }
     }
     let reply: &[u8] = match mode {
-        Mode::Healthy => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+        Mode::Healthy | Mode::NotServing => {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
+        }
         Mode::Unavailable => {
             b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
         }

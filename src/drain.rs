@@ -213,7 +213,7 @@ pub struct Access {
 
 impl Access {
     pub fn allows(&self, peer: IpAddr, presented: Option<&[u8]>) -> bool {
-        if crate::server::is_loopback(peer) || self.terminating.load(Ordering::Relaxed) {
+        if crate::net::is_loopback(peer) || self.terminating.load(Ordering::Relaxed) {
             return true;
         }
         match (&self.token, presented) {

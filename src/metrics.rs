@@ -33,8 +33,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric; `probes` are the probe names, pre-filled so series exist at zero.
-    pub fn new<'a>(probes: impl IntoIterator<Item = &'a str>) -> Self {
+    /// Registers every metric; `probes` are the probe names with the reasons each can fail with,
+    /// pre-filled so that every series exists at zero.
+    pub fn new<'a>(probes: impl IntoIterator<Item = (&'a str, &'static [Reason])>) -> Self {
         let ready = IntGauge::new(
             "sidewatch_ready",
             "1 when sidewatch reports this pod ready. When 0, GET /readyz lists the reasons.",
@@ -71,7 +72,8 @@ impl Metrics {
             Opts::new(
                 "sidewatch_probe_failures_total",
                 "Failed checks by reason: refused = app not listening, reset = accepted then dropped, \
-                 invalid_response = not HTTP, http_5xx = app error, timeout = no answer in time, tls = certificate or handshake.",
+                 invalid_response = not HTTP (or not gRPC), http_5xx = app error, timeout = no answer in time, tls = certificate or handshake, \
+                 not_serving / unknown_service = the gRPC health service's answer.",
             ),
             &["probe", "reason"],
         )
@@ -230,10 +232,10 @@ impl Metrics {
         for kind in ["gone", "missing", "garbled", "io"] {
             memory_read_errors.with_label_values(&[kind]);
         }
-        for probe in probes {
+        for (probe, reasons) in probes {
             probe_up.with_label_values(&[probe]);
             probe_duration.with_label_values(&[probe]);
-            for reason in Reason::PROBE {
+            for reason in reasons {
                 probe_failures.with_label_values(&[probe, reason.as_str()]);
             }
         }
@@ -279,9 +281,9 @@ mod tests {
 
     #[test]
     fn every_probe_reason_series_exists_from_the_start() {
-        let m = Metrics::new(["app"]);
+        let m = Metrics::new([("app", &Reason::HTTP[..])]);
         let text = String::from_utf8(m.encode()).unwrap();
-        for r in Reason::PROBE {
+        for r in Reason::HTTP {
             let series =
                 format!("sidewatch_probe_failures_total{{probe=\"app\",reason=\"{r}\"}} 0");
             assert!(text.contains(&series), "{series} missing");

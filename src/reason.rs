@@ -19,6 +19,10 @@ pub enum Reason {
     BodyMismatch,
     Tls,
     Dns,
+    /// The gRPC health service answered NOT_SERVING (or UNKNOWN) for the service asked about.
+    NotServing,
+    /// The gRPC health service does not know the service asked about (NOT_FOUND).
+    UnknownService,
     /// The working set is above `memory.unready_above` of the limit.
     MemoryHigh,
     /// PSI memory stall above its threshold.
@@ -39,8 +43,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The reasons a probe can fail with, pre-registered at zero so `rate()` works from the start.
-    pub const PROBE: [Reason; 9] = [
+    /// The reasons an HTTP probe can fail with, pre-registered at zero so `rate()` works from the
+    /// start.
+    pub const HTTP: [Reason; 9] = [
         Reason::Refused,
         Reason::Timeout,
         Reason::Reset,
@@ -51,6 +56,20 @@ impl Reason {
         Reason::Tls,
         Reason::Dns,
     ];
+    /// A gRPC health probe's: the transport's, and the health service's answers.
+    pub const GRPC: [Reason; 9] = [
+        Reason::Refused,
+        Reason::Timeout,
+        Reason::Reset,
+        Reason::InvalidResponse,
+        Reason::UnexpectedStatus,
+        Reason::Tls,
+        Reason::Dns,
+        Reason::NotServing,
+        Reason::UnknownService,
+    ];
+    /// A TCP connect's.
+    pub const TCP: [Reason; 4] = [Reason::Refused, Reason::Timeout, Reason::Reset, Reason::Dns];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +82,8 @@ impl Reason {
             Reason::BodyMismatch => "body_mismatch",
             Reason::Tls => "tls",
             Reason::Dns => "dns",
+            Reason::NotServing => "not_serving",
+            Reason::UnknownService => "unknown_service",
             Reason::MemoryHigh => "memory_high",
             Reason::MemoryPressure => "memory_pressure",
             Reason::OomPredicted => "oom_predicted",
@@ -94,8 +115,9 @@ mod tests {
 
     #[test]
     fn serde_form_matches_label_form() {
-        for r in Reason::PROBE
+        for r in Reason::HTTP
             .iter()
+            .chain(&Reason::GRPC)
             .chain(&[Reason::Starting, Reason::Draining])
         {
             assert_eq!(

@@ -1,14 +1,14 @@
 //! The Helm chart, with real helm: lint, render with the defaults and with every option on, check
 //! the objects against the Kubernetes 1.29 and 1.35 schemas, the alert rules with promtool, and
 //! the chart, deploy/ and the Dockerfile with checkov (the checks skipped are justified in the
-//! README, section "Security scan").
+//! docs/hardening.md, "Security scan").
 
 mod common;
 
 use common::{kubernetes_validate, output_text, run_tool, tempdir};
 use serde_json::Value;
 
-/// Checks skipped on purpose; README "Security scan" says why for each.
+/// Checks skipped on purpose; docs/hardening.md "Security scan" says why for each.
 const SKIPPED: &str =
     "CKV_K8S_21,CKV_K8S_43,CKV_K8S_15,CKV2_K8S_6,CKV_K8S_11,CKV_K8S_38,CKV_DOCKER_2";
 const CRDS: [&str; 5] = [

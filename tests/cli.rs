@@ -173,6 +173,7 @@ fn the_demo_classifies_every_fault() {
         "invalid_response",
         "http_5xx",
         "timeout",
+        "not_serving",
         "draining",
     ] {
         assert!(
@@ -181,7 +182,102 @@ fn the_demo_classifies_every_fault() {
         );
     }
     assert!(
-        stdout.contains("6 of 6 behaviours classified as expected"),
+        stdout.contains("7 of 7 behaviours classified as expected"),
         "{stdout}"
+    );
+}
+
+/// The injector's targets name the pod's IP as `${POD_IP}`: sidewatch reads it from the
+/// environment at start, in brackets when it is IPv6, and says which variable is missing.
+#[test]
+fn a_variable_in_a_probe_address_is_the_pods_ip() {
+    let probes = r#"[{"name": "app", "http": {"url": "http://${POD_IP}:8080/healthz"}},
+        {"name": "rpc", "grpc": {"address": "${POD_IP}:9555", "service": "shop.Cart"}},
+        {"name": "db", "tcp": {"address": "${POD_IP}:5432"}}]"#;
+    for (ip, url, address) in [
+        (
+            "10.244.1.7",
+            "http://10.244.1.7:8080/healthz",
+            "10.244.1.7:9555",
+        ),
+        (
+            "fd00:10:244::7",
+            "http://[fd00:10:244::7]:8080/healthz",
+            "[fd00:10:244::7]:9555",
+        ),
+    ] {
+        let out = sidewatch(
+            &["check-config"],
+            &[("POD_IP", ip), ("SIDEWATCH_PROBES", probes)],
+        );
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(printed["probes"][0]["http"]["url"], url);
+        assert_eq!(printed["probes"][1]["grpc"]["address"], address);
+        assert_eq!(printed["probes"][1]["grpc"]["service"], "shop.Cart");
+        assert_eq!(printed["drain"]["port"], serde_json::Value::Null);
+    }
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env_remove("POD_IP")
+        .env("SIDEWATCH_PROBES", probes)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("SIDEWATCH_PROBES") && text.contains("POD_IP is not set"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_probe_list_in_the_environment_names_the_variable_and_the_field() {
+    for (probes, words) in [
+        (
+            "[{name: app, grpc: {address: nowhere}}]",
+            "probes[0].grpc.address",
+        ),
+        (
+            "[{name: app, http: {url: 'http://h/', headers: [{name: 'bad name', value: x}]}}]",
+            "bad header name",
+        ),
+        ("[{name: app}", "not YAML"),
+    ] {
+        let out = sidewatch(&["check-config"], &[("SIDEWATCH_PROBES", probes)]);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains("SIDEWATCH_PROBES") && text.contains(words),
+            "want {words:?} in {text}"
+        );
+    }
+}
+
+/// The injected sidecar's drain token lives in the variable drain.token_env names: a setting of
+/// no section, which must not be taken for a misspelt one.
+#[test]
+fn the_variable_named_by_drain_token_env_is_not_a_setting() {
+    let out = sidewatch(
+        &["check-config", "--target", "tcp://127.0.0.1:80"],
+        &[
+            (
+                "SIDEWATCH_DRAIN_TOKEN_ENV",
+                "SIDEWATCH_INJECTED_DRAIN_TOKEN",
+            ),
+            ("SIDEWATCH_INJECTED_DRAIN_TOKEN", "0123abcd"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let out = sidewatch(
+        &["check-config", "--target", "tcp://127.0.0.1:80"],
+        &[("SIDEWATCH_INJECTED_DRAIN_TOKEN", "0123abcd")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "without token_env it is unknown"
     );
 }

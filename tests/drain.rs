@@ -79,7 +79,7 @@ async fn client(kind: Client, app: SocketAddr, stop: Arc<AtomicBool>) -> Instant
         match kind {
             Client::Short => {
                 let mut s = TcpStream::connect(app).await.expect("connect");
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     // The app closes first: its side of the socket stays in TIME_WAIT.
                     s.write_all(REQUEST_CLOSE).await.unwrap();
                     let mut rest = Vec::new();

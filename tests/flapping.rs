@@ -127,7 +127,7 @@ async fn answer(mut stream: TcpStream, status: u16) {
     let _ = stream.shutdown().await;
 }
 
-/// The engine's rules (README "How the verdict is made") applied to a sequence of checks, one
+/// The engine's rules (docs/verdict.md) applied to a sequence of checks, one
 /// probe and nothing else: (transitions to ready, transitions to not ready).
 fn simulate(checks: &[bool], failure_threshold: u32, success_threshold: u32) -> (u64, u64) {
     #[derive(PartialEq)]

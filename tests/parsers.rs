@@ -61,8 +61,8 @@ proptest! {
 
     #[test]
     fn admission_reviews_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let settings = sidewatch::inject::Settings::default();
-        let _ = sidewatch::webhook::review(&body, sidewatch::inject::Scope::Namespace, &settings, "t");
+        let settings = sidewatch::webhook::inject::Settings::default();
+        let _ = sidewatch::webhook::review(&body, sidewatch::webhook::inject::Scope::Namespace, &settings, "t");
     }
 
     #[test]
@@ -82,9 +82,9 @@ proptest! {
                         "ports": [{"containerPort": port}],
                         "readinessProbe": {"httpGet": {"path": path, "port": port}}}]}}}
         });
-        let settings = sidewatch::inject::Settings::default();
+        let settings = sidewatch::webhook::inject::Settings::default();
         let body = serde_json::to_vec(&review).unwrap();
-        prop_assert!(sidewatch::webhook::review(&body, sidewatch::inject::Scope::Annotated, &settings, "t").is_ok());
+        prop_assert!(sidewatch::webhook::review(&body, sidewatch::webhook::inject::Scope::Annotated, &settings, "t").is_ok());
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! shows as one more at the next.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::path::Path;
 
 use common::{output_text, run_tool, skip_or_fail};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 const V1_ROOT: &str = "/sys/fs/cgroup/memory";
 
@@ -50,25 +51,15 @@ fn metric(text: &str, series: &str) -> f64 {
 /// The soak's certificates in `dir`: a CA, a leaf for 127.0.0.1 it signed (what the tls probe
 /// trusts) and a self-signed leaf nobody trusts.
 fn write_certificates(dir: &Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let bad_key = KeyPair::generate().unwrap();
-    let bad = CertificateParams::new(vec!["127.0.0.1".into()])
-        .unwrap()
-        .self_signed(&bad_key)
-        .unwrap();
+    let pki = pki::Pki::new();
+    let leaf = pki.leaf();
+    let bad = pki::Leaf::self_signed(&["127.0.0.1"]);
     for (name, pem) in [
-        ("ca.pem", ca.pem()),
-        ("leaf.pem", leaf.pem()),
-        ("leaf.key", leaf_key.serialize_pem()),
-        ("bad.pem", bad.pem()),
-        ("bad.key", bad_key.serialize_pem()),
+        ("ca.pem", pki.ca_pem()),
+        ("leaf.pem", leaf.cert_pem),
+        ("leaf.key", leaf.key_pem),
+        ("bad.pem", bad.cert_pem),
+        ("bad.key", bad.key_pem),
     ] {
         std::fs::write(dir.join(name), pem).expect("write a certificate");
     }

@@ -1,12 +1,12 @@
 //! HTTPS probes against a real rustls server with a certificate from a throw-away CA.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{write_config, Sidewatch};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -14,26 +14,8 @@ const WITHIN: Duration = Duration::from_secs(10);
 
 /// An HTTPS server answering 200 on loopback; returns its address and the CA's PEM.
 async fn https_upstream() -> (std::net::SocketAddr, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let pki = pki::Pki::new();
+    let acceptor = pki.leaf_for(&["localhost", "127.0.0.1"]).acceptor(&[]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -55,7 +37,7 @@ async fn https_upstream() -> (std::net::SocketAddr, String) {
             });
         }
     });
-    (addr, ca.pem())
+    (addr, pki.ca_pem())
 }
 
 fn https_config(addr: std::net::SocketAddr, extra: &str) -> String {

@@ -4,61 +4,26 @@
 //! rotation on disk, size limits, slow clients and the connection cap.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
+#[path = "common/webhook.rs"]
+mod webhook;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::{eventually, output_text, run_tool, skip_or_fail, tempdir, which, Sidewatch};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::SupportedProtocolVersion;
+use common::{eventually, output_text, run_tool, skip_or_fail, tempdir, which};
+use pki::{Leaf, Pki};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use webhook::{apply, create_review, validate, Webhook};
 
 /// The webhook's own limits, as `src/webhook.rs` sets them.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Every slow client must be gone within this: the webhook's timeouts are 10 s, plus slack for a
 /// loaded machine.
 const CUT_OFF: Duration = Duration::from_secs(14);
-
-/// A throw-away CA that signs certificates for 127.0.0.1.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// One certificate and its key, as PEM files hold them.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        Pki { ca }
-    }
-
-    fn leaf(&self) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&key, &self.ca)
-            .unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-}
 
 /// A directory laid out as the kubelet lays out a Secret volume: the files in a generation
 /// directory, `..data` a symlink to it, `tls.crt` and `tls.key` symlinks through `..data`. An
@@ -108,178 +73,6 @@ impl SecretVolume {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
-}
-
-struct Webhook {
-    sw: Sidewatch,
-    client: reqwest::Client,
-    ca: CertificateDer<'static>,
-    _dir: Option<tempdir::Dir>,
-}
-
-impl Webhook {
-    fn start() -> Webhook {
-        Self::start_with(&[])
-    }
-
-    /// Starts the webhook with a fresh certificate and `extra` arguments.
-    fn start_with(extra: &[&str]) -> Webhook {
-        let pki = Pki::new();
-        let leaf = pki.leaf();
-        let dir = tempdir::Dir::new();
-        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&cert_path, &leaf.cert_pem).unwrap();
-        std::fs::write(&key_path, &leaf.key_pem).unwrap();
-        let mut hook = Self::launch(&pki, &cert_path, &key_path, extra);
-        hook._dir = Some(dir);
-        hook
-    }
-
-    fn launch(pki: &Pki, cert: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> Webhook {
-        let mut args = vec![
-            "webhook",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--image",
-            "registry.example/sidewatch:0.1.0",
-        ];
-        args.extend_from_slice(extra);
-        let sw = Sidewatch::launch(None, &args, &[]);
-        sidewatch::tls::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([reqwest::Certificate::from_pem(pki.ca.pem().as_bytes()).unwrap()])
-            .build()
-            .unwrap();
-        Webhook {
-            sw,
-            client,
-            ca: pki.ca.der().clone(),
-            _dir: None,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.sw.addr
-    }
-
-    async fn post(&self, path: &str, body: Vec<u8>) -> (u16, String) {
-        self.post_as(path, "application/json", body).await
-    }
-
-    async fn post_as(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
-        let url = format!("https://127.0.0.1:{}{path}", self.addr().port());
-        let resp = self
-            .client
-            .post(url)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("webhook request");
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let url = format!("https://127.0.0.1:{}{path}", self.addr().port());
-        let resp = self.client.get(url).send().await.expect("webhook request");
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    }
-
-    /// Waits for `/healthz` and checks the process is still the one started.
-    async fn assert_alive(&mut self) {
-        eventually("healthz", Duration::from_secs(5), || async {
-            (self.get("/healthz").await.0 == 200).then_some(())
-        })
-        .await;
-        assert!(
-            self.sw.child.try_wait().unwrap().is_none(),
-            "the webhook exited"
-        );
-    }
-
-    /// One TLS handshake that trusts the test CA and speaks only `versions`.
-    async fn handshake(
-        &self,
-        versions: &[&'static SupportedProtocolVersion],
-    ) -> std::io::Result<TlsStream<TcpStream>> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = TcpStream::connect(self.addr()).await?;
-        let name = ServerName::IpAddress(self.addr().ip().into());
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-    }
-
-    async fn tls(&self) -> TlsStream<TcpStream> {
-        self.handshake(rustls::DEFAULT_VERSIONS)
-            .await
-            .expect("TLS handshake")
-    }
-
-    /// The leaf certificate a new handshake is served.
-    async fn served(&self) -> CertificateDer<'static> {
-        let tls = self.tls().await;
-        tls.get_ref().1.peer_certificates().unwrap()[0]
-            .clone()
-            .into_owned()
-    }
-
-    async fn wait_served(&self, leaf: &Leaf, what: &str) {
-        eventually(what, Duration::from_secs(10), || async {
-            (self.served().await == leaf.der).then_some(())
-        })
-        .await
-    }
-
-    fn log_count(&self, text: &str) -> usize {
-        self.sw.logs().iter().filter(|l| l.contains(text)).count()
-    }
-
-    /// Sends a CREATE review of `pod` and returns the response part.
-    async fn review(&self, path: &str, pod: &Value) -> Value {
-        let (status, body) = self
-            .post(path, serde_json::to_vec(&create_review(pod)).unwrap())
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let answer: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(answer["kind"], "AdmissionReview");
-        assert_eq!(
-            answer["response"]["uid"],
-            "705ab4f5-6393-11e8-b7cc-42010a800002"
-        );
-        assert_eq!(answer["response"]["allowed"], true);
-        answer["response"].clone()
-    }
-}
-
-/// The AdmissionReview the API server sends for the creation of `pod`.
-fn create_review(pod: &Value) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop", "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": pod, "oldObject": null, "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
-        }
-    })
 }
 
 /// Writes `head`, then one byte of `drip` a second (none when `drip` is empty), while reading
@@ -338,38 +131,6 @@ fn example_pod(annotations: Value) -> Value {
         "spec": spec})
 }
 
-fn apply(pod: &Value, response: &Value) -> Value {
-    assert_eq!(response["patchType"], "JSONPatch", "{response}");
-    // Go's []byte: base64 in a string, or (as kube-rs writes it, and Go reads it) an array of bytes.
-    let bytes: Vec<u8> = match &response["patch"] {
-        Value::String(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap(),
-        Value::Array(items) => items.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
-        other => panic!("no patch in {other}"),
-    };
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-    let mut doc = pod.clone();
-    json_patch::patch(&mut doc, &patch).unwrap();
-    doc
-}
-
-/// Validates a pod against the 1.29 and 1.35 schemas with kubernetes-validate.
-fn validate(pod: &Value) {
-    // The API server names the pod from generateName; the validator wants a name.
-    let mut pod = pod.clone();
-    pod["metadata"]["name"] = "web-x7k2p".into();
-    let dir = tempdir::Dir::new();
-    let file = dir.path().join("pod.json");
-    std::fs::write(&file, serde_json::to_vec(&pod).unwrap()).unwrap();
-    let Some(reports) = common::kubernetes_validate(&file) else {
-        return;
-    };
-    for (version, passed, report) in reports {
-        assert!(passed && report.contains("passed"), "{version}: {report}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_annotated_pod_is_injected_with_a_valid_patch_and_only_once() {
     let hook = Webhook::start();
@@ -419,8 +180,9 @@ async fn a_pod_that_cannot_be_injected_is_admitted_with_a_warning() {
     let hook = Webhook::start();
     let mut pod = example_pod(json!({"sidewatch.io/inject": "true"}));
     let app = pod["spec"]["containers"][0].as_object_mut().unwrap();
-    app.remove("ports");
-    app.remove("readinessProbe");
+    for field in ["ports", "readinessProbe", "livenessProbe", "startupProbe"] {
+        app.remove(field);
+    }
     let response = hook.review("/mutate", &pod).await;
     assert!(response.get("patch").is_none());
     assert!(
@@ -724,12 +486,60 @@ async fn a_pod_from_the_chart_is_injected_into_a_valid_spec() {
     let response = hook.review("/mutate-namespace", &pod).await;
     let injected = apply(&pod, &response);
     let sidecar = &injected["spec"]["initContainers"][0];
-    let target = sidecar["env"]
+    let probes = sidecar["env"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["name"] == "SIDEWATCH_TARGET")
+        .find(|e| e["name"] == "SIDEWATCH_PROBES")
         .unwrap();
-    assert_eq!(target["value"], "https://127.0.0.1:9443/healthz");
+    let probes: Value = serde_json::from_str(probes["value"].as_str().unwrap()).unwrap();
+    // HTTPS on a named port, not verified, as the kubelet probes it.
+    assert_eq!(probes[0]["http"]["url"], "https://${POD_IP}:9443/healthz");
+    assert_eq!(probes[0]["http"]["insecure_skip_verify"], true);
     validate(&injected);
+}
+
+/// Only the creation of a Pod is mutated: an update of one (the API server forbids adding
+/// containers to a pod that exists), a delete, a pod's subresource and any other kind are allowed
+/// as they are, with no patch and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_pod_creations_are_mutated_and_everything_else_is_allowed_unchanged() {
+    let hook = Webhook::start();
+    let pod = example_pod(json!({"sidewatch.io/inject": "true"}));
+    let created = hook.review("/mutate-namespace", &pod).await;
+    assert_eq!(created["patchType"], "JSONPatch");
+    assert!(created["patch"].is_string(), "{created}");
+
+    let mut update = create_review(&pod);
+    update["request"]["operation"] = "UPDATE".into();
+    update["request"]["oldObject"] = pod.clone();
+    let mut ephemeral = create_review(&pod);
+    ephemeral["request"]["subResource"] = "ephemeralcontainers".into();
+    ephemeral["request"]["operation"] = "UPDATE".into();
+    let mut deployment = create_review(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "annotations": {"sidewatch.io/inject": "true"}},
+        "spec": {"template": pod["spec"].clone()}}));
+    deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    deployment["request"]["resource"] =
+        json!({"group": "apps", "version": "v1", "resource": "deployments"});
+    let mut delete = create_review(&Value::Null);
+    delete["request"]["operation"] = "DELETE".into();
+    delete["request"]["oldObject"] = pod.clone();
+    for (what, review) in [
+        ("an update", update),
+        ("an ephemeral container", ephemeral),
+        ("a Deployment", deployment),
+        ("a delete", delete),
+    ] {
+        let (status, body) = hook
+            .post("/mutate-namespace", serde_json::to_vec(&review).unwrap())
+            .await;
+        assert_eq!(status, 200, "{what}: {body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], true, "{what}: {body}");
+        assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert!(response.get("patch").is_none(), "{what}: {body}");
+        assert!(response.get("warnings").is_none(), "{what}: {body}");
+    }
 }

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sidewatch::inject::{Scope, Settings};
+use sidewatch::webhook::inject::{Scope, Settings};
 
 fuzz_target!(|body: &[u8]| {
     let settings = Settings::default();

@@ -79,6 +79,41 @@ pub mod tempdir {
     }
 }
 
+/// A child's output lines, read by a thread of their own as they come.
+#[derive(Clone)]
+pub struct LogLines(Arc<Mutex<Vec<String>>>);
+
+impl LogLines {
+    pub fn read(stream: impl std::io::Read + Send + 'static) -> LogLines {
+        let lines = LogLines(Arc::new(Mutex::new(Vec::new())));
+        let sink = lines.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    /// The first line containing `text`, polling until `within` has passed.
+    pub fn wait_for(&self, text: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.0.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return Some(line.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 /// A running sidewatch process. Killed on drop.
 pub struct Sidewatch {
     pub child: Child,

@@ -1,4 +1,5 @@
 //! Network namespaces of the test's own (root and iproute2 needed): a fresh namespace per test
+#![allow(dead_code)] // each test crate uses its own subset
 //! keeps the namespace's TCP counters to that test's traffic, and a veth pair between two of
 //! them stands for the node calling into the pod.
 

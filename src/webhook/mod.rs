@@ -20,21 +20,17 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{
-    AdmissionRequest, AdmissionResponse, AdmissionReview, SerializePatchError, META_API_VERSION_V1,
-    META_KIND,
-};
-use kube::core::DynamicObject;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::inject::{self, Outcome, Scope, Settings};
-
 mod certs;
+pub mod inject;
+mod review;
 
 use certs::Certs;
 pub use certs::TlsError;
+use inject::{Scope, Settings};
+pub use review::{review, Decision, ReviewError};
 
 /// Kubernetes objects are at most 1.5 MiB; a review wraps one (twice for updates).
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -55,7 +51,7 @@ const MAX_BUF: usize = 64 * 1024;
 #[derive(Debug, clap::Args)]
 pub struct WebhookArgs {
     /// Address to serve HTTPS on.
-    #[arg(long, env = "SIDEWATCH_LISTEN", default_value = "0.0.0.0:9443")]
+    #[arg(long, env = "SIDEWATCH_LISTEN", default_value = "[::]:9443")]
     pub listen: SocketAddr,
     /// PEM certificate chain for the webhook's Service name; re-read when it changes.
     #[arg(long, env = "SIDEWATCH_TLS_CERT")]
@@ -96,7 +92,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         .with_cert_resolver(certs.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     tokio::spawn(certs.watch(args.tls_reload_interval));
-    let listener = TcpListener::bind(args.listen)
+    let listener = crate::net::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let settings = Arc::new(Settings {
@@ -210,7 +206,7 @@ async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<By
         );
     };
     match review(&body, scope, settings, &token) {
-        Ok(answer) => {
+        Ok((answer, _decision)) => {
             let mut resp = reply(StatusCode::OK, answer);
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -250,63 +246,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
-    #[error("not an AdmissionReview: {0}")]
-    Parse(serde_json::Error),
-    #[error("not an {META_API_VERSION_V1} {META_KIND}: apiVersion {api_version:?}, kind {kind:?}")]
-    Type { api_version: String, kind: String },
-    #[error("the AdmissionReview has no request")]
-    NoRequest,
-    #[error("the review's object is not a Pod: {0}")]
-    NotAPod(serde_json::Error),
-    #[error("cannot serialise the patch: {0}")]
-    Patch(SerializePatchError),
-    #[error("cannot serialise the answer: {0}")]
-    Answer(serde_json::Error),
-}
-
-/// One AdmissionReview in, one out. `Err` only for a review that cannot be answered at all.
-pub fn review(
-    body: &[u8],
-    scope: Scope,
-    settings: &Settings,
-    token: &str,
-) -> Result<Vec<u8>, ReviewError> {
-    // serde_json stops at 128 levels of nesting, so a hostile review cannot overflow the stack.
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(ReviewError::Parse)?;
-    // The answer repeats these; the API server would reject an answer of another type.
-    if review.types.api_version != META_API_VERSION_V1 || review.types.kind != META_KIND {
-        return Err(ReviewError::Type {
-            api_version: review.types.api_version,
-            kind: review.types.kind,
-        });
-    }
-    let request: AdmissionRequest<DynamicObject> =
-        review.try_into().map_err(|_| ReviewError::NoRequest)?;
-    let response = AdmissionResponse::from(&request);
-    let pod: Option<Pod> = request
-        .object
-        .as_ref()
-        .map(|o| serde_json::to_value(o).and_then(serde_json::from_value))
-        .transpose()
-        .map_err(ReviewError::NotAPod)?;
-    let response = match pod.map(|pod| inject::mutate(&pod, settings, scope, token)) {
-        None | Some(Ok(Outcome::Untouched)) => response,
-        Some(Ok(Outcome::Patch(patch))) => {
-            response.with_patch(patch).map_err(ReviewError::Patch)?
-        }
-        Some(Err(why)) => {
-            // Admit the pod as it is: a missing sidecar must not stop a deployment.
-            let mut response = response;
-            response.warnings = Some(vec![format!("sidewatch not injected: {why}")]);
-            response
-        }
-    };
-    serde_json::to_vec(&response.into_review()).map_err(ReviewError::Answer)
 }
 
 /// A fresh per-pod token shared by the sidecar and the app's preStop hook.

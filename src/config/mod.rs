@@ -1,7 +1,6 @@
 //! Configuration: the YAML file, `SIDEWATCH_<SECTION>_<KEY>` environment overrides and command-line
 //! flags, merged (flag > env > file > default) and validated before anything starts.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -60,6 +59,35 @@ pub mod duration {
         }
     }
 }
+
+/// Serde through `FromStr`/`Display`, so a bad value fails at its own line and column.
+macro_rules! serde_via_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Scalar { Int(u64), Bool(bool), Float(f64), Str(String) }
+                let s = match Scalar::deserialize(d)? {
+                    Scalar::Int(i) => i.to_string(),
+                    Scalar::Bool(b) => b.to_string(),
+                    Scalar::Float(f) => f.to_string(),
+                    Scalar::Str(s) => s,
+                };
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serde_via_str!(CgroupSetting, Bytes, Switch);
+
+mod probe;
+pub use probe::*;
 
 /// The environment variables that belong to command-line flags (clap reads them), not to config keys.
 pub const FLAG_ENV: &[&str] = &[
@@ -414,345 +442,6 @@ impl DrainConfig {
     }
 }
 
-/// The probe list, with names unique (they are metric labels and signal names).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(try_from = "Vec<ProbeConfig>")]
-pub struct Probes(pub Vec<ProbeConfig>);
-
-impl TryFrom<Vec<ProbeConfig>> for Probes {
-    type Error = String;
-    fn try_from(probes: Vec<ProbeConfig>) -> Result<Self, String> {
-        let mut seen = BTreeSet::new();
-        for p in &probes {
-            if !seen.insert(p.name.as_str()) {
-                return Err(format!("probe name {:?} is used twice", p.name));
-            }
-        }
-        Ok(Probes(probes))
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(try_from = "RawProbe", into = "RawProbe")]
-pub struct ProbeConfig {
-    pub name: String,
-    pub check: Check,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub failure_threshold: u32,
-    pub success_threshold: u32,
-    pub critical: bool,
-}
-
-impl ProbeConfig {
-    /// The TCP port this probe checks, for the drain's traffic watch.
-    pub fn port(&self) -> Option<u16> {
-        match &self.check {
-            Check::Http(h) => h.url.0.port_or_known_default(),
-            Check::Tcp(t) => Some(t.address.port),
-        }
-    }
-
-    pub fn new(name: &str, check: Check) -> Self {
-        Self {
-            name: name.to_owned(),
-            check,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            failure_threshold: 2,
-            success_threshold: 1,
-            critical: true,
-        }
-    }
-
-    /// The engine's name for this probe's signal.
-    pub fn signal(&self) -> String {
-        format!("probe:{}", self.name)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Check {
-    Http(HttpCheck),
-    Tcp(TcpCheck),
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpCheck {
-    pub url: HttpUrl,
-    #[serde(default = "default_expect_status")]
-    pub expect_status: Vec<StatusRange>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_contains: Option<String>,
-    /// PEM file with the CA certificates that sign the app's certificate; replaces the system roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
-}
-
-impl HttpCheck {
-    pub fn new(url: HttpUrl) -> Self {
-        Self {
-            url,
-            expect_status: default_expect_status(),
-            body_contains: None,
-            ca_file: None,
-            insecure_skip_verify: false,
-        }
-    }
-}
-
-fn default_expect_status() -> Vec<StatusRange> {
-    vec![StatusRange(200, 399)]
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TcpCheck {
-    /// `host:port`.
-    pub address: HostPort,
-}
-
-/// The YAML shape of a probe; `ProbeConfig` is its validated form.
-#[derive(Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct RawProbe {
-    name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    http: Option<HttpCheck>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tcp: Option<TcpCheck>,
-    #[serde(default = "default_interval", with = "duration")]
-    interval: Duration,
-    #[serde(default = "default_timeout", with = "duration")]
-    timeout: Duration,
-    #[serde(default = "default_failure_threshold")]
-    failure_threshold: u32,
-    #[serde(default = "one")]
-    success_threshold: u32,
-    #[serde(default = "yes")]
-    critical: bool,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_timeout() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_failure_threshold() -> u32 {
-    2
-}
-fn one() -> u32 {
-    1
-}
-fn yes() -> bool {
-    true
-}
-
-impl TryFrom<RawProbe> for ProbeConfig {
-    type Error = String;
-    fn try_from(raw: RawProbe) -> Result<Self, String> {
-        let name = raw.name;
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(format!(
-                "probe name {name:?} must be non-empty and use only letters, digits, '-' and '_'"
-            ));
-        }
-        let check = match (raw.http, raw.tcp) {
-            (Some(http), None) => Check::Http(http),
-            (None, Some(tcp)) => Check::Tcp(tcp),
-            _ => {
-                return Err(format!(
-                    "probe {name:?} needs exactly one of `http` or `tcp`"
-                ))
-            }
-        };
-        let probe = ProbeConfig {
-            name,
-            check,
-            interval: raw.interval,
-            timeout: raw.timeout,
-            failure_threshold: raw.failure_threshold,
-            success_threshold: raw.success_threshold,
-            critical: raw.critical,
-        };
-        probe.validate()?;
-        Ok(probe)
-    }
-}
-
-impl ProbeConfig {
-    fn validate(&self) -> Result<(), String> {
-        let name = &self.name;
-        if self.interval.is_zero() || self.timeout.is_zero() {
-            return Err(format!(
-                "probe {name:?}: interval and timeout must be above zero"
-            ));
-        }
-        if self.failure_threshold == 0 || self.success_threshold == 0 {
-            return Err(format!("probe {name:?}: thresholds must be at least 1"));
-        }
-        Ok(())
-    }
-}
-
-impl From<ProbeConfig> for RawProbe {
-    fn from(p: ProbeConfig) -> Self {
-        let (http, tcp) = match p.check {
-            Check::Http(h) => (Some(h), None),
-            Check::Tcp(t) => (None, Some(t)),
-        };
-        RawProbe {
-            name: p.name,
-            http,
-            tcp,
-            interval: p.interval,
-            timeout: p.timeout,
-            failure_threshold: p.failure_threshold,
-            success_threshold: p.success_threshold,
-            critical: p.critical,
-        }
-    }
-}
-
-/// An `http://` or `https://` URL with a host.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl(pub reqwest::Url);
-
-impl FromStr for HttpUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let url = reqwest::Url::parse(s).map_err(|e| format!("bad URL {s:?}: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!(
-                "bad URL {s:?}: want http://host[:port]/path or https://…"
-            ));
-        }
-        Ok(HttpUrl(url))
-    }
-}
-
-/// `host:port`, the port given explicitly.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl FromStr for HostPort {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad address {s:?}: want host:port");
-        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = port.parse().map_err(|_| bad())?;
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(HostPort {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for HostPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// An accepted status or range of statuses: `200`, `"200"` or `"200-399"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StatusRange(pub u16, pub u16);
-
-impl StatusRange {
-    pub fn contains(&self, status: u16) -> bool {
-        (self.0..=self.1).contains(&status)
-    }
-}
-
-impl FromStr for StatusRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad status {s:?}: want a code like 200 or a range like \"200-399\"");
-        let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-            return Err(bad());
-        }
-        Ok(StatusRange(lo, hi))
-    }
-}
-
-impl std::fmt::Display for StatusRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 == self.1 {
-            write!(f, "{}", self.0)
-        } else {
-            write!(f, "{}-{}", self.0, self.1)
-        }
-    }
-}
-
-/// Serde through `FromStr`/`Display`, so a bad value fails at its own line and column.
-macro_rules! serde_via_str {
-    ($($t:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                #[derive(Deserialize)]
-                #[serde(untagged)]
-                enum Scalar { Int(u64), Bool(bool), Str(String) }
-                let s = match Scalar::deserialize(d)? {
-                    Scalar::Int(i) => i.to_string(),
-                    Scalar::Bool(b) => b.to_string(),
-                    Scalar::Str(s) => s,
-                };
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-        impl Serialize for $t {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-    )*};
-}
-serde_via_str!(HttpUrl, HostPort, StatusRange, CgroupSetting, Bytes, Switch);
-
-impl std::fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A `--target`: `http://…`, `https://…` or `tcp://host:port`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Target(pub Check);
-
-impl FromStr for Target {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(addr) = s.strip_prefix("tcp://") {
-            let address = addr.trim_end_matches('/').parse()?;
-            return Ok(Target(Check::Tcp(TcpCheck { address })));
-        }
-        Ok(Target(Check::Http(HttpCheck::new(s.parse()?))))
-    }
-}
-
 /// Command-line settings that override the file and the environment.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -868,6 +557,14 @@ fn apply_env(
         .into_iter()
         .filter(|(k, _)| k.starts_with("SIDEWATCH_") && !FLAG_ENV.contains(&k.as_str()))
         .collect();
+    // The variable `drain.token_env` names holds the token, not a setting (the injector names it
+    // SIDEWATCH_INJECTED_DRAIN_TOKEN).
+    let token_env = vars
+        .iter()
+        .find(|(k, _)| k == "SIDEWATCH_DRAIN_TOKEN_ENV")
+        .map(|(_, v)| v.clone())
+        .or_else(|| config.drain.token_env.clone());
+    vars.retain(|(k, _)| Some(k) != token_env.as_ref());
     if vars.is_empty() {
         return Ok(config);
     }
@@ -878,14 +575,23 @@ fn apply_env(
     let mut tree = to_value(&config)?;
     let mut config = config;
     for (var, raw) in vars {
-        let path = env_path(&tree, &var).ok_or_else(|| ConfigError::Env {
+        let env_error = |message: String| ConfigError::Env {
             var: var.clone(),
-            message: format!("unknown setting; known: {}", env_names(&tree).join(", ")),
+            message,
+        };
+        let path = env_path(&tree, &var).ok_or_else(|| {
+            env_error(format!(
+                "unknown setting; known: {}",
+                env_names(&tree).join(", ")
+            ))
         })?;
-        // A YAML scalar, so `0.9` is a number, `true` a bool and `5s` a string, as in the file.
         let value: serde_json::Value = if raw.trim().is_empty() {
             serde_json::Value::Null
+        } else if tree[&path[0]].is_array() {
+            // A list (`SIDEWATCH_PROBES`): YAML or JSON text, which must parse.
+            serde_saphyr::from_str(&raw).map_err(|e| env_error(format!("not YAML: {e}")))?
         } else {
+            // A YAML scalar, so `0.9` is a number, `true` a bool and `5s` a string, as in the file.
             serde_saphyr::from_str(&raw).unwrap_or(serde_json::Value::String(raw.clone()))
         };
         let slot = path
@@ -893,9 +599,14 @@ fn apply_env(
             .try_fold(&mut tree, |node, key| node.get_mut(key))
             .ok_or_else(|| ConfigError::Invalid("internal: env path vanished".into()))?;
         *slot = value;
-        config = serde_json::from_value(tree.clone()).map_err(|e| ConfigError::Env {
-            var: var.clone(),
-            message: format!("{raw:?}: {e}"),
+        config = serde_path_to_error::deserialize(tree.clone()).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            if path.len() == 1 && field != "." && field != path[0] {
+                env_error(format!("field `{field}`: {message}"))
+            } else {
+                env_error(format!("{raw:?}: {message}"))
+            }
         })?;
         tree = to_value(&config)?;
     }
@@ -914,7 +625,7 @@ fn env_path(tree: &serde_json::Value, var: &str) -> Option<Vec<String>> {
                     }
                 }
             }
-            None if !value.is_array() && *key == rest => return Some(vec![key.clone()]),
+            None if *key == rest => return Some(vec![key.clone()]),
             None => {}
         }
     }
@@ -930,10 +641,7 @@ fn env_names(tree: &serde_json::Value) -> Vec<String> {
                     .keys()
                     .map(|k| format!("SIDEWATCH_{key}_{k}").to_ascii_uppercase()),
             ),
-            None if !value.is_array() => {
-                names.push(format!("SIDEWATCH_{key}").to_ascii_uppercase())
-            }
-            None => {}
+            None => names.push(format!("SIDEWATCH_{key}").to_ascii_uppercase()),
         }
     }
     names
@@ -1177,19 +885,5 @@ drain:
             err.contains("unknown setting") && err.contains("SIDEWATCH_DRAIN_DELAY"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn targets_parse_by_scheme() {
-        assert!(matches!(
-            "https://a:8443/h".parse::<Target>(),
-            Ok(Target(Check::Http(_)))
-        ));
-        assert!(matches!(
-            "tcp://[::1]:80".parse::<Target>(),
-            Ok(Target(Check::Tcp(_)))
-        ));
-        assert!("tcp://nohost".parse::<Target>().is_err());
-        assert!("udp://a:1".parse::<Target>().is_err());
     }
 }

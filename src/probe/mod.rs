@@ -1,0 +1,193 @@
+//! Probes of the app (HTTP/1.1 and HTTP/2, gRPC health, TCP connect, over TCP or a Unix
+//! socket), each failure classified into one reason, and the task that runs one on its interval.
+
+mod classify;
+mod grpc;
+mod http;
+mod tcp;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::{Check, ProbeConfig};
+use crate::drain::Drain;
+use crate::engine::Observation;
+use crate::liveness::Liveness;
+use crate::metrics::Metrics;
+use crate::reason::Reason;
+use crate::watcher::Input;
+
+const MAX_MESSAGE: usize = 240;
+/// A CA bundle; the system's whole one is about 200 KiB.
+const MAX_CA_FILE: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeSetupError {
+    #[error("probe {probe}: cannot read ca_file {path}: {source}")]
+    CaFile {
+        probe: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("probe {probe}: ca_file {path} holds no usable PEM certificate{detail}")]
+    CaPem {
+        probe: String,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("probe {probe}: cannot build the HTTP client: {source}")]
+    Client {
+        probe: String,
+        source: reqwest::Error,
+    },
+    #[error("probe {probe}: cannot set up TLS: {source}")]
+    Tls {
+        probe: String,
+        source: rustls::Error,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
+        let mut message: String = message.into();
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        Failure { reason, message }
+    }
+}
+
+/// One probe's client, built once at start-up; every check opens a fresh connection, as the
+/// kubelet does, since a pooled one would hide an app that no longer accepts.
+pub enum Prober {
+    Http(http::HttpProber),
+    Grpc(grpc::GrpcProber),
+    Tcp(tcp::TcpProber),
+}
+
+impl Prober {
+    pub fn new(probe: &ProbeConfig) -> Result<Self, ProbeSetupError> {
+        Ok(match &probe.check {
+            Check::Http(check) => Prober::Http(http::HttpProber::new(&probe.name, check)?),
+            Check::Grpc(check) => Prober::Grpc(grpc::GrpcProber::new(&probe.name, check)?),
+            Check::Tcp(check) => Prober::Tcp(tcp::TcpProber::new(check)),
+        })
+    }
+
+    /// One check, bounded by `timeout` as a whole (connect, handshake, response and body).
+    pub async fn check(&self, timeout: Duration) -> Result<(), Failure> {
+        let attempt = async {
+            match self {
+                Prober::Http(p) => p.check().await,
+                Prober::Grpc(p) => p.check().await,
+                Prober::Tcp(p) => p.check().await,
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::new(
+                Reason::Timeout,
+                format!("no answer within {}", humantime::format_duration(timeout)),
+            )),
+        }
+    }
+}
+
+/// The certificates of a probe's `ca_file`.
+fn read_ca_file(
+    probe: &str,
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ProbeSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = crate::config::read_bounded(path, MAX_CA_FILE).map_err(|source| {
+        ProbeSetupError::CaFile {
+            probe: probe.to_owned(),
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ProbeSetupError::CaPem {
+            probe: probe.to_owned(),
+            path: path.to_owned(),
+            detail: format!(": {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(ProbeSetupError::CaPem {
+            probe: probe.to_owned(),
+            path: path.to_owned(),
+            detail: String::new(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Runs one probe on its interval, feeding the engine and the metrics, until a drain starts.
+pub struct ProbeWatcher {
+    pub config: ProbeConfig,
+    pub prober: Prober,
+    pub metrics: Metrics,
+    pub inputs: mpsc::Sender<Input>,
+    pub drain: Drain,
+}
+
+impl ProbeWatcher {
+    pub async fn run(self, liveness: Liveness) {
+        let guard = liveness.register(self.config.signal());
+        let signal = self.config.signal();
+        let name = self.config.name.as_str();
+        let up = self.metrics.probe_up.with_label_values(&[name]);
+        let duration = self.metrics.probe_duration.with_label_values(&[name]);
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining = self.drain.started();
+        loop {
+            tokio::select! {
+                // While draining sidewatch leaves the app alone: its verdict is fixed anyway.
+                _ = draining.wait_for(Option::is_some) => break,
+                _ = ticker.tick() => {}
+            }
+            let start = Instant::now();
+            let result = self.prober.check(self.config.timeout).await;
+            duration.observe(start.elapsed().as_secs_f64());
+            let observation = match result {
+                Ok(()) => {
+                    up.set(1);
+                    Observation::Success
+                }
+                Err(Failure { reason, message }) => {
+                    up.set(0);
+                    self.metrics
+                        .probe_failures
+                        .with_label_values(&[name, reason.as_str()])
+                        .inc();
+                    tracing::debug!(probe = name, %reason, %message, "check failed");
+                    Observation::Failure { reason, message }
+                }
+            };
+            let input = Input::Observe {
+                signal: signal.clone(),
+                observation,
+            };
+            if self.inputs.send(input).await.is_err() {
+                return; // the engine is gone; the guard reports us dead
+            }
+        }
+        guard.finish();
+    }
+}

@@ -1,0 +1,224 @@
+//! The pod's `sidewatch.io/*` annotations, read and checked at admission with the parsers the
+//! sidecar itself uses (its config loader), so that a bad value keeps the pod uninjected with a
+//! warning instead of giving it a sidecar that cannot start.
+
+use serde_json::{Map, Value};
+
+use super::target::POD_IP;
+use crate::config::{self, Overrides, Target};
+
+pub const PREFIX: &str = "sidewatch.io/";
+
+/// Annotations the injector writes, which a pod sent again (a retried admission) carries.
+pub const INJECTED: &str = "sidewatch.io/injected";
+pub const INJECTION: &str = "sidewatch.io/injection";
+
+/// Where the app's memory is read; see DESIGN.md "Where a sidecar can see the app's memory".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Memory {
+    Cgroup,
+    Proc,
+    None,
+}
+
+/// What the annotations ask for.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub inject: Option<bool>,
+    /// `sidewatch.io/target`: a `--target` (`SIDEWATCH_TARGET`) or, as a YAML/JSON map, one
+    /// probe of the config (`SIDEWATCH_PROBES`).
+    pub target: Option<TargetSetting>,
+    pub app_container: Option<String>,
+    pub readiness_gate: bool,
+    pub memory: Option<Memory>,
+    pub process_match: Option<String>,
+    pub memory_unready_above: Option<String>,
+    pub plain: Option<bool>,
+    pub admin_port: Option<u16>,
+    pub host_network: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetSetting {
+    Flag(String),
+    Probe(String),
+}
+
+const KNOWN: [&str; 10] = [
+    "inject",
+    "target",
+    "app-container",
+    "readiness-gate",
+    "memory",
+    "process-match",
+    "memory-unready-above",
+    "mode",
+    "admin-port",
+    "host-network",
+];
+
+impl Options {
+    /// Reads the pod's annotations. `Err` names the annotation and what is wrong with it.
+    pub fn parse(annotations: Option<&Map<String, Value>>) -> Result<Options, String> {
+        let mut o = Options::default();
+        for (key, value) in annotations.into_iter().flatten() {
+            let Some(name) = key.strip_prefix(PREFIX) else {
+                continue;
+            };
+            if key == INJECTED || key == INJECTION {
+                continue;
+            }
+            let text = value.as_str().unwrap_or_default();
+            let bad = |why: String| format!("annotation {key}: {why}");
+            match name {
+                "inject" => o.inject = Some(boolean(text).map_err(bad)?),
+                "target" => o.target = Some(target(text).map_err(bad)?),
+                "app-container" if !text.is_empty() => o.app_container = Some(text.to_owned()),
+                "readiness-gate" => o.readiness_gate = boolean(text).map_err(bad)?,
+                "memory" => {
+                    o.memory = Some(match text {
+                        "cgroup" => Memory::Cgroup,
+                        "proc" => Memory::Proc,
+                        "none" => Memory::None,
+                        _ => return Err(bad(format!("{text:?}: want cgroup, proc or none"))),
+                    })
+                }
+                "process-match" if !text.is_empty() => o.process_match = Some(text.to_owned()),
+                "memory-unready-above" => {
+                    sidecar_accepts(&[("SIDEWATCH_MEMORY_UNREADY_ABOVE", text)]).map_err(bad)?;
+                    o.memory_unready_above = Some(text.to_owned());
+                }
+                "mode" => {
+                    o.plain = Some(match text {
+                        "native" => false,
+                        "plain" => true,
+                        _ => return Err(bad(format!("{text:?}: want native or plain"))),
+                    })
+                }
+                "admin-port" => {
+                    let port = text
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| bad(format!("{text:?} is not a port number")))?;
+                    o.admin_port = Some(port);
+                }
+                "host-network" => o.host_network = boolean(text).map_err(bad)?,
+                _ if KNOWN.contains(&name) => {
+                    return Err(bad("must not be empty".into()));
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unknown; known: {}",
+                        KNOWN.map(|k| format!("{PREFIX}{k}")).join(", ")
+                    )))
+                }
+            }
+        }
+        if o.memory == Some(Memory::Proc) && o.process_match.is_none() {
+            return Err(format!(
+                "annotation {PREFIX}memory: proc needs {PREFIX}process-match, a part of the \
+                 app's command line to find its processes by"
+            ));
+        }
+        Ok(o)
+    }
+}
+
+fn boolean(text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{text:?}: want \"true\" or \"false\"")),
+    }
+}
+
+fn target(text: &str) -> Result<TargetSetting, String> {
+    let text = text.trim();
+    if text.starts_with('{') {
+        // One probe of the sidecar's config; its name defaults to "app".
+        let mut probe: Value =
+            serde_saphyr::from_str(text).map_err(|e| format!("not a YAML map: {e}"))?;
+        let Some(map) = probe.as_object_mut() else {
+            return Err("not a YAML map".into());
+        };
+        map.entry("name").or_insert_with(|| "app".into());
+        let probes = serde_json::to_string(&[&probe]).map_err(|e| e.to_string())?;
+        sidecar_accepts(&[("SIDEWATCH_PROBES", &probes)])?;
+        return Ok(TargetSetting::Probe(probes));
+    }
+    let seen = text.replace(POD_IP, "127.0.0.1");
+    seen.parse::<Target>()?;
+    Ok(TargetSetting::Flag(text.to_owned()))
+}
+
+/// Loads the sidecar's configuration from these variables as the sidecar will, `${POD_IP}`
+/// standing in for the address the kubelet will give it.
+pub fn sidecar_accepts(vars: &[(&str, &str)]) -> Result<(), String> {
+    let env = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.replace(POD_IP, "127.0.0.1")));
+    config::load(None, env, &Overrides::default())
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(annotations: Value) -> Result<Options, String> {
+        Options::parse(annotations.as_object())
+    }
+
+    #[test]
+    fn values_are_checked_with_the_sidecars_own_parsers() {
+        let err = parse(json!({"sidewatch.io/memory-unready-above": "lots"})).unwrap_err();
+        assert!(
+            err.contains("sidewatch.io/memory-unready-above") && err.contains("lots"),
+            "{err}"
+        );
+        // Valid alone, refused with the default ready_below: the sidecar would refuse it too.
+        let err = parse(json!({"sidewatch.io/memory-unready-above": "0.5"})).unwrap_err();
+        assert!(err.contains("ready_below"), "{err}");
+        let err = parse(json!({"sidewatch.io/target": "ftp://x/"})).unwrap_err();
+        assert!(err.contains("sidewatch.io/target"), "{err}");
+        let err = parse(json!({"sidewatch.io/target": "{grpc: {address: nowhere}}"})).unwrap_err();
+        assert!(err.contains("host:port"), "{err}");
+        let err = parse(json!({"sidewatch.io/readiness-gate": "yes"})).unwrap_err();
+        assert!(err.contains("\"yes\""), "{err}");
+        let err = parse(json!({"sidewatch.io/readines-gate": "true"})).unwrap_err();
+        assert!(
+            err.contains("unknown") && err.contains("sidewatch.io/readiness-gate"),
+            "{err}"
+        );
+        let err = parse(json!({"sidewatch.io/memory": "proc"})).unwrap_err();
+        assert!(err.contains("process-match"), "{err}");
+    }
+
+    #[test]
+    fn targets_are_a_flag_or_a_probe_map() {
+        let o = parse(
+            json!({"sidewatch.io/target": "grpc://${POD_IP}:9000/shop.Cart",
+            "other.io/x": "y"}),
+        )
+        .unwrap();
+        assert_eq!(
+            o.target,
+            Some(TargetSetting::Flag(
+                "grpc://${POD_IP}:9000/shop.Cart".into()
+            ))
+        );
+        let o = parse(json!({"sidewatch.io/target":
+            "{http: {url: 'http://localhost/healthz', unix_socket: /run/app.sock}, timeout: 2s}"}))
+        .unwrap();
+        let Some(TargetSetting::Probe(probes)) = o.target else {
+            panic!("a probe")
+        };
+        let probes: Value = serde_json::from_str(&probes).unwrap();
+        assert_eq!(probes[0]["name"], "app");
+        assert_eq!(probes[0]["http"]["unix_socket"], "/run/app.sock");
+    }
+}

@@ -1,0 +1,134 @@
+//! The injected sidecar container, as JSON: its environment (the whole of its configuration, read
+//! by `sidewatch run` through the `SIDEWATCH_*` overlay), probes, resources and securityContext.
+
+use serde_json::{json, Value};
+
+use super::annotations::Memory;
+use super::Settings;
+
+pub const CONTAINER: &str = "sidewatch";
+/// The sidecar's admin port unless the pod uses it already.
+pub const ADMIN_PORT: u16 = 9102;
+/// The readiness-gate condition, as `kubernetes.readiness_gate` defaults it.
+pub const GATE: &str = "sidewatch.io/healthy";
+/// The variable that holds the per-pod drain token (`drain.token_env` names it).
+const TOKEN_ENV: &str = "SIDEWATCH_INJECTED_DRAIN_TOKEN";
+
+pub struct MemoryPlan {
+    pub source: Memory,
+    pub pattern: Option<String>,
+    /// The hostPath volume of the node's cgroup tree, for `Memory::Cgroup`.
+    pub volume: Option<String>,
+}
+
+/// Everything the sidecar is given.
+pub struct Sidecar<'a> {
+    pub settings: &'a Settings,
+    pub native: bool,
+    pub app: &'a str,
+    /// `SIDEWATCH_TARGET` or `SIDEWATCH_PROBES`, and its value.
+    pub target: (&'static str, String),
+    pub drain_port: Option<u16>,
+    pub admin_port: u16,
+    /// False when a container of the pod has a port named `sidewatch` already.
+    pub admin_port_named: bool,
+    pub grace: i64,
+    pub token: &'a str,
+    /// The pod mounts a service-account token: the Kubernetes watch, gate and Events can work.
+    pub kubernetes: bool,
+    pub memory_unready_above: Option<&'a str>,
+    pub memory: MemoryPlan,
+    /// The app container sets `resources.limits.memory`.
+    pub app_memory_limit: bool,
+}
+
+impl Sidecar<'_> {
+    pub fn container(&self) -> Value {
+        // Leave the app 5 s of its own shutdown inside the grace period, and never more than 25 s.
+        let max = self.grace.saturating_sub(5).clamp(1, 25);
+        let delay = max.min(5);
+        let mut env = vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            // The address the kubelet probes; `${POD_IP}` in the target is replaced by it.
+            field_env("POD_IP", "status.podIP"),
+            value_env("CONTAINER_NAME", CONTAINER),
+            value_env(self.target.0, &self.target.1),
+            // Both families: an IPv6-only pod is probed on its IPv6 address.
+            value_env("SIDEWATCH_LISTEN", &format!("[::]:{}", self.admin_port)),
+            value_env("SIDEWATCH_KUBERNETES_APP_CONTAINER", self.app),
+            value_env("SIDEWATCH_DRAIN_DELAY", &format!("{delay}s")),
+            value_env("SIDEWATCH_DRAIN_MAX", &format!("{max}s")),
+            value_env("SIDEWATCH_DRAIN_TOKEN_ENV", TOKEN_ENV),
+            value_env(TOKEN_ENV, self.token),
+        ];
+        if let Some(port) = self.drain_port {
+            env.push(value_env("SIDEWATCH_DRAIN_PORT", &port.to_string()));
+        }
+        if !self.kubernetes {
+            env.push(value_env("SIDEWATCH_KUBERNETES_ENABLED", "false"));
+        }
+        if let Some(v) = self.memory_unready_above {
+            env.push(value_env("SIDEWATCH_MEMORY_UNREADY_ABOVE", v));
+        }
+        let source = match self.memory.source {
+            Memory::Cgroup => "cgroup",
+            Memory::Proc => "proc",
+            Memory::None => "none",
+        };
+        env.push(value_env("SIDEWATCH_MEMORY_SOURCE", source));
+        if let Some(pattern) = &self.memory.pattern {
+            env.push(value_env("SIDEWATCH_PROCESS_MATCH", pattern));
+        }
+        if self.memory.source != Memory::None && self.app_memory_limit {
+            // The app's limit through the downward API (bytes), for the proc source; only when it
+            // has one, since without a limit the value would be the node's allocatable memory.
+            env.push(
+                json!({"name": "SIDEWATCH_MEMORY_LIMIT", "valueFrom": {"resourceFieldRef":
+                {"containerName": self.app, "resource": "limits.memory"}}}),
+            );
+        }
+
+        let port = self.admin_port;
+        let mut ports = json!({"containerPort": port, "protocol": "TCP"});
+        if self.admin_port_named {
+            ports["name"] = CONTAINER.into();
+        }
+        let mut container = json!({
+            "name": CONTAINER,
+            "image": self.settings.image,
+            "args": ["run"],
+            "env": env,
+            "ports": [ports],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": port},
+                "periodSeconds": 1, "failureThreshold": 1},
+            "livenessProbe": {"httpGet": {"path": "/livez", "port": port},
+                "periodSeconds": 10, "failureThreshold": 3},
+            "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": self.settings.uid,
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        });
+        if let Some(volume) = &self.memory.volume {
+            container["volumeMounts"] =
+                json!([{"name": volume, "mountPath": "/sys/fs/cgroup", "readOnly": true}]);
+        }
+        if self.native {
+            container["restartPolicy"] = "Always".into();
+        }
+        container
+    }
+}
+
+fn value_env(name: &str, value: &str) -> Value {
+    json!({"name": name, "value": value})
+}
+
+fn field_env(name: &str, path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+}

@@ -1,0 +1,265 @@
+use json_patch::PatchOperation;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn pod(annotations: Value, app: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "shop", "annotations": annotations},
+        "spec": {"containers": [app]}})
+}
+
+fn web() -> Value {
+    json!({"name": "web", "image": "example/web",
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+        "resources": {"limits": {"memory": "256Mi"}}})
+}
+
+fn opted_in() -> Value {
+    json!({"sidewatch.io/inject": "true"})
+}
+
+/// Applies the patch as the API server would; also returns the warnings.
+fn injected(p: &Value) -> (Value, Vec<String>) {
+    match mutate(p, &Settings::default(), Scope::Annotated, "t0ken") {
+        Outcome::Patch { patch, warnings } => {
+            assert!(
+                patch
+                    .0
+                    .iter()
+                    .all(|op| matches!(op, PatchOperation::Add(_))),
+                "{patch:?}"
+            );
+            let mut doc = p.clone();
+            json_patch::patch(&mut doc, &patch).unwrap();
+            (doc, warnings)
+        }
+        other => panic!("no patch: {other:?}"),
+    }
+}
+
+fn refused(p: &Value) -> String {
+    match mutate(p, &Settings::default(), Scope::Annotated, "t0ken") {
+        Outcome::Refused(why) => why,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+fn env<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
+    c["env"].as_array()?.iter().find(|e| e["name"] == name)?["value"].as_str()
+}
+
+#[test]
+fn an_annotated_pod_gets_a_native_sidecar_first_and_a_drain_hook() {
+    let mut p = pod(
+        json!({"sidewatch.io/inject": "true", "sidewatch.io/readiness-gate": "true"}),
+        web(),
+    );
+    p["spec"]["initContainers"] = json!([{"name": "migrate", "image": "x", "x-future": {"a": 1}}]);
+    let (out, warnings) = injected(&p);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let init = out["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(init[0]["name"], "sidewatch");
+    assert_eq!(init[0]["restartPolicy"], "Always");
+    // The init container that was there is whole, one place down.
+    assert_eq!(init[1], p["spec"]["initContainers"][0]);
+    let probes: Value = serde_json::from_str(env(&init[0], "SIDEWATCH_PROBES").unwrap()).unwrap();
+    assert_eq!(probes[0]["http"]["url"], "http://${POD_IP}:8080/healthz");
+    assert_eq!(env(&init[0], "SIDEWATCH_DRAIN_MAX"), Some("25s"));
+    assert_eq!(env(&init[0], "SIDEWATCH_DRAIN_PORT"), Some("8080"));
+    assert_eq!(
+        env(&init[0], "SIDEWATCH_KUBERNETES_APP_CONTAINER"),
+        Some("web")
+    );
+    assert_eq!(
+        env(&init[0], "SIDEWATCH_INJECTED_DRAIN_TOKEN"),
+        Some("t0ken")
+    );
+    let hook = &out["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"];
+    assert_eq!(
+        (&hook["path"], &hook["port"]),
+        (&json!("/drain"), &json!(9102))
+    );
+    assert_eq!(hook["httpHeaders"][0]["value"], "t0ken");
+    assert_eq!(out["spec"]["readinessGates"][0]["conditionType"], GATE);
+    assert_eq!(out["metadata"]["annotations"][INJECTED], "true");
+    let note = out["metadata"]["annotations"][INJECTION].as_str().unwrap();
+    assert!(
+        note.contains("readinessProbe.httpGet") || note.contains("readinessProbe"),
+        "{note}"
+    );
+}
+
+#[test]
+fn injection_is_opt_in_and_a_second_pass_changes_nothing() {
+    let (once, _) = injected(&pod(opted_in(), web()));
+    assert_eq!(
+        mutate(&once, &Settings::default(), Scope::Annotated, "x"),
+        Outcome::Untouched
+    );
+    assert_eq!(
+        mutate(&once, &Settings::default(), Scope::Namespace, "x"),
+        Outcome::Untouched
+    );
+    let plain = pod(json!({}), web());
+    assert_eq!(
+        mutate(&plain, &Settings::default(), Scope::Annotated, "x"),
+        Outcome::Untouched
+    );
+    let out = pod(json!({"sidewatch.io/inject": "false"}), web());
+    assert_eq!(
+        mutate(&out, &Settings::default(), Scope::Namespace, "x"),
+        Outcome::Untouched
+    );
+    assert!(matches!(
+        mutate(&plain, &Settings::default(), Scope::Namespace, "x"),
+        Outcome::Patch { .. }
+    ));
+}
+
+#[test]
+fn an_existing_pre_stop_hook_is_kept_and_an_empty_lifecycle_filled() {
+    let mut app = web();
+    app["lifecycle"] = json!({"preStop": {"exec": {"command": ["sleep", "10"]}}});
+    let (out, warnings) = injected(&pod(opted_in(), app.clone()));
+    assert_eq!(out["spec"]["containers"][0]["lifecycle"], app["lifecycle"]);
+    assert!(warnings[0].contains("preStop"), "{warnings:?}");
+    app["lifecycle"] = json!({});
+    let (out, _) = injected(&pod(opted_in(), app));
+    assert_eq!(
+        out["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"]["path"],
+        "/drain"
+    );
+}
+
+#[test]
+fn the_admin_port_moves_off_a_port_the_pod_uses_or_probes() {
+    let mut app = web();
+    app["ports"] = json!([{"containerPort": 9102}, {"name": "http", "containerPort": 8080}]);
+    app["livenessProbe"] = json!({"httpGet": {"port": 9103}});
+    let (out, warnings) = injected(&pod(opted_in(), app));
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(sidecar["ports"][0]["containerPort"], 9104);
+    assert_eq!(env(sidecar, "SIDEWATCH_LISTEN"), Some("[::]:9104"));
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["port"], 9104);
+    assert_eq!(
+        out["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"]["port"],
+        9104
+    );
+    assert!(warnings.iter().any(|w| w.contains("9104")), "{warnings:?}");
+    let mut annotated = opted_in();
+    annotated["sidewatch.io/admin-port"] = "8080".into();
+    assert!(refused(&pod(annotated, web())).contains("8080"));
+}
+
+#[test]
+fn dead_ends_are_refused_or_degraded_with_a_reason() {
+    let mut p = pod(opted_in(), web());
+    p["spec"]["hostNetwork"] = true.into();
+    assert!(refused(&p).contains("hostNetwork"));
+    p["metadata"]["annotations"]["sidewatch.io/host-network"] = "true".into();
+    injected(&p);
+
+    let mut p = pod(
+        json!({"sidewatch.io/inject": "true", "sidewatch.io/readiness-gate": "true"}),
+        web(),
+    );
+    p["spec"]["automountServiceAccountToken"] = false.into();
+    let (out, warnings) = injected(&p);
+    assert!(out["spec"]["readinessGates"].is_null());
+    assert!(warnings
+        .iter()
+        .any(|w| w.contains("automountServiceAccountToken")));
+    assert_eq!(
+        env(
+            &out["spec"]["initContainers"][0],
+            "SIDEWATCH_KUBERNETES_ENABLED"
+        ),
+        Some("false")
+    );
+
+    let mut p = pod(
+        json!({"sidewatch.io/inject": "true", "sidewatch.io/mode": "plain"}),
+        web(),
+    );
+    p["spec"]["restartPolicy"] = "Never".into();
+    assert!(refused(&p).contains("restartPolicy"));
+    p["spec"]["restartPolicy"] = "Always".into();
+    let (out, _) = injected(&p);
+    assert_eq!(out["spec"]["containers"][1]["name"], "sidewatch");
+    assert!(out["spec"]["containers"][1]["restartPolicy"].is_null());
+
+    let mut p = pod(opted_in(), web());
+    p["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "sidewatch", "image": "mine"}));
+    assert!(refused(&p).contains("there already"));
+
+    let mut bad = opted_in();
+    bad["sidewatch.io/app-container"] = "nope".into();
+    assert!(refused(&pod(bad, web())).contains("nope"));
+}
+
+#[test]
+fn memory_modes_bring_what_they_need_and_respect_names() {
+    let mut p = pod(
+        json!({"sidewatch.io/inject": "true", "sidewatch.io/memory": "cgroup"}),
+        web(),
+    );
+    p["spec"]["volumes"] = json!([{"name": "sidewatch-cgroup", "emptyDir": {}}]);
+    let (out, warnings) = injected(&p);
+    let volumes = out["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0], p["spec"]["volumes"][0]);
+    assert_eq!(volumes[1]["name"], "sidewatch-cgroup-2");
+    assert_eq!(volumes[1]["hostPath"]["path"], "/sys/fs/cgroup");
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(sidecar["volumeMounts"][0]["name"], "sidewatch-cgroup-2");
+    assert_eq!(sidecar["volumeMounts"][0]["readOnly"], true);
+    assert!(warnings.iter().any(|w| w.contains("sidewatch-cgroup-2")));
+
+    let (out, _) = injected(&pod(
+        json!({"sidewatch.io/inject": "true", "sidewatch.io/process-match": "java"}),
+        web(),
+    ));
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(env(sidecar, "SIDEWATCH_MEMORY_SOURCE"), Some("proc"));
+    assert_eq!(env(sidecar, "SIDEWATCH_PROCESS_MATCH"), Some("java"));
+    assert_eq!(out["spec"]["shareProcessNamespace"], true);
+    let limit = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SIDEWATCH_MEMORY_LIMIT")
+        .unwrap();
+    assert_eq!(
+        limit["valueFrom"]["resourceFieldRef"],
+        json!({"containerName": "web", "resource": "limits.memory"})
+    );
+
+    let mut p = pod(
+        json!({"sidewatch.io/inject": "true", "sidewatch.io/process-match": "java"}),
+        web(),
+    );
+    p["spec"]["shareProcessNamespace"] = false.into();
+    assert!(refused(&p).contains("shareProcessNamespace"));
+}
+
+#[test]
+fn a_pod_with_nothing_to_watch_is_explained() {
+    let app = json!({"name": "batch", "image": "example/batch"});
+    assert!(refused(&pod(opted_in(), app)).contains("sidewatch.io/target"));
+    let app =
+        json!({"name": "dns", "image": "x", "ports": [{"containerPort": 53, "protocol": "UDP"}]});
+    assert!(refused(&pod(opted_in(), app)).contains("no TCP containerPort"));
+    let mut annotated = opted_in();
+    annotated["sidewatch.io/target"] = "tcp://${POD_IP}:53".into();
+    let app =
+        json!({"name": "dns", "image": "x", "ports": [{"containerPort": 53, "protocol": "UDP"}]});
+    let (out, _) = injected(&pod(annotated, app));
+    assert_eq!(
+        env(&out["spec"]["initContainers"][0], "SIDEWATCH_TARGET"),
+        Some("tcp://${POD_IP}:53")
+    );
+}

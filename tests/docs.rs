@@ -1,0 +1,175 @@
+//! The documentation's reference parts are produced by the code, so they cannot drift from it,
+//! and every link in it leads somewhere.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use sidewatch::engine::{Engine, Observation, SignalSpec};
+use sidewatch::metrics::Metrics;
+use sidewatch::reason::Reason;
+
+const README: &str = include_str!("../README.md");
+const ENDPOINTS: &str = include_str!("../docs/endpoints.md");
+const METRICS: &str = include_str!("../docs/metrics.md");
+
+#[test]
+fn the_readyz_example_is_what_the_engine_serialises() {
+    let mut engine = Engine::new();
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_694_400); // 2026-11-26T12:00:00Z
+    let spec = SignalSpec {
+        failure_threshold: 1,
+        success_threshold: 1,
+        critical: true,
+    };
+    engine.register("probe:app", spec, at);
+    let refused = Observation::Failure {
+        reason: Reason::Refused,
+        message: "tcp connect error: Connection refused (os error 111)".into(),
+    };
+    engine.observe("probe:app", refused, at);
+    let json = serde_json::to_string(engine.verdict()).unwrap();
+    let block = ENDPOINTS
+        .split("<!-- readyz-example: checked by tests/docs.rs -->\n```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("docs/endpoints.md has the readyz example block");
+    assert_eq!(block, json);
+}
+
+#[test]
+fn the_metric_table_lists_exactly_the_registered_metrics() {
+    let metrics = Metrics::new([("app", &Reason::HTTP[..])]);
+    // Its label values come from the Pod, so no series exists until a restart is seen.
+    metrics
+        .container_restarts
+        .with_label_values(&["app", "other"])
+        .inc();
+    let text = String::from_utf8(metrics.encode()).unwrap();
+    let registered: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let section = METRICS
+        .split("\n## ")
+        .next()
+        .expect("docs/metrics.md has a table");
+    let documented: BTreeSet<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    assert_eq!(documented, registered);
+}
+
+#[test]
+fn every_reason_label_is_explained() {
+    for reason in Reason::HTTP.iter().chain(&Reason::GRPC) {
+        assert!(
+            README.contains(&format!("`{reason}`")),
+            "README does not explain {reason}"
+        );
+    }
+}
+
+/// Every relative link of README.md, docs/, BENCHMARKS.md and the chart's README names a file
+/// that exists, and an anchor (`#…`) a heading of that file, as GitHub makes its ids.
+#[test]
+fn every_link_in_the_documentation_leads_somewhere() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![
+        root.join("README.md"),
+        root.join("BENCHMARKS.md"),
+        root.join("charts/sidewatch/README.md"),
+        root.join("tests/fixtures/pods/README.md"),
+    ];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    assert!(docs.len() >= 8, "{docs:?}");
+    files.extend(docs);
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for target in links(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let dest = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(path)
+            };
+            if !dest.exists() {
+                broken.push(format!("{}: {target}: no such file", file.display()));
+                continue;
+            }
+            if !anchor.is_empty() {
+                let heads = std::fs::read_to_string(&dest).map(|t| anchors(&t)).unwrap_or_default();
+                if !heads.iter().any(|h| h == anchor) {
+                    broken.push(format!("{}: {target}: no heading #{anchor}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} links checked");
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The targets of `[text](target)` outside code blocks and code spans.
+fn links(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Code spans hold examples, not links.
+        let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut rest = prose.as_str();
+        while let Some(i) = rest.find("](") {
+            let after = &rest[i + 2..];
+            match after.find(')') {
+                Some(end) => {
+                    out.push(after[..end].to_owned());
+                    rest = &after[end..];
+                }
+                None => break,
+            }
+        }
+    }
+    out
+}
+
+/// GitHub's heading ids: lower case, punctuation dropped, spaces as dashes.
+fn anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced || !line.starts_with('#') {
+            continue;
+        }
+        let title = line.trim_start_matches('#').trim();
+        let id: String = title
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        out.push(id);
+    }
+    out
+}
