@@ -230,18 +230,22 @@ fn dump(
 ) -> std::io::Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let socket_id = if family == AF_INET {
+    let mut socket_id = if family == AF_INET {
         SocketId::new_v4()
     } else {
         SocketId::new_v6()
     };
+    // The kernel compares a dump's source port with each socket's before it builds an answer for
+    // it: only the app port's sockets cross to user space, however many the namespace (or, for
+    // the walk, the node) holds. LISTEN sockets are never traffic, so their table is not walked.
+    socket_id.source_port = port;
     let mut request = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::INFO,
-            states: StateFlags::all(),
+            states: StateFlags::all() - StateFlags::LISTEN,
             socket_id,
         })
         .into(),

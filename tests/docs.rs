@@ -111,9 +111,14 @@ fn every_link_in_the_documentation_leads_somewhere() {
                 continue;
             }
             if !anchor.is_empty() {
-                let heads = std::fs::read_to_string(&dest).map(|t| anchors(&t)).unwrap_or_default();
+                let heads = std::fs::read_to_string(&dest)
+                    .map(|t| anchors(&t))
+                    .unwrap_or_default();
                 if !heads.iter().any(|h| h == anchor) {
-                    broken.push(format!("{}: {target}: no heading #{anchor}", file.display()));
+                    broken.push(format!(
+                        "{}: {target}: no heading #{anchor}",
+                        file.display()
+                    ));
                 }
             }
         }

@@ -569,48 +569,67 @@ fn apply_env(
         return Ok(config);
     }
     vars.sort();
-    let to_value = |c: &Config| {
-        serde_json::to_value(c).map_err(|e| ConfigError::Invalid(format!("internal: {e}")))
-    };
-    let mut tree = to_value(&config)?;
-    let mut config = config;
-    for (var, raw) in vars {
-        let env_error = |message: String| ConfigError::Env {
-            var: var.clone(),
-            message,
-        };
-        let path = env_path(&tree, &var).ok_or_else(|| {
-            env_error(format!(
-                "unknown setting; known: {}",
-                env_names(&tree).join(", ")
-            ))
-        })?;
-        let value: serde_json::Value = if raw.trim().is_empty() {
-            serde_json::Value::Null
-        } else if tree[&path[0]].is_array() {
-            // A list (`SIDEWATCH_PROBES`): YAML or JSON text, which must parse.
-            serde_saphyr::from_str(&raw).map_err(|e| env_error(format!("not YAML: {e}")))?
-        } else {
-            // A YAML scalar, so `0.9` is a number, `true` a bool and `5s` a string, as in the file.
-            serde_saphyr::from_str(&raw).unwrap_or(serde_json::Value::String(raw.clone()))
-        };
-        let slot = path
-            .iter()
-            .try_fold(&mut tree, |node, key| node.get_mut(key))
-            .ok_or_else(|| ConfigError::Invalid("internal: env path vanished".into()))?;
-        *slot = value;
-        config = serde_path_to_error::deserialize(tree.clone()).map_err(|e| {
+    let base = serde_json::to_value(&config)
+        .map_err(|e| ConfigError::Invalid(format!("internal: {e}")))?;
+    // All at once, one deserialisation: the sidecar's env has a dozen variables, and the webhook
+    // loads every injected pod's before answering.
+    let mut tree = base.clone();
+    for (var, raw) in &vars {
+        set_var(&mut tree, var, raw)?;
+    }
+    if let Ok(config) = serde_json::from_value(tree) {
+        return Ok(config);
+    }
+    // One refused: again one at a time, to name it and its field.
+    let mut tree = base;
+    for (var, raw) in &vars {
+        let path = set_var(&mut tree, var, raw)?;
+        if let Err(e) = serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
             let field = e.path().to_string();
             let message = e.into_inner().to_string();
-            if path.len() == 1 && field != "." && field != path[0] {
-                env_error(format!("field `{field}`: {message}"))
+            let message = if path.len() == 1 && field != "." && field != path[0] {
+                format!("field `{field}`: {message}")
             } else {
-                env_error(format!("{raw:?}: {message}"))
-            }
-        })?;
-        tree = to_value(&config)?;
+                format!("{raw:?}: {message}")
+            };
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message,
+            });
+        }
     }
-    Ok(config)
+    Err(ConfigError::Invalid(
+        "internal: the environment was refused as a whole but not one variable at a time".into(),
+    ))
+}
+
+/// Puts one variable's value where its name points in the config's tree; returns that path.
+fn set_var(tree: &mut serde_json::Value, var: &str, raw: &str) -> Result<Vec<String>, ConfigError> {
+    let env_error = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        message,
+    };
+    let path = env_path(tree, var).ok_or_else(|| {
+        env_error(format!(
+            "unknown setting; known: {}",
+            env_names(tree).join(", ")
+        ))
+    })?;
+    let value: serde_json::Value = if raw.trim().is_empty() {
+        serde_json::Value::Null
+    } else if tree[&path[0]].is_array() {
+        // A list (`SIDEWATCH_PROBES`): YAML or JSON text, which must parse.
+        serde_saphyr::from_str(raw).map_err(|e| env_error(format!("not YAML: {e}")))?
+    } else {
+        // A YAML scalar, so `0.9` is a number, `true` a bool and `5s` a string, as in the file.
+        serde_saphyr::from_str(raw).unwrap_or(serde_json::Value::String(raw.to_owned()))
+    };
+    let slot = path
+        .iter()
+        .try_fold(tree, |node, key| node.get_mut(key))
+        .ok_or_else(|| ConfigError::Invalid("internal: env path vanished".into()))?;
+    *slot = value;
+    Ok(path)
 }
 
 fn env_path(tree: &serde_json::Value, var: &str) -> Option<Vec<String>> {

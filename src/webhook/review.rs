@@ -26,17 +26,18 @@ pub enum ReviewError {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Review {
+struct Review<'a> {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<Request>,
+    #[serde(borrow)]
+    request: Option<Request<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Request {
+struct Request<'a> {
     uid: String,
     #[serde(default)]
     kind: Kind,
@@ -44,8 +45,9 @@ struct Request {
     sub_resource: Option<String>,
     #[serde(default)]
     operation: String,
-    #[serde(default)]
-    object: Option<Value>,
+    /// Raw: the injector reads a view of it (`inject::view`), not a tree of every field.
+    #[serde(default, borrow)]
+    object: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Default, Deserialize)]
@@ -90,7 +92,7 @@ pub fn review(
         && request.operation == "CREATE";
     let decision = match request.object.filter(|_| is_pod_creation) {
         None => Decision::NotApplicable,
-        Some(pod) => match inject::mutate(&pod, settings, scope, token) {
+        Some(raw) => match inject::mutate(&pod_of(raw.get()), settings, scope, token) {
             Outcome::Untouched => Decision::Untouched,
             Outcome::Refused(why) => {
                 response["warnings"] = json!([format!("sidewatch not injected: {why}")]);
@@ -114,4 +116,12 @@ pub fn review(
     let answer = json!({"apiVersion": API_VERSION, "kind": KIND, "response": response});
     let bytes = serde_json::to_vec(&answer).map_err(ReviewError::Answer)?;
     Ok((bytes, decision))
+}
+
+/// The view of the pod the injector reads; a pod the view cannot take (a member of an odd type)
+/// is read whole instead, for the injector to judge.
+fn pod_of(raw: &str) -> Value {
+    inject::view::of(raw)
+        .or_else(|_| serde_json::from_str(raw))
+        .unwrap_or(Value::Null)
 }

@@ -8,6 +8,7 @@ mod annotations;
 mod patch;
 mod sidecar;
 mod target;
+pub mod view;
 
 use serde_json::{json, Value};
 
@@ -84,12 +85,12 @@ pub fn mutate(pod: &Value, settings: &Settings, scope: Scope, token: &str) -> Ou
     }
 }
 
-struct Plan {
-    edits: Edits,
+struct Plan<'a> {
+    edits: Edits<'a>,
     warnings: Vec<String>,
 }
 
-fn plan(pod: &Value, settings: &Settings, token: &str) -> Result<Plan, String> {
+fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>, String> {
     let spec = &pod["spec"];
     let containers = spec["containers"]
         .as_array()
@@ -296,7 +297,7 @@ fn plan(pod: &Value, settings: &Settings, token: &str) -> Result<Plan, String> {
 fn memory(
     options: &Options,
     spec: &Value,
-    edits: &mut Edits,
+    edits: &mut Edits<'_>,
     notes: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Result<sidecar::MemoryPlan, String> {

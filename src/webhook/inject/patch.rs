@@ -1,21 +1,27 @@
 //! The JSON Patch the injector answers with, built from "add" operations alone on the pod as it
 //! came: a list grows by an insert or an append (never by rewriting its entries), an object by a
-//! new member, and a member is set only where the pod did not have it. Each operation is applied
-//! to a working copy at once, so that the next one sees what the earlier ones made.
+//! new member, and a member is set only where the pod did not have it. What exists is read from
+//! the pod and from the edits made so far; the pod itself is never copied (a deep copy of a large
+//! pod costs more than all the rest of an admission).
+
+use std::collections::HashSet;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::Value;
 
-pub struct Edits {
-    doc: Value,
+pub struct Edits<'a> {
+    pod: &'a Value,
+    /// Paths this patch makes: lists and objects it adds, members it sets.
+    made: HashSet<Vec<String>>,
     ops: Vec<PatchOperation>,
 }
 
-impl Edits {
-    pub fn new(pod: &Value) -> Self {
+impl<'a> Edits<'a> {
+    pub fn new(pod: &'a Value) -> Self {
         Edits {
-            doc: pod.clone(),
+            pod,
+            made: HashSet::new(),
             ops: Vec::new(),
         }
     }
@@ -24,21 +30,18 @@ impl Edits {
         Patch(self.ops)
     }
 
-    fn add(&mut self, path: PointerBuf, value: Value) {
-        let op = PatchOperation::Add(AddOperation { path, value });
-        // Every path is made from members that exist in the working copy (or their parent), so
-        // the operation applies; one that did not would be left out rather than answered.
-        if json_patch::patch(&mut self.doc, std::slice::from_ref(&op)).is_ok() {
-            self.ops.push(op);
-        } else {
-            tracing::error!(%op, "internal: a patch operation did not apply");
-        }
+    fn add(&mut self, path: &[&str], value: Value) {
+        self.made
+            .insert(path.iter().map(|s| s.to_string()).collect());
+        let path = PointerBuf::from_tokens(path.iter().copied());
+        self.ops
+            .push(PatchOperation::Add(AddOperation { path, value }));
     }
 
-    /// The value at `path`, `null` counting as absent (the API server treats them alike).
-    pub fn get(&self, path: &[&str]) -> Option<&Value> {
+    /// The pod's value at `path`, `null` counting as absent (the API server treats them alike).
+    pub fn get(&self, path: &[&str]) -> Option<&'a Value> {
         path.iter()
-            .try_fold(&self.doc, |node, key| match node {
+            .try_fold(self.pod, |node, key| match node {
                 Value::Object(map) => map.get(*key),
                 Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
                 _ => None,
@@ -46,44 +49,51 @@ impl Edits {
             .filter(|v| !v.is_null())
     }
 
-    /// Sets `key` in the object at `object` (made when absent), if the pod does not set it.
-    /// Returns false, changing nothing, when the member is there already.
+    /// The pod has it, or this patch made it.
+    fn exists(&self, path: &[&str]) -> bool {
+        self.get(path).is_some()
+            || self
+                .made
+                .contains(&path.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    /// Sets `key` in the object at `object` (made when absent), if neither the pod nor this patch
+    /// sets it. Returns false, changing nothing, when the member is there already.
     pub fn set_new(&mut self, object: &[&str], key: &str, value: Value) -> bool {
-        match self.get(object) {
-            Some(Value::Object(map)) if map.get(key).is_some_and(|v| !v.is_null()) => false,
-            Some(Value::Object(_)) => {
-                self.add(pointer(object, &[key]), value);
-                true
-            }
-            _ => {
-                let mut made = serde_json::Map::new();
-                made.insert(key.to_owned(), value);
-                self.add(pointer(object, &[]), Value::Object(made));
-                true
-            }
+        let member = [object, &[key]].concat();
+        if self.exists(&member) {
+            return false;
         }
+        if self.exists(object) {
+            self.add(&member, value);
+        } else {
+            let mut made = serde_json::Map::new();
+            made.insert(key.to_owned(), value);
+            self.add(object, Value::Object(made));
+            self.made
+                .insert(member.iter().map(|s| s.to_string()).collect());
+        }
+        true
     }
 
     /// Appends `value` to the list at `list` (made when absent).
     pub fn append(&mut self, list: &[&str], value: Value) {
-        match self.get(list) {
-            Some(Value::Array(_)) => self.add(pointer(list, &["-"]), value),
-            _ => self.add(pointer(list, &[]), Value::Array(vec![value])),
+        if self.exists(list) {
+            self.add(&[list, &["-"]].concat(), value);
+        } else {
+            self.add(list, Value::Array(vec![value]));
         }
     }
 
     /// Inserts `value` first in the list at `list` (made when absent); the entries there move
     /// down one place, whole.
     pub fn prepend(&mut self, list: &[&str], value: Value) {
-        match self.get(list) {
-            Some(Value::Array(_)) => self.add(pointer(list, &["0"]), value),
-            _ => self.add(pointer(list, &[]), Value::Array(vec![value])),
+        if self.exists(list) {
+            self.add(&[list, &["0"]].concat(), value);
+        } else {
+            self.add(list, Value::Array(vec![value]));
         }
     }
-}
-
-fn pointer(base: &[&str], rest: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(base.iter().chain(rest).copied())
 }
 
 #[cfg(test)]

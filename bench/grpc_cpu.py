@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""CPU per gRPC health probe on a fresh connection: sidewatch and blackbox_exporter's grpc prober,
+side by side in one run, against the same server (grpcio's own health servicer).
+
+sidewatch probes `grpc://127.0.0.1:PORT` every 1 ms (one check at a time); blackbox_exporter
+(Debian's prometheus-blackbox-exporter) is asked `/probe?module=grpc&target=…` by a client in a
+loop, one request at a time, over one kept-alive connection. For each, over a --window: the
+process's utime+stime from /proc, minus its idle CPU over the same time (sidewatch at 1 s,
+blackbox_exporter with no requests), divided by the probes made. The gRPC server's CPU per probe
+is printed for scale. Target: sidewatch at least 10x below blackbox_exporter.
+
+usage: bench/grpc_cpu.py [--window 15]
+"""
+
+import argparse
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import common
+
+COUNT = "sidewatch_probe_duration_seconds_count"
+SERVER = os.path.join(common.REPO, "tests", "fixtures", "grpc_health_server.py")
+
+
+def grpc_server():
+    p = subprocess.Popen([sys.executable, SERVER, "127.0.0.1:0"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    common._procs.append(p)
+    line = p.stdout.readline()
+    if not line.startswith("listening "):
+        raise RuntimeError(f"the gRPC server said {line!r}")
+    return p, int(line.split()[1])
+
+
+def sidewatch(port, interval, admin_port):
+    p = common.spawn([common.binary(), "run", "--target", f"grpc://127.0.0.1:{port}",
+                      "--listen", f"127.0.0.1:{admin_port}", "--interval", interval,
+                      "--timeout", "1s", "--failure-threshold", "1"], log=f"grpc_cpu-{interval}.log")
+    common.wait_port(admin_port, p)
+    return p
+
+
+def measure_sidewatch(port, interval, window, server_pid):
+    admin_port = common.free_port()
+    sw = sidewatch(port, interval, admin_port)
+    admin = common.Admin(admin_port)
+    admin.wait_ready(200)
+    time.sleep(1)
+    t0, c0, n0, s0 = time.monotonic(), common.cpu_seconds(sw.pid), admin.metric(COUNT), common.cpu_seconds(server_pid)
+    time.sleep(window)
+    t1, c1, n1, s1 = time.monotonic(), common.cpu_seconds(sw.pid), admin.metric(COUNT), common.cpu_seconds(server_pid)
+    failed = admin.metric("sidewatch_probe_failures_total")
+    common.stop(sw)
+    return {"wall": t1 - t0, "cpu": c1 - c0, "probes": n1 - n0, "failed": failed, "server": s1 - s0}
+
+
+def blackbox(port):
+    exe = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
+    if not exe:
+        sys.exit("blackbox_exporter not found: apt-get install -y prometheus-blackbox-exporter")
+    d = tempfile.mkdtemp(prefix="sidewatch-bench-blackbox-")
+    conf = os.path.join(d, "blackbox.yml")
+    with open(conf, "w") as f:
+        f.write("modules:\n  grpc:\n    prober: grpc\n    timeout: 5s\n"
+                "    grpc:\n      tls: false\n      preferred_ip_protocol: ip4\n")
+    listen = common.free_port()
+    p = common.spawn([exe, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{listen}"],
+                     log="blackbox.log")
+    common.wait_port(listen, p)
+    return p, listen
+
+
+def measure_blackbox(bb, listen, target_port, window, server_pid):
+    conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
+    path = f"/probe?module=grpc&target=127.0.0.1:{target_port}"
+
+    def probe():
+        conn.request("GET", path)
+        body = conn.getresponse().read().decode()
+        return "probe_success 1" in body
+
+    for _ in range(50):  # warm up
+        probe()
+    # Idle: the same window with no requests.
+    i0 = common.cpu_seconds(bb.pid)
+    time.sleep(window)
+    idle = common.cpu_seconds(bb.pid) - i0
+    t0, c0, s0, n, ok = time.monotonic(), common.cpu_seconds(bb.pid), common.cpu_seconds(server_pid), 0, 0
+    while time.monotonic() - t0 < window:
+        ok += probe()
+        n += 1
+    t1, c1, s1 = time.monotonic(), common.cpu_seconds(bb.pid), common.cpu_seconds(server_pid)
+    return {"wall": t1 - t0, "cpu": c1 - c0, "idle": idle * (t1 - t0) / window, "probes": n,
+            "failed": n - ok, "server": s1 - s0}
+
+
+def run():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--window", type=float, default=15.0)
+    args = ap.parse_args()
+    server, port = grpc_server()
+    busy = measure_sidewatch(port, "1ms", args.window, server.pid)
+    idle = measure_sidewatch(port, "1s", args.window, server.pid)
+    sw_cpu = busy["cpu"] - idle["cpu"] * busy["wall"] / idle["wall"]
+    sw_per = sw_cpu / busy["probes"]
+    bb, listen = blackbox(port)
+    b = measure_blackbox(bb, listen, port, args.window, server.pid)
+    bb_per = (b["cpu"] - b["idle"]) / b["probes"]
+    print(f"sidewatch: {busy['probes']:.0f} probes ({busy['probes'] / busy['wall']:.0f}/s, "
+          f"{busy['failed']:.0f} failed) in {busy['wall']:.1f}s, CPU {busy['cpu']:.2f}s "
+          f"(idle {idle['cpu']:.3f}s per {idle['wall']:.1f}s)")
+    print(f"blackbox_exporter: {b['probes']} probes ({b['probes'] / b['wall']:.0f}/s, "
+          f"{b['failed']} failed) in {b['wall']:.1f}s, CPU {b['cpu']:.2f}s (idle {b['idle']:.3f}s)")
+    print(f"gRPC server CPU per probe: {busy['server'] / busy['probes'] * 1e6:.0f} us under sidewatch, "
+          f"{b['server'] / b['probes'] * 1e6:.0f} us under blackbox_exporter")
+    ratio = bb_per / sw_per
+    print(f"CPU per gRPC probe: sidewatch {sw_per * 1e6:.1f} us, blackbox_exporter "
+          f"{bb_per * 1e6:.1f} us: {ratio:.1f}x below  target >=10x  {'MET' if ratio >= 10 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    common.main(run)
