@@ -53,6 +53,62 @@ pub fn find(pattern: &str) -> Option<AppProcess> {
     best.map(|(_, p)| p)
 }
 
+/// The app's main process in a pod that shares its process namespace, when no `process.match`
+/// names it: the oldest process of the one container other than sidewatch's and the pod's pause
+/// process (PID 1). Containers are told apart by their cgroup (`/proc/<pid>/cgroup`, readable by
+/// all). `None` when no other container's process is visible, or more than one container's are:
+/// which one is the app is then for `process.match` to say.
+pub fn other_container() -> Option<AppProcess> {
+    let own = std::process::id() as i32;
+    let cgroup_of = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok();
+    let mine = cgroup_of(own)?;
+    let pause = cgroup_of(1);
+    let mut app: Option<(String, u64, AppProcess)> = None;
+    for process in procfs::process::all_processes().ok()?.flatten() {
+        if process.pid == own || process.pid == 1 {
+            continue;
+        }
+        let Some(cgroup) = cgroup_of(process.pid) else {
+            continue;
+        };
+        if cgroup == mine || Some(&cgroup) == pause.as_ref() {
+            continue;
+        }
+        let (Ok(stat), Ok(cmdline)) = (process.stat(), process.cmdline()) else {
+            continue;
+        };
+        if cmdline.is_empty() {
+            continue; // a kernel thread, or a zombie
+        }
+        match &app {
+            Some((seen, ..)) if *seen != cgroup => return None, // two containers: ambiguous
+            Some((_, start, _)) if *start <= stat.starttime => {}
+            _ => {
+                let command = cmdline.join(" ");
+                app = Some((
+                    cgroup,
+                    stat.starttime,
+                    AppProcess {
+                        pid: process.pid,
+                        command,
+                    },
+                ));
+            }
+        }
+    }
+    app.map(|(_, _, p)| p)
+}
+
+/// True in a pod whose containers share one process namespace: PID 1 is the pod's pause process
+/// (Kubernetes' `pause`, podman's `catatonit`), not sidewatch or its own container's init.
+pub fn shared_namespace() -> bool {
+    let own = std::process::id() as i32;
+    let cmdline = std::fs::read("/proc/1/cmdline").unwrap_or_default();
+    let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let name = first.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    own != 1 && matches!(name, b"pause" | b"catatonit")
+}
+
 /// `pid` and every process below it (workers), for summing their memory.
 pub fn family(pid: i32) -> Vec<i32> {
     let Ok(all) = procfs::process::all_processes() else {

@@ -301,6 +301,18 @@ async fn check_one(hook: &Webhook, f: &Fixture) -> Result<Option<Injected>, Stri
     if gate != (f.expect["gate"] == true) {
         return Err(format!("readiness gate: {gate}"));
     }
+    contained(&f.expect["sidecar"], container, "sidecar")
+        .map_err(|e| format!("the sidecar container: {e}"))?;
+    let spec = &f.expect["spec"];
+    if let Some(want) = spec.as_object() {
+        // `null` here means the pod must not have it (the subset check takes null for "any").
+        for (key, value) in want {
+            if value.is_null() && !pod["spec"][key].is_null() {
+                return Err(format!("spec.{key} is {}, want absent", pod["spec"][key]));
+            }
+        }
+        contained(spec, &pod["spec"], "spec").map_err(|e| format!("the pod: {e}"))?;
+    }
     if pod["metadata"]["annotations"]["sidewatch.io/injection"].is_null() {
         return Err("no sidewatch.io/injection annotation".into());
     }

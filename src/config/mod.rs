@@ -213,10 +213,12 @@ impl std::fmt::Display for Switch {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum MemorySource {
     Auto,
     Cgroup,
+    /// The app container's own cgroup, through its mount namespace (`/proc/<pid>/root`).
+    AppRoot,
     Proc,
     None,
 }
@@ -580,11 +582,27 @@ fn apply_env(
     if let Ok(config) = serde_json::from_value(tree) {
         return Ok(config);
     }
-    // One refused: again one at a time, to name it and its field.
+    // One refused: again one at a time, to name it and its field. A value read as a YAML number
+    // or bool where the setting is text (`process.match: "8080"`) is taken as the text it is.
     let mut tree = base;
     for (var, raw) in &vars {
+        let before = tree.clone();
         let path = set_var(&mut tree, var, raw)?;
-        if let Err(e) = serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
+        let mut attempt = serde_path_to_error::deserialize::<_, Config>(tree.clone());
+        if attempt.is_err() {
+            let mut as_text = before;
+            if let Some(slot) = path
+                .iter()
+                .try_fold(&mut as_text, |node, key| node.get_mut(key))
+            {
+                *slot = serde_json::Value::String(raw.clone());
+                if serde_json::from_value::<Config>(as_text.clone()).is_ok() {
+                    tree = as_text;
+                    attempt = Ok(Config::default());
+                }
+            }
+        }
+        if let Err(e) = attempt {
             let field = e.path().to_string();
             let message = e.into_inner().to_string();
             let message = if path.len() == 1 && field != "." && field != path[0] {
@@ -598,9 +616,7 @@ fn apply_env(
             });
         }
     }
-    Err(ConfigError::Invalid(
-        "internal: the environment was refused as a whole but not one variable at a time".into(),
-    ))
+    serde_json::from_value(tree).map_err(|e| ConfigError::Invalid(format!("internal: {e}")))
 }
 
 /// Puts one variable's value where its name points in the config's tree; returns that path.
@@ -886,6 +902,23 @@ drain:
             .0
             .iter()
             .all(|p| p.interval == Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn text_that_looks_like_a_number_is_text_where_the_setting_is_text() {
+        let c = apply_env(
+            Config::default(),
+            env(&[
+                ("SIDEWATCH_PROCESS_MATCH", "8080"),
+                ("SIDEWATCH_DRAIN_DELAY", "2s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.process.pattern.as_deref(), Some("8080"));
+        assert_eq!(c.drain.delay, Duration::from_secs(2));
+        // And a number where a number belongs stays one.
+        let c = apply_env(Config::default(), env(&[("SIDEWATCH_DRAIN_PORT", "8080")])).unwrap();
+        assert_eq!(c.drain.port, Some(8080));
     }
 
     #[test]

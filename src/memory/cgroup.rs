@@ -25,6 +25,9 @@ impl std::fmt::Display for Version {
 pub struct CgroupDir {
     pub path: PathBuf,
     pub version: Version,
+    /// v1 memory on a hybrid node: the `memory.pressure` of the process's cgroup in the v2
+    /// hierarchy, which has PSI per cgroup even without controllers (v1 has none).
+    pub psi: Option<PathBuf>,
 }
 
 /// Where the memory controller's hierarchy is mounted: `root` is the cgroup path the mount shows
@@ -71,15 +74,69 @@ fn dir_in(mount: &Mount, cgroups: &ProcessCGroups) -> Option<CgroupDir> {
     Some(CgroupDir {
         path: mount.mount_point.join(relative),
         version: mount.version,
+        psi: None,
     })
+}
+
+/// The v2 hierarchy's `memory.pressure` of a process whose memory is on v1 (a hybrid node).
+fn hybrid_psi(mounts: &MountInfos, cgroups: &ProcessCGroups) -> Option<PathBuf> {
+    let m = mounts.iter().find(|m| m.fs_type == "cgroup2")?;
+    let v2 = Mount {
+        root: m.root.clone(),
+        mount_point: m.mount_point.clone(),
+        version: Version::V2,
+    };
+    let file = dir_in(&v2, cgroups)?.path.join("memory.pressure");
+    file.exists().then_some(file)
 }
 
 /// The memory cgroup directory of `pid`, as this process's mounts show it.
 pub fn of_process(pid: i32) -> Option<CgroupDir> {
     let mounts = Process::myself().ok()?.mountinfo().ok()?;
     let cgroups = Process::new(pid).ok()?.cgroups().ok()?;
-    let dir = dir_in(&memory_mount(&mounts)?, &cgroups)?;
+    let mut dir = dir_in(&memory_mount(&mounts)?, &cgroups)?;
+    if dir.version == Version::V1 {
+        dir.psi = hybrid_psi(&mounts, &cgroups);
+    }
     dir.path.is_dir().then_some(dir)
+}
+
+/// The memory cgroup of `pid` as its own container sees it, through its mount namespace
+/// (`/proc/<pid>/root/sys/fs/cgroup/…`): the sidecar reads the app container's cgroup with no
+/// hostPath, as long as it may enter the app's root (the same uid, no capability needed).
+/// The app's own mounts say where its memory hierarchy is; a tree that is no cgroup file system
+/// there (a test's fixture) is looked for at the two usual places.
+pub fn in_root_of(pid: i32) -> Option<CgroupDir> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let inside = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));
+    let process = Process::new(pid).ok()?;
+    if let (Ok(mounts), Ok(cgroups)) = (process.mountinfo(), process.cgroups()) {
+        if let Some(dir) = memory_mount(&mounts).and_then(|m| dir_in(&m, &cgroups)) {
+            let path = inside(&dir.path);
+            if has_memory_files(&path, dir.version) {
+                return Some(CgroupDir { path, ..dir });
+            }
+        }
+    }
+    [
+        ("sys/fs/cgroup", Version::V2),
+        ("sys/fs/cgroup/memory", Version::V1),
+    ]
+    .into_iter()
+    .map(|(dir, version)| (root.join(dir), version))
+    .find(|(path, version)| has_memory_files(path, *version))
+    .map(|(path, version)| CgroupDir {
+        path,
+        version,
+        psi: None,
+    })
+}
+
+fn has_memory_files(dir: &Path, version: Version) -> bool {
+    match version {
+        Version::V2 => dir.join("memory.current").exists(),
+        Version::V1 => dir.join("memory.usage_in_bytes").exists(),
+    }
 }
 
 /// The pod's cgroup: the parent of sidewatch's own, when the path shows a Kubernetes pod cgroup
@@ -92,14 +149,15 @@ pub fn of_own_pod() -> Option<CgroupDir> {
     (in_pod && parent.to_string_lossy().contains("kubepods")).then(|| CgroupDir {
         path: parent.to_owned(),
         version: own.version,
+        psi: None,
     })
 }
 
 /// The version of an explicit `--cgroup` directory, from the files it holds.
 pub fn explicit(path: &Path) -> Result<CgroupDir, String> {
-    let version = if path.join("memory.current").exists() {
+    let version = if has_memory_files(path, Version::V2) {
         Version::V2
-    } else if path.join("memory.usage_in_bytes").exists() {
+    } else if has_memory_files(path, Version::V1) {
         Version::V1
     } else {
         return Err(format!(
@@ -110,6 +168,7 @@ pub fn explicit(path: &Path) -> Result<CgroupDir, String> {
     Ok(CgroupDir {
         path: path.to_owned(),
         version,
+        psi: None,
     })
 }
 
@@ -172,6 +231,14 @@ mod tests {
             dir.path,
             Path::new("/sys/fs/cgroup/memory/process_api/d920872a47e2257892f0d2f1dc23b2de")
         );
+    }
+
+    #[test]
+    fn on_a_hybrid_node_psi_comes_from_the_v2_cgroup_when_it_has_one() {
+        // Nothing exists under /sys/fs/cgroup/unified/nowhere: no PSI file, no PSI.
+        let cg = cgroups("4:memory:/a\n0::/nowhere\n");
+        assert_eq!(hybrid_psi(&mounts(HYBRID_MOUNTS), &cg), None);
+        assert_eq!(hybrid_psi(&mounts(V1_MOUNTS), &cg), None);
     }
 
     #[test]

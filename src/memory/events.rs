@@ -56,6 +56,16 @@ pub fn arm(dir: &CgroupDir, wake: &mpsc::Sender<()>) -> (Vec<String>, Vec<JoinHa
             }
         }
         Version::V1 => {
+            if let Some(file) = dir
+                .psi
+                .as_deref()
+                .filter(|f| f.parent().is_some_and(cgroup::on_cgroup2_fs))
+            {
+                arm_one(
+                    "PSI trigger memory.pressure (v2 hierarchy)",
+                    psi_trigger(file, wake.clone()),
+                );
+            }
             arm_one(
                 "eventfd memory.oom_control",
                 eventfd(

@@ -32,11 +32,14 @@ pub const SIGNALS: [&str; 4] = [USAGE, PRESSURE, TREND, OOM];
 pub enum Plan {
     /// A cgroup directory fixed at start-up (`--cgroup PATH`, or the pod's cgroup).
     Cgroup(CgroupDir),
-    /// Follow the process matched by `process.match`: its cgroup when reachable (and allowed),
-    /// else the RSS of it and its children (when allowed).
+    /// Follow the app's process (matched by `process.match`, or the one other container's in a
+    /// shared process namespace), through the first way allowed that works: its cgroup as this
+    /// container's mounts show it (a hostPath of the node's tree), its cgroup as its own
+    /// container sees it (through `/proc/<pid>/root`), or the RSS of it and its children.
     Process {
-        pattern: String,
+        pattern: Option<String>,
         cgroup: bool,
+        app_root: bool,
         proc: bool,
     },
 }
@@ -47,43 +50,62 @@ pub fn plan(
     memory: &MemoryConfig,
     pattern: Option<&str>,
 ) -> Result<(Option<Plan>, String), String> {
+    use MemorySource::*;
     let limit = memory.limit.map(|b| b.0);
+    let process = |pattern: Option<&str>, source: MemorySource| Plan::Process {
+        pattern: pattern.map(str::to_owned),
+        cgroup: matches!(source, Auto | Cgroup),
+        app_root: matches!(source, Auto | AppRoot),
+        proc: matches!(source, Auto | Proc),
+    };
     match (memory.source, &memory.cgroup, pattern) {
-        (MemorySource::None, _, _) => Ok((None, "memory.source is none".into())),
-        (MemorySource::Proc, CgroupSetting::Path(_), _) => {
-            Err("memory.source is proc but memory.cgroup names a directory: choose one".into())
-        }
-        (MemorySource::Auto | MemorySource::Cgroup, CgroupSetting::Path(path), _) => {
+        (None, _, _) => Ok((Option::None, "memory.source is none".into())),
+        (Proc | AppRoot, CgroupSetting::Path(_), _) => Err(format!(
+            "memory.source is {} but memory.cgroup names a directory: choose one",
+            if memory.source == Proc { "proc" } else { "app-root" }
+        )),
+        (Auto | Cgroup, CgroupSetting::Path(path), _) => {
             let dir = cgroup::explicit(path)?;
             let why = format!("{} {} given by memory.cgroup", dir.version, dir.path.display());
             Ok((Some(Plan::Cgroup(dir)), why))
         }
         (source, CgroupSetting::Auto, Some(pattern)) => {
-            let cgroup = source != MemorySource::Proc;
-            let proc = source != MemorySource::Cgroup;
-            let why = match (cgroup, proc) {
-                (true, true) => "the cgroup of the process matching process.match when reachable, else its RSS",
-                (true, false) => "the cgroup of the process matching process.match",
-                _ => "the RSS of the process matching process.match (shared process namespace)",
+            let why = match source {
+                Cgroup => "the cgroup of the process matching process.match",
+                AppRoot => "the cgroup of the process matching process.match, through its container's root",
+                Proc => "the RSS of the process matching process.match (shared process namespace)",
+                _ => "the cgroup of the process matching process.match when reachable, through its container's root when not, else its RSS",
             };
             let mut why = format!("{why} ({pattern:?})");
-            if proc && limit.is_none() {
+            if matches!(source, Auto | Proc) && limit.is_none() {
                 why.push_str("; without memory.limit the RSS source has no limit to compare with");
             }
-            Ok((Some(Plan::Process { pattern: pattern.to_owned(), cgroup, proc }), why))
+            Ok((Some(process(Some(pattern), source)), why))
         }
-        (MemorySource::Proc, CgroupSetting::Auto, None) => {
+        (Proc, CgroupSetting::Auto, Option::None) => {
             Err("memory.source is proc, which needs process.match to find the app".into())
         }
-        (source, CgroupSetting::Auto, None) => match cgroup::of_own_pod() {
+        (AppRoot, CgroupSetting::Auto, Option::None) => Ok((
+            Some(process(Option::None, AppRoot)),
+            "the cgroup of the other container's process, through its container's root \
+             (shared process namespace)"
+                .into(),
+        )),
+        (source, CgroupSetting::Auto, Option::None) => match cgroup::of_own_pod() {
             Some(dir) => {
                 let why = format!("{} {} (the pod's cgroup, parent of sidewatch's own)", dir.version, dir.path.display());
                 Ok((Some(Plan::Cgroup(dir)), why))
             }
-            None if source == MemorySource::Cgroup => Err(
+            Option::None if source == Cgroup => Err(
                 "memory.source is cgroup but no pod cgroup is visible: set memory.cgroup (--cgroup) or process.match".into(),
             ),
-            None => Ok((None, "no pod cgroup is visible and process.match is not set".into())),
+            Option::None if process::shared_namespace() => Ok((
+                Some(process(Option::None, AppRoot)),
+                "the cgroup of the other container's process, through its container's root \
+                 (the pod shares its process namespace)"
+                    .into(),
+            )),
+            Option::None => Ok((Option::None, "no pod cgroup is visible, the pod shares no process namespace and process.match is not set".into())),
         },
     }
 }
@@ -164,7 +186,7 @@ impl MemoryWatcher {
             }
             let sample = match &target {
                 Target::Cgroup(dir) => match dir.version {
-                    Version::V1 => read::sample_v1(&dir.path),
+                    Version::V1 => read::sample_v1(&dir.path, dir.psi.as_deref()),
                     Version::V2 => read::sample_v2(&dir.path),
                 },
                 Target::Processes { main } => {
@@ -230,9 +252,12 @@ impl MemoryWatcher {
             assessor.new_cgroup();
             tracing::info!(dir = %dir.path.display(), events = ?names, "memory: a new cgroup directory is here (a container restart?): watching it from zero");
         } else {
-            let psi = match dir.version {
-                Version::V1 => "off: cgroup v1 has no per-cgroup PSI",
-                Version::V2 => "on",
+            let psi = match (dir.version, &dir.psi) {
+                (Version::V1, None) => "off: cgroup v1 has no per-cgroup PSI".to_owned(),
+                (Version::V1, Some(file)) => {
+                    format!("on, from the v2 hierarchy: {}", file.display())
+                }
+                (Version::V2, _) => "on".to_owned(),
             };
             tracing::info!(dir = %dir.path.display(), version = %dir.version, events = ?names, psi, interval = ?self.config.interval, "memory: watching cgroup");
         }
@@ -265,13 +290,14 @@ impl MemoryWatcher {
     }
 
     fn resolve(&self, current: &Target) -> Target {
-        let (pattern, cgroup, proc) = match &self.plan {
+        let (pattern, cgroup, app_root, proc) = match &self.plan {
             Plan::Cgroup(dir) => return Target::Cgroup(dir.clone()),
             Plan::Process {
                 pattern,
                 cgroup,
+                app_root,
                 proc,
-            } => (pattern, *cgroup, *proc),
+            } => (pattern, *cgroup, *app_root, *proc),
         };
         let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
         match current {
@@ -279,11 +305,20 @@ impl MemoryWatcher {
             Target::Cgroup(dir) if dir.path.is_dir() => return current.clone(),
             _ => {}
         }
-        let Some(app) = process::find(pattern) else {
+        let app = match pattern {
+            Some(pattern) => process::find(pattern),
+            None => process::other_container(),
+        };
+        let Some(app) = app else {
             return Target::Nothing;
         };
         if cgroup {
             if let Some(dir) = cgroup::of_process(app.pid) {
+                return Target::Cgroup(dir);
+            }
+        }
+        if app_root {
+            if let Some(dir) = cgroup::in_root_of(app.pid) {
                 return Target::Cgroup(dir);
             }
         }

@@ -197,8 +197,9 @@ pub fn sample_v2(dir: &Path) -> Result<Sample, ReadError> {
     })
 }
 
-/// cgroup v1: `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.stat`, `memory.oom_control`.
-pub fn sample_v1(dir: &Path) -> Result<Sample, ReadError> {
+/// cgroup v1: `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.stat`, `memory.oom_control`;
+/// on a hybrid node, PSI from the process's v2 cgroup's `memory.pressure` (`psi`).
+pub fn sample_v1(dir: &Path, psi: Option<&Path>) -> Result<Sample, ReadError> {
     let at = Instant::now();
     let f = |name: &str| dir.join(name);
     let usage = parse_u64(
@@ -216,13 +217,17 @@ pub fn sample_v1(dir: &Path) -> Result<Sample, ReadError> {
     // oom_kill appeared in Linux 4.13; without it, only under_oom is known.
     let oom_kills = keyed(&oom, "oom_kill", &f("memory.oom_control"))?;
     let under_oom = keyed(&oom, "under_oom", &f("memory.oom_control"))? == Some(1);
+    let pressure = match psi {
+        Some(file) => Some(parse_pressure(&read_file(file)?, file)?),
+        None => None,
+    };
     Ok(Sample {
         at,
         working_set: usage.saturating_sub(inactive_file),
         limit,
         under_oom,
         oom_kills,
-        pressure: None,
+        pressure,
     })
 }
 

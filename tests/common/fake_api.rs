@@ -64,6 +64,21 @@ pub struct FakeApi {
 impl FakeApi {
     pub async fn start(pod: Value) -> FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, pod, None)
+    }
+
+    /// As `start`, on `addr` over TLS: the API server a pod reaches in-cluster, through
+    /// `KUBERNETES_SERVICE_HOST`, a service-account token and the CA in `ca.crt`.
+    pub async fn start_tls(
+        addr: SocketAddr,
+        pod: Value,
+        tls: tokio_rustls::TlsAcceptor,
+    ) -> FakeApi {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, pod, Some(tls))
+    }
+
+    fn serve(listener: TcpListener, pod: Value, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeApi {
         let addr = listener.local_addr().unwrap();
         let mut pod = pod;
         pod["metadata"]["resourceVersion"] = "1".into();
@@ -96,19 +111,19 @@ impl FakeApi {
                     }
                 }
                 let api = server.clone();
-                let mut cut = server.cut.subscribe();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let api = api.clone();
-                        async move { Ok::<_, Infallible>(api.handle(req).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = cut.changed() => {}
+                let cut = server.cut.subscribe();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(connection(api, hyper_util::rt::TokioIo::new(stream), cut));
                     }
-                });
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                connection(api, hyper_util::rt::TokioIo::new(stream), cut).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         api
@@ -350,6 +365,22 @@ impl FakeApi {
             .header("content-type", "application/json")
             .body(StreamBody::new(stream).boxed())
             .unwrap()
+    }
+}
+
+/// One client connection, until it ends or the server goes down.
+async fn connection<I>(api: FakeApi, io: I, mut cut: tokio::sync::watch::Receiver<u64>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let api = api.clone();
+        async move { Ok::<_, Infallible>(api.handle(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    tokio::select! {
+        _ = conn => {}
+        _ = cut.changed() => {}
     }
 }
 

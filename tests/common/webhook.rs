@@ -30,13 +30,18 @@ impl Webhook {
 
     /// Starts the webhook with a fresh certificate and `extra` arguments.
     pub fn start_with(extra: &[&str]) -> Webhook {
+        Self::start_image("registry.example/sidewatch:0.1.0", extra)
+    }
+
+    /// Starts the webhook injecting `image`, with a fresh certificate and `extra` arguments.
+    pub fn start_image(image: &str, extra: &[&str]) -> Webhook {
         let pki = Pki::new();
         let leaf = pki.leaf();
         let dir = tempdir::Dir::new();
         let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         std::fs::write(&cert_path, &leaf.cert_pem).unwrap();
         std::fs::write(&key_path, &leaf.key_pem).unwrap();
-        let mut hook = Self::launch(&pki, &cert_path, &key_path, extra);
+        let mut hook = Self::launch_image(&pki, &cert_path, &key_path, image, extra);
         hook._dir = Some(dir);
         hook
     }
@@ -45,6 +50,16 @@ impl Webhook {
         pki: &Pki,
         cert: &std::path::Path,
         key: &std::path::Path,
+        extra: &[&str],
+    ) -> Webhook {
+        Self::launch_image(pki, cert, key, "registry.example/sidewatch:0.1.0", extra)
+    }
+
+    fn launch_image(
+        pki: &Pki,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        image: &str,
         extra: &[&str],
     ) -> Webhook {
         let mut args = vec![
@@ -56,7 +71,7 @@ impl Webhook {
             "--tls-key",
             key.to_str().unwrap(),
             "--image",
-            "registry.example/sidewatch:0.1.0",
+            image,
         ];
         args.extend_from_slice(extra);
         let sw = Sidewatch::launch(None, &args, &[]);

@@ -13,9 +13,12 @@ pub const PREFIX: &str = "sidewatch.io/";
 pub const INJECTED: &str = "sidewatch.io/injected";
 pub const INJECTION: &str = "sidewatch.io/injection";
 
-/// Where the app's memory is read; see DESIGN.md "Where a sidecar can see the app's memory".
+/// Where the app's memory is read; see docs/memory.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Memory {
+    /// The app container's own cgroup when the sidecar can run as the app's user, else none.
+    Auto,
+    AppRoot,
     Cgroup,
     Proc,
     None,
@@ -77,10 +80,16 @@ impl Options {
                 "readiness-gate" => o.readiness_gate = boolean(text).map_err(bad)?,
                 "memory" => {
                     o.memory = Some(match text {
+                        "auto" => Memory::Auto,
+                        "app-root" => Memory::AppRoot,
                         "cgroup" => Memory::Cgroup,
                         "proc" => Memory::Proc,
                         "none" => Memory::None,
-                        _ => return Err(bad(format!("{text:?}: want cgroup, proc or none"))),
+                        _ => {
+                            return Err(bad(format!(
+                                "{text:?}: want auto, app-root, cgroup, proc or none"
+                            )))
+                        }
                     })
                 }
                 "process-match" if !text.is_empty() => o.process_match = Some(text.to_owned()),

@@ -19,6 +19,8 @@ pub struct MemoryPlan {
     pub pattern: Option<String>,
     /// The hostPath volume of the node's cgroup tree, for `Memory::Cgroup`.
     pub volume: Option<String>,
+    /// The app's user and group, for `Memory::AppRoot`: the sidecar runs as them.
+    pub run_as: Option<(i64, i64)>,
 }
 
 /// Everything the sidecar is given.
@@ -72,17 +74,19 @@ impl Sidecar<'_> {
             env.push(value_env("SIDEWATCH_MEMORY_UNREADY_ABOVE", v));
         }
         let source = match self.memory.source {
+            Memory::AppRoot => "app-root",
             Memory::Cgroup => "cgroup",
             Memory::Proc => "proc",
-            Memory::None => "none",
+            Memory::None | Memory::Auto => "none",
         };
         env.push(value_env("SIDEWATCH_MEMORY_SOURCE", source));
         if let Some(pattern) = &self.memory.pattern {
             env.push(value_env("SIDEWATCH_PROCESS_MATCH", pattern));
         }
-        if self.memory.source != Memory::None && self.app_memory_limit {
-            // The app's limit through the downward API (bytes), for the proc source; only when it
-            // has one, since without a limit the value would be the node's allocatable memory.
+        if self.memory.source == Memory::Proc && self.app_memory_limit {
+            // The app's limit through the downward API (bytes), for the proc source (the others
+            // read the cgroup's); only when it has one, since without a limit the value would be
+            // the node's allocatable memory.
             env.push(
                 json!({"name": "SIDEWATCH_MEMORY_LIMIT", "valueFrom": {"resourceFieldRef":
                 {"containerName": self.app, "resource": "limits.memory"}}}),
@@ -114,6 +118,10 @@ impl Sidecar<'_> {
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
         });
+        if let Some((uid, gid)) = self.memory.run_as {
+            container["securityContext"]["runAsUser"] = uid.into();
+            container["securityContext"]["runAsGroup"] = gid.into();
+        }
         if let Some(volume) = &self.memory.volume {
             container["volumeMounts"] =
                 json!([{"name": volume, "mountPath": "/sys/fs/cgroup", "readOnly": true}]);

@@ -52,6 +52,8 @@ struct Spec {
     automount_service_account_token: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     termination_grace_period_seconds: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    security_context: Option<Ids>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -73,6 +75,18 @@ struct Container {
     resources: Option<Resources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     volume_mounts: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    security_context: Option<Ids>,
+}
+
+/// The user and group a container runs as, from its or the pod's securityContext.
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ids {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_as_user: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_as_group: Option<Value>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -100,7 +114,7 @@ mod tests {
             "spec": {"containers": [{"name": "web", "image": "i", "env": [{"name": "A", "value": "1"}],
                 "ports": [{"containerPort": 80}], "readinessProbe": {"httpGet": {"port": 80}},
                 "resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "1"}},
-                "lifecycle": {}, "securityContext": {"runAsUser": 1}}],
+                "lifecycle": {}, "securityContext": {"runAsUser": 1, "privileged": false}}],
                 "volumes": [{"name": "v", "emptyDir": {}}], "readinessGates": [], "nodeName": "n",
                 "shareProcessNamespace": false}});
         let view = of(&pod.to_string()).unwrap();
@@ -109,7 +123,7 @@ mod tests {
             json!({"metadata": {"annotations": {"sidewatch.io/inject": "true"}},
                 "spec": {"containers": [{"name": "web", "ports": [{"containerPort": 80}],
                     "readinessProbe": {"httpGet": {"port": 80}}, "lifecycle": {},
-                    "resources": {"limits": {"memory": "1Gi"}}}],
+                    "resources": {"limits": {"memory": "1Gi"}}, "securityContext": {"runAsUser": 1}}],
                     "volumes": [{"name": "v"}], "readinessGates": [], "shareProcessNamespace": false}})
         );
     }
