@@ -206,6 +206,8 @@ async fn every_failure_class_is_seen_from_a_real_container() {
     assert!(logs.contains("memory: no source"), "{logs}");
     for (mode, reason, event) in [
         ("5xx", "http_5xx", "NotReadyHttp5xx"),
+        ("404", "unexpected_status", "NotReadyUnexpectedStatus"),
+        ("reset", "reset", "NotReadyReset"),
         ("garbage", "invalid_response", "NotReadyInvalidResponse"),
         ("hang", "timeout", "NotReadyTimeout"),
         ("refuse", "refused", "NotReadyRefused"),

@@ -5,6 +5,8 @@
 //!
 //! - `healthy`: 200 `ok`
 //! - `5xx`: 503
+//! - `404`: 404 (a status outside what the probe expects)
+//! - `reset`: read the request, close without a byte
 //! - `garbage`: bytes that are not HTTP, then close
 //! - `hang`: accept, read, never answer
 //! - `refuse`: stop listening (connections refused); `healthy` listens again
@@ -24,6 +26,8 @@ use std::time::Duration;
 enum Mode {
     Healthy,
     Fail5xx,
+    NotFound,
+    Reset,
     Garbage,
     Hang,
     Refuse,
@@ -142,6 +146,10 @@ fn answer(mut stream: TcpStream, mode: Mode) {
         Mode::Fail5xx => {
             b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
         }
+        Mode::NotFound => {
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        }
+        Mode::Reset => return,
         Mode::Garbage => b"\x00\x13\x37 not http at all\r\n\r\n",
         Mode::Hang => {
             let mut buf = [0u8; 64];
@@ -179,6 +187,8 @@ fn command(mut stream: TcpStream, state: &Mutex<State>) {
         }
         "/mode/healthy" => Mode::Healthy,
         "/mode/5xx" => Mode::Fail5xx,
+        "/mode/404" => Mode::NotFound,
+        "/mode/reset" => Mode::Reset,
         "/mode/garbage" => Mode::Garbage,
         "/mode/hang" => Mode::Hang,
         "/mode/refuse" => Mode::Refuse,
