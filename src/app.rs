@@ -4,22 +4,24 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::drain::{Access, Drain};
+use crate::config::{Config, DrainConfig};
+use crate::drain::{Access, Drain, DrainEnd, DrainMetrics};
 use crate::engine::{Engine, SignalSpec};
-use crate::kubernetes::{self, KubeWatcher};
+use crate::kubernetes::{self, KubeMetrics, KubeWatcher};
 use crate::liveness::Liveness;
-use crate::memory::{self, MemoryWatcher};
-use crate::metrics::Metrics;
-use crate::probe::{ProbeSetupError, ProbeWatcher, Prober};
+use crate::memory::{self, MemoryMetrics, MemoryWatcher};
+use crate::metrics::Registry;
+use crate::probe::{ProbeMetrics, ProbeSetupError, ProbeWatcher, Prober};
 use crate::process::{self, ProcessWatcher};
-use crate::server::{self, Admin};
+use crate::reason::Reason;
+use crate::server::{self, Admin, AdminMetrics};
 use crate::traffic::{TrafficSource, TrafficWatcher};
-use crate::watcher::{self, Published};
+use crate::watcher::{self, EngineMetrics, Published};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -47,6 +49,9 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub verdict: watch::Receiver<Arc<Published>>,
     pub drain: Drain,
+    scraped: watch::Receiver<Option<Instant>>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
 }
 
 /// Starts everything; must be called inside a tokio runtime, which then serves the admin port.
@@ -71,13 +76,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
 
-    let metrics = Metrics::new(
-        config
-            .probes
-            .0
-            .iter()
-            .map(|p| (p.name.as_str(), p.check.reasons())),
-    );
+    let registry = Registry::new();
+    let probe_metrics = ProbeMetrics::new(&registry, &config.probes.0);
+    let mut reasons: Vec<Reason> = config
+        .probes
+        .0
+        .iter()
+        .flat_map(|p| p.check.reasons().iter().copied())
+        .collect();
     let mut engine = Engine::new();
     let now = SystemTime::now();
     let mut probers = Vec::new();
@@ -101,9 +107,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         for signal in memory::SIGNALS {
             engine.register(signal, single, now);
         }
+        reasons.extend(memory::REASONS);
     }
     if config.process.pattern.is_some() {
         engine.register(process::SIGNAL, single, now);
+        reasons.push(Reason::ProcessExited);
     }
     let identity = kubernetes::connect(&config.kubernetes)
         .await
@@ -112,6 +120,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         for signal in kubernetes::SIGNALS {
             engine.register(signal, single, now);
         }
+        reasons.extend(kubernetes::REASONS);
     }
     let (publish, verdict) = watch::channel(Published::new(engine.verdict()));
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
@@ -129,22 +138,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         engine,
         inputs_rx,
         publish,
-        metrics.clone(),
+        EngineMetrics::new(&registry, &reasons),
         liveness.clone(),
     );
     let watch_rt = spawn_watch_runtime(engine_task)?;
+    let drain_metrics = DrainMetrics::new(&registry, traffic.is_some());
     let drain = Drain::spawn(
         config.drain.clone(),
         traffic,
         inputs_tx.clone(),
-        metrics.clone(),
+        drain_metrics,
+        identity.is_some().then(|| notices_tx.clone()),
         &watch_rt,
     );
     for (config, prober) in probers {
         let watcher = ProbeWatcher {
             config,
             prober,
-            metrics: metrics.clone(),
+            metrics: probe_metrics.clone(),
             inputs: inputs_tx.clone(),
             drain: drain.clone(),
         };
@@ -155,7 +166,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             plan,
             config: config.memory.clone(),
             inputs: inputs_tx.clone(),
-            metrics: metrics.clone(),
+            metrics: MemoryMetrics::new(&registry),
             notices: identity.is_some().then(|| notices_tx.clone()),
         };
         watch_rt.spawn(watcher.run(liveness.clone()));
@@ -165,7 +176,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             identity,
             config: config.kubernetes.clone(),
             inputs: inputs_tx.clone(),
-            metrics: metrics.clone(),
+            metrics: KubeMetrics::new(&registry),
             terminating,
             verdict: verdict.clone(),
             notices: notices_rx,
@@ -177,24 +188,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             pattern,
             poll: config.memory.interval,
             inputs: inputs_tx.clone(),
-            metrics: metrics.clone(),
+            exits: process::exits_metric(&registry),
         };
         watch_rt.spawn(watcher.run(liveness.clone()));
     }
 
     let admin = Arc::new(Admin {
         verdict: verdict.clone(),
-        metrics: metrics.clone(),
+        metrics: AdminMetrics::new(&registry),
+        registry,
         drain: drain.clone(),
         access,
         liveness,
         accepted,
+        scraped: watch::Sender::new(None),
     });
-    tokio::spawn(server::serve(listener, admin));
+    let scraped = admin.scraped.subscribe();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(server::serve(listener, admin, shutdown.clone()));
     Ok(Running {
         local_addr,
         verdict,
         drain,
+        scraped,
+        shutdown,
+        server,
     })
 }
 
@@ -274,20 +292,56 @@ fn drain_token(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
     }
 }
 
-/// `sidewatch run`: serve until SIGTERM or SIGINT, drain, exit 0. A second signal aborts.
+/// `sidewatch run`: serve until SIGTERM or SIGINT, drain, linger until the outcome is scraped,
+/// exit 0. A second signal aborts.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let probes: Vec<String> = config.probes.0.iter().map(|p| p.name.clone()).collect();
-    let running = start(config).await?;
+    let drain = config.drain.clone();
+    let mut running = start(config).await?;
     tracing::info!(listen = %running.local_addr, ?probes, version = env!("CARGO_PKG_VERSION"), "sidewatch started");
     let mut signals = Signals::new()?;
     let by = signals.next().await;
     let drained = running.drain.start(by);
-    tokio::select! {
-        end = drained => {
-            tracing::info!(outcome = end.outcome, seconds = end.duration_seconds, "exiting after drain");
-            Ok(())
-        }
+    let end = tokio::select! {
+        end = drained => end,
         by = signals.next() => anyhow::bail!("{by} during the drain: exiting at once"),
+    };
+    tokio::select! {
+        seen = running.linger(&end, &drain) => {
+            tracing::info!(outcome = end.outcome, seconds = end.duration_seconds, scraped = seen, "exiting after drain");
+        }
+        by = signals.next() => tracing::info!("{by} while lingering: exiting"),
+    }
+    running.stop().await;
+    Ok(())
+}
+
+/// The longest the admin server is given to finish the requests it is in at exit.
+const STOP_WITHIN: Duration = Duration::from_secs(1);
+
+impl Running {
+    /// Keeps serving after the drain until a `/metrics` scrape began after it ended (so that
+    /// Prometheus has its outcome) and its Event is posted, for `drain.linger` at most and never
+    /// past 1 s before the kubelet's SIGKILL (`drain.grace_period` from the drain's start).
+    /// True when the outcome was scraped.
+    async fn linger(&mut self, end: &DrainEnd, config: &DrainConfig) -> bool {
+        let kill = end.began + config.grace_period.saturating_sub(Duration::from_secs(1));
+        let deadline = (end.ended + config.linger).min(kill);
+        let ended = end.ended;
+        let scraped = self.scraped.wait_for(|at| at.is_some_and(|at| at > ended));
+        let both = futures_util::future::join(scraped, self.drain.event_done());
+        tokio::time::timeout_at(deadline.into(), both).await.is_ok()
+    }
+
+    /// Stops the admin server: no new connections, the requests under way answered whole.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        if tokio::time::timeout(STOP_WITHIN, self.server)
+            .await
+            .is_err()
+        {
+            tracing::debug!("admin connections still open at exit");
+        }
     }
 }
 

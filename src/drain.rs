@@ -3,16 +3,17 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::DrainConfig;
-use crate::metrics::Metrics;
+use crate::kubernetes::Notice;
+use crate::metrics::{self, Registry};
 use crate::traffic::{compare, Activity, TrafficWatcher};
 use crate::watcher::Input;
 
@@ -27,6 +28,54 @@ pub struct DrainEnd {
     pub duration_seconds: f64,
     pub new_connections: u64,
     pub bytes_in: u64,
+    #[serde(skip)]
+    pub began: Instant,
+    #[serde(skip)]
+    pub ended: Instant,
+}
+
+/// The drain's metrics: `sidewatch_app_connections` only when the app port's traffic is watched.
+#[derive(Clone)]
+pub struct DrainMetrics {
+    drains: prometheus::IntCounterVec,
+    duration: prometheus::Histogram,
+    draining: prometheus::IntGauge,
+    connections: Option<prometheus::IntGauge>,
+}
+
+impl DrainMetrics {
+    pub fn new(registry: &Registry, traffic: bool) -> Self {
+        let drains = registry.register(metrics::counter_vec(
+            "sidewatch_drains_total",
+            "Drains ended, by outcome: quiet = traffic stopped, max = drain.max reached (raise it or find the client that keeps sending).",
+            &["outcome"],
+        ));
+        for outcome in ["quiet", "max"] {
+            drains.with_label_values(&[outcome]);
+        }
+        let duration = registry.register(metrics::histogram(
+            "sidewatch_drain_duration_seconds",
+            "How long each drain held the app's shutdown; keep it under terminationGracePeriodSeconds.",
+            &[1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0],
+        ));
+        let draining = registry.register(metrics::gauge(
+            "sidewatch_draining",
+            "1 from the moment a drain starts (the pod is being deleted): not ready on purpose, no sickness.",
+        ));
+        let connections = traffic.then(|| {
+            registry.feature("drain_traffic");
+            registry.register(metrics::gauge(
+                "sidewatch_app_connections",
+                "Open TCP connections on the app port (drain.port). Those still open at the end of a drain were idle keep-alives.",
+            ))
+        });
+        DrainMetrics {
+            drains,
+            duration,
+            draining,
+            connections,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -35,27 +84,37 @@ pub struct Drain(Arc<Inner>);
 struct Inner {
     started: watch::Sender<Option<String>>,
     ended: watch::Sender<Option<DrainEnd>>,
+    event: Event,
 }
+
+/// Completes when the drain's Kubernetes Event has been posted or given up: the sender is
+/// dropped either way.
+type Event = Arc<Mutex<Option<oneshot::Receiver<()>>>>;
 
 impl Drain {
     /// Spawns the drain task on `runtime` (the watch runtime, beside the probes and away from a
-    /// flooded admin server). Without a traffic watcher the drain ends after `delay`.
+    /// flooded admin server). Without a traffic watcher the drain ends after `delay`. With
+    /// `notices`, its end becomes a Kubernetes Event.
     pub fn spawn(
         config: DrainConfig,
         traffic: Option<TrafficWatcher>,
         inputs: mpsc::Sender<Input>,
-        metrics: Metrics,
+        metrics: DrainMetrics,
+        notices: Option<mpsc::Sender<Notice>>,
         runtime: &Handle,
     ) -> Self {
         let drain = Drain(Arc::new(Inner {
             started: watch::Sender::new(None),
             ended: watch::Sender::new(None),
+            event: Event::default(),
         }));
         let task = DrainTask {
             config,
             traffic,
             metrics,
             inputs,
+            notices,
+            event: drain.0.event.clone(),
             started: drain.0.started.subscribe(),
             ended: drain.0.ended.clone(),
         };
@@ -81,26 +140,47 @@ impl Drain {
         let mut ended = self.0.ended.subscribe();
         async move {
             match ended.wait_for(Option::is_some).await {
-                Ok(end) => end.unwrap_or(ABANDONED),
-                Err(_) => ABANDONED,
+                Ok(end) => end.unwrap_or_else(abandoned),
+                Err(_) => abandoned(),
             }
+        }
+    }
+
+    /// Resolves once the ended drain's Kubernetes Event is posted or given up, at once when
+    /// there is none.
+    pub async fn event_done(&self) {
+        let pending = self
+            .0
+            .event
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(rx) = pending {
+            let _ = rx.await;
         }
     }
 }
 
 /// What a waiter gets if the drain task is gone (it never returns early; this is for the type).
-const ABANDONED: DrainEnd = DrainEnd {
-    outcome: "max",
-    duration_seconds: 0.0,
-    new_connections: 0,
-    bytes_in: 0,
-};
+fn abandoned() -> DrainEnd {
+    let now = Instant::now();
+    DrainEnd {
+        outcome: "max",
+        duration_seconds: 0.0,
+        new_connections: 0,
+        bytes_in: 0,
+        began: now,
+        ended: now,
+    }
+}
 
 struct DrainTask {
     config: DrainConfig,
     traffic: Option<TrafficWatcher>,
-    metrics: Metrics,
+    metrics: DrainMetrics,
     inputs: mpsc::Sender<Input>,
+    notices: Option<mpsc::Sender<Notice>>,
+    event: Event,
     started: watch::Receiver<Option<String>>,
     ended: watch::Sender<Option<DrainEnd>>,
 }
@@ -118,6 +198,7 @@ impl DrainTask {
             }
         };
         let began = Instant::now();
+        self.metrics.draining.set(1);
         let message = format!("drain requested by {by}");
         let _ = self.inputs.send(Input::Drain { message }).await;
         tracing::info!(
@@ -127,9 +208,11 @@ impl DrainTask {
             max = ?self.config.max,
             "drain started: not ready from now on",
         );
-        let end = self.hold(began).await;
+        let mut end = self.hold(began).await;
         self.metrics.drains.with_label_values(&[end.outcome]).inc();
-        self.metrics.drain_duration.observe(end.duration_seconds);
+        self.metrics.duration.observe(end.duration_seconds);
+        // After the metrics: a scrape that begins later sees the outcome.
+        end.ended = Instant::now();
         tracing::info!(
             outcome = end.outcome,
             seconds = end.duration_seconds,
@@ -137,6 +220,12 @@ impl DrainTask {
             bytes_in = end.bytes_in,
             "drain ended",
         );
+        if let Some(notices) = &self.notices {
+            let (posted, done) = oneshot::channel();
+            if notices.try_send(Notice::Drained { end, posted }).is_ok() {
+                *self.event.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+            }
+        }
         self.ended.send_replace(Some(end));
     }
 
@@ -154,7 +243,9 @@ impl DrainTask {
                 match traffic.snapshot() {
                     Ok(next) => {
                         let activity = compare(prev, &next);
-                        self.metrics.app_connections.set(activity.open as i64);
+                        if let Some(gauge) = &self.metrics.connections {
+                            gauge.set(activity.open as i64);
+                        }
                         total.new_connections += activity.new_connections;
                         total.bytes_in += activity.bytes_in;
                         if !activity.is_quiet() {
@@ -184,6 +275,8 @@ impl DrainTask {
                     duration_seconds: elapsed.as_secs_f64(),
                     new_connections: total.new_connections,
                     bytes_in: total.bytes_in,
+                    began,
+                    ended: Instant::now(),
                 };
             }
         }
@@ -193,10 +286,11 @@ impl DrainTask {
     fn look(&mut self) {
         if let Some(traffic) = self.traffic.as_mut() {
             match traffic.snapshot() {
-                Ok(s) => self
-                    .metrics
-                    .app_connections
-                    .set(s.sockets.values().filter(|s| s.open).count() as i64),
+                Ok(s) => {
+                    if let Some(gauge) = &self.metrics.connections {
+                        gauge.set(s.sockets.values().filter(|s| s.open).count() as i64);
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "cannot read the app port's sockets"),
             }
         }

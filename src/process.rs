@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::Observation;
 use crate::liveness::Liveness;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Registry};
 use crate::reason::Reason;
 use crate::watcher::Input;
 
@@ -133,11 +133,20 @@ pub fn family(pid: i32) -> Vec<i32> {
     family
 }
 
+/// `sidewatch_process_exits_total`, with `process.match` only.
+pub fn exits_metric(registry: &Registry) -> prometheus::IntCounter {
+    registry.feature("process");
+    registry.register(metrics::counter(
+        "sidewatch_process_exits_total",
+        "Exits of the app's main process (process.match). A rise means the app crashed or restarted.",
+    ))
+}
+
 pub struct ProcessWatcher {
     pub pattern: String,
     pub poll: Duration,
     pub inputs: mpsc::Sender<Input>,
-    pub metrics: Metrics,
+    pub exits: prometheus::IntCounter,
 }
 
 impl ProcessWatcher {
@@ -170,7 +179,7 @@ impl ProcessWatcher {
                 return;
             }
             wait_for_exit(app.pid, self.poll).await;
-            self.metrics.process_exits.inc();
+            self.exits.inc();
             tracing::warn!(pid = app.pid, command = %app.command, "app process exited");
             if !self
                 .exited(format!("pid {} ({}) exited", app.pid, app.command))

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,10 +25,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::drain::{Access, Drain};
 use crate::liveness::Liveness;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Registry};
 use crate::watcher::Published;
 
 /// Port scanners and slow clients must not hold connections open.
@@ -41,20 +43,54 @@ const MAX_CONNECTIONS: usize = 256;
 
 pub struct Admin {
     pub verdict: watch::Receiver<Arc<Published>>,
-    pub metrics: Metrics,
+    /// Everything `/metrics` serves.
+    pub registry: Registry,
+    pub metrics: AdminMetrics,
     pub drain: Drain,
     pub access: Access,
     pub liveness: Liveness,
     /// Connections this server accepted: the drain subtracts them from the namespace's PassiveOpens.
     pub accepted: Arc<AtomicU64>,
+    /// When the latest `/metrics` scrape began: the exit path waits for one after the drain.
+    pub scraped: watch::Sender<Option<Instant>>,
+}
+
+/// The admin port's own metrics: what clients hold of it.
+#[derive(Clone)]
+pub struct AdminMetrics {
+    connections: prometheus::IntGauge,
+    evictions: prometheus::IntCounter,
+}
+
+impl AdminMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        AdminMetrics {
+            connections: registry.register(metrics::gauge(
+                "sidewatch_admin_connections",
+                "Open connections to sidewatch's own port (probes, scrapes, held drains).",
+            )),
+            evictions: registry.register(metrics::counter(
+                "sidewatch_admin_evictions_total",
+                "Idle or slow connections to sidewatch's own port closed to admit new ones at the connection cap: \
+                 a rise means a client holds many connections open (a leak or an attack).",
+            )),
+        }
+    }
 }
 
 const TOKEN_HEADER: &str = "x-sidewatch-drain-token";
 
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+/// Serves until `shutdown`, then stops accepting, lets every connection finish the request it is
+/// in (a scrape's answer is written whole) and returns once all are closed.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     let connections = Connections::new(connection_cap());
+    let tracker = TaskTracker::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, mostly: back off instead of spinning.
@@ -67,7 +103,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         let _ = stream.set_nodelay(true);
         let (slot, evicted) = connections.admit(peer.ip(), &admin.metrics);
         let admin = admin.clone();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
             let busy = slot.busy.clone();
             let service = service_fn(move |req| {
                 let admin = admin.clone();
@@ -78,21 +115,33 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let mut conn = http1::Builder::new();
-            conn.timer(TokioTimer::new())
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_BUF);
-            tokio::select! {
-                result = conn.serve_connection(TokioIo::new(stream), service) => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-                    }
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = evicted => {
+                    tracing::debug!(%peer, "admin connection closed to make room");
+                    Ok(())
                 }
-                _ = evicted => tracing::debug!(%peer, "admin connection closed to make room"),
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
             }
             drop(slot);
         });
     }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
 }
 
 /// The connection cap: `MAX_CONNECTIONS`, or a quarter of the descriptor limit when that is lower,
@@ -145,14 +194,14 @@ impl Connections {
 
     /// Registers a new connection, closing another (`Open::victim`) if the cap is reached. The
     /// receiver completes when this connection is closed in turn.
-    fn admit(&self, peer: IpAddr, metrics: &Metrics) -> (Slot, oneshot::Receiver<()>) {
+    fn admit(&self, peer: IpAddr, metrics: &AdminMetrics) -> (Slot, oneshot::Receiver<()>) {
         let (evict, evicted) = oneshot::channel();
         let busy = Arc::new(AtomicBool::new(false));
         let mut open = self.lock();
         if open.slots.len() >= self.cap {
             if let Some(id) = open.victim() {
                 open.slots.remove(&id);
-                metrics.admin_evictions.inc();
+                metrics.evictions.inc();
             }
         }
         let id = open.next;
@@ -165,12 +214,12 @@ impl Connections {
                 _evict: evict,
             },
         );
-        metrics.admin_connections.set(open.slots.len() as i64);
+        metrics.connections.set(open.slots.len() as i64);
         let slot = Slot {
             id,
             busy,
             connections: self.clone(),
-            open_gauge: metrics.admin_connections.clone(),
+            open_gauge: metrics.connections.clone(),
         };
         (slot, evicted)
     }
@@ -268,7 +317,9 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
                     }
                 }
                 _ => {
-                    let mut resp = Response::new(Full::new(Bytes::from(admin.metrics.encode())));
+                    // Before encoding: a scrape that began after the drain's end sees its outcome.
+                    admin.scraped.send_replace(Some(Instant::now()));
+                    let mut resp = Response::new(Full::new(Bytes::from(admin.registry.encode())));
                     resp.headers_mut().insert(
                         CONTENT_TYPE,
                         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -314,7 +365,7 @@ mod tests {
     #[test]
     fn the_victim_is_the_oldest_idle_connection_of_the_busiest_client() {
         let c = Connections::new(4);
-        let m = Metrics::new([]);
+        let m = AdminMetrics::new(&Registry::new());
         let (node, attacker) = ("10.0.0.1".parse().unwrap(), "10.1.2.3".parse().unwrap());
         let (_kubelet, _) = c.admit(node, &m);
         let (held, _) = c.admit(attacker, &m);
@@ -326,7 +377,7 @@ mod tests {
         assert_eq!(c.lock().victim(), Some(held.id));
         // At the cap, admitting closes the victim and keeps the count.
         let (_admitted, _) = c.admit(node, &m);
-        assert_eq!(m.admin_evictions.get(), 1);
+        assert_eq!(m.evictions.get(), 1);
         assert_eq!(c.lock().slots.len(), 4);
         assert!(!c.lock().slots.contains_key(&held.id));
     }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Change, Engine, Observation, Verdict};
 use crate::liveness::Liveness;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Registry};
 use crate::reason::Reason;
 
 pub enum Input {
@@ -40,15 +40,69 @@ impl Published {
     }
 }
 
+/// The verdict's metrics: readiness, its transitions, and which reasons hold it.
+pub struct EngineMetrics {
+    ready: prometheus::IntGauge,
+    transitions: prometheus::IntCounterVec,
+    reasons: prometheus::IntGaugeVec,
+    known: Vec<Reason>,
+}
+
+impl EngineMetrics {
+    /// `reasons`: every reason the signals that run here can give, each series there from the start.
+    pub fn new(registry: &Registry, reasons: &[Reason]) -> Self {
+        let ready = registry.register(metrics::gauge(
+            "sidewatch_ready",
+            "1 when sidewatch reports this pod ready. When 0, sidewatch_not_ready_reason (or GET /readyz) says why.",
+        ));
+        let transitions = registry.register(metrics::counter_vec(
+            "sidewatch_ready_transitions_total",
+            "Readiness changes. A fast rise means a flapping app: read the reasons in the logs.",
+            &["to"],
+        ));
+        for to in ["ready", "not_ready"] {
+            transitions.with_label_values(&[to]);
+        }
+        let by_reason = registry.register(metrics::gauge_vec(
+            "sidewatch_not_ready_reason",
+            "1 while a critical signal keeps the pod out of rotation for this reason (starting and draining included), 0 otherwise.",
+            &["reason"],
+        ));
+        let mut known = reasons.to_vec();
+        known.extend([Reason::Starting, Reason::Draining]);
+        known.sort();
+        known.dedup();
+        for r in &known {
+            by_reason.with_label_values(&[r.as_str()]);
+        }
+        EngineMetrics {
+            ready,
+            transitions,
+            reasons: by_reason,
+            known,
+        }
+    }
+
+    fn verdict(&self, verdict: &Verdict) {
+        self.ready.set(i64::from(verdict.ready));
+        for r in &self.known {
+            let holds = verdict.reasons.iter().any(|c| c.reason == *r);
+            self.reasons
+                .with_label_values(&[r.as_str()])
+                .set(i64::from(holds));
+        }
+    }
+}
+
 pub async fn run_engine(
     mut engine: Engine,
     mut inputs: mpsc::Receiver<Input>,
     publish: watch::Sender<Arc<Published>>,
-    metrics: Metrics,
+    metrics: EngineMetrics,
     liveness: Liveness,
 ) {
     let guard = liveness.register("engine");
-    metrics.ready.set(i64::from(engine.verdict().ready));
+    metrics.verdict(engine.verdict());
     let mut limiter = LogLimiter::default();
     loop {
         let due = limiter.due();
@@ -77,8 +131,8 @@ pub async fn run_engine(
         }
         let verdict = engine.verdict();
         publish.send_replace(Published::new(verdict));
+        metrics.verdict(verdict);
         let what = if change == Change::Readiness {
-            metrics.ready.set(i64::from(verdict.ready));
             let to = if verdict.ready { "ready" } else { "not_ready" };
             metrics.transitions.with_label_values(&[to]).inc();
             Logged::Transition

@@ -13,17 +13,25 @@ use nix::sys::signal::Signal;
 const WITHIN: Duration = Duration::from_secs(10);
 
 async fn ready_sidewatch(up: &Upstream, drain_delay: &str) -> Sidewatch {
+    ready_sidewatch_with(up, drain_delay, &[]).await
+}
+
+async fn ready_sidewatch_with(
+    up: &Upstream,
+    drain_delay: &str,
+    more: &[(&str, &str)],
+) -> Sidewatch {
     let url = up.url();
-    let sw = Sidewatch::start(
-        &["--target", &url, "--interval", "50ms"],
-        &[
-            ("SIDEWATCH_DRAIN_DELAY", drain_delay),
-            ("SIDEWATCH_DRAIN_MAX", "120s"),
-            // This host's other tests open connections all the time; the drain tests in
-            // tests/drain.rs run in namespaces of their own with PassiveOpens on.
-            ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false"),
-        ],
-    );
+    let mut env = vec![
+        ("SIDEWATCH_DRAIN_DELAY", drain_delay),
+        ("SIDEWATCH_DRAIN_MAX", "120s"),
+        ("SIDEWATCH_DRAIN_GRACE_PERIOD", "130s"),
+        // This host's other tests open connections all the time; the drain tests in
+        // tests/drain.rs run in namespaces of their own with PassiveOpens on.
+        ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false"),
+    ];
+    env.extend_from_slice(more);
+    let sw = Sidewatch::start(&["--target", &url, "--interval", "50ms"], &env);
     sw.wait_ready(WITHIN).await;
     sw
 }
@@ -43,6 +51,13 @@ async fn sigterm_drains_then_exits_zero() {
     // Still serving while draining, and probes have stopped.
     let probes = up.requests.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(sw.get("/livez").await.0, 200);
+    // After the drain it keeps serving (drain.linger is 15 s) until a scrape has its outcome,
+    // then exits.
+    sw.wait_log("drain ended").await;
+    assert_eq!(
+        sw.metric("sidewatch_drains_total{outcome=\"quiet\"}").await,
+        Some(1.0)
+    );
     let status = sw.wait_exit(WITHIN).await;
     assert!(status.success(), "exit status {status:?}");
     assert!(
@@ -50,7 +65,49 @@ async fn sigterm_drains_then_exits_zero() {
         "exited before drain.delay"
     );
     assert!(up.requests.load(std::sync::atomic::Ordering::SeqCst) <= probes + 1);
-    sw.wait_log("drain ended").await;
+    sw.wait_log("scraped=true").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unscraped_it_lingers_for_drain_linger_then_exits() {
+    let up = Upstream::start(healthy()).await;
+    let mut sw = ready_sidewatch_with(&up, "1s", &[("SIDEWATCH_DRAIN_LINGER", "2s")]).await;
+    let sent = Instant::now();
+    sw.signal(Signal::SIGTERM);
+    let status = sw.wait_exit(WITHIN).await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(3),
+        "exited {:?} after SIGTERM, before drain.delay + drain.linger",
+        sent.elapsed()
+    );
+    sw.wait_log("scraped=false").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lingering_ends_a_second_before_the_grace_period() {
+    let up = Upstream::start(healthy()).await;
+    let mut sw = ready_sidewatch_with(
+        &up,
+        "1s",
+        &[
+            ("SIDEWATCH_DRAIN_MAX", "2s"),
+            ("SIDEWATCH_DRAIN_GRACE_PERIOD", "4s"),
+            ("SIDEWATCH_DRAIN_LINGER", "5m"),
+        ],
+    )
+    .await;
+    let sent = Instant::now();
+    sw.signal(Signal::SIGTERM);
+    // Within WITHIN (10 s), far less than the 5 min linger: the grace period bounds it.
+    let status = sw.wait_exit(WITHIN).await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    sw.wait_log("scraped=false").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,11 @@
 //! The Helm chart, with real helm: lint, render with the defaults and with every option on, check
-//! the objects against the Kubernetes 1.29 and 1.35 schemas, the alert rules with promtool, and
+//! the objects against the Kubernetes 1.29 and 1.35 schemas (the alert rules: tests/alerts.rs), and
 //! the chart, deploy/ and the Dockerfile with checkov (the checks skipped are justified in the
 //! docs/hardening.md, "Security scan").
 
 mod common;
 
-use common::{kubernetes_validate, output_text, run_tool, tempdir};
+use common::{chart, kubernetes_validate, output_text, run_tool, tempdir};
 use serde_json::Value;
 
 /// Checks skipped on purpose; docs/hardening.md "Security scan" says why for each.
@@ -19,24 +19,6 @@ const CRDS: [&str; 5] = [
     "ServiceMonitor",
 ];
 
-const ALL_ON: &str = "tests/fixtures/chart-all-on.yaml";
-
-fn render(all_on: bool) -> Option<String> {
-    let mut args = vec![
-        "template",
-        "sw",
-        "charts/sidewatch",
-        "--namespace",
-        "sidewatch",
-    ];
-    if all_on {
-        args.extend(["-f", ALL_ON]);
-    }
-    let out = run_tool("helm", &args)?;
-    assert!(out.status.success(), "{}", output_text(&out));
-    Some(String::from_utf8(out.stdout).unwrap())
-}
-
 fn kinds(yaml: &str) -> Vec<String> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).unwrap();
     docs.iter()
@@ -46,7 +28,7 @@ fn kinds(yaml: &str) -> Vec<String> {
 
 #[test]
 fn the_chart_lints_strictly_and_rejects_unknown_values() {
-    for extra in [vec![], vec!["-f", ALL_ON]] {
+    for extra in [vec![], vec!["-f", chart::ALL_ON]] {
         let mut args = vec!["lint", "--strict", "charts/sidewatch"];
         args.extend(extra);
         let Some(out) = run_tool("helm", &args) else {
@@ -80,8 +62,12 @@ fn the_chart_lints_strictly_and_rejects_unknown_values() {
 
 #[test]
 fn every_option_renders_and_validates_for_1_29_and_1_35() {
-    let Some(default) = render(false) else { return };
-    let Some(all) = render(true) else { return };
+    let Some(default) = chart::render(&[]) else {
+        return;
+    };
+    let Some(all) = chart::render(&["-f", chart::ALL_ON]) else {
+        return;
+    };
     let default_kinds = kinds(&default);
     for kind in [
         "Deployment",
@@ -125,32 +111,13 @@ fn every_option_renders_and_validates_for_1_29_and_1_35() {
 }
 
 #[test]
-fn the_alert_rules_pass_promtool() {
-    let Some(all) = render(true) else { return };
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&all).unwrap();
-    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
-    let dir = tempdir::Dir::new();
-    let file = dir.path().join("rules.json");
-    std::fs::write(
-        &file,
-        serde_json::to_vec(&serde_json::json!({"groups": rule["spec"]["groups"]})).unwrap(),
-    )
-    .unwrap();
-    let Some(out) = run_tool("promtool", &["check", "rules", file.to_str().unwrap()]) else {
+fn checkov_finds_nothing_beyond_the_justified_skips() {
+    let Some(default) = chart::render(&[]) else {
         return;
     };
-    assert!(out.status.success(), "{}", output_text(&out));
-    assert!(
-        output_text(&out).contains("SUCCESS: 4 rules found"),
-        "{}",
-        output_text(&out)
-    );
-}
-
-#[test]
-fn checkov_finds_nothing_beyond_the_justified_skips() {
-    let Some(default) = render(false) else { return };
-    let Some(all) = render(true) else { return };
+    let Some(all) = chart::render(&["-f", chart::ALL_ON]) else {
+        return;
+    };
     let Some(deploy) = run_tool("kubectl", &["kustomize", "deploy"]) else {
         return;
     };

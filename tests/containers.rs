@@ -275,7 +275,7 @@ async fn oom_kills_of_a_worker_and_of_the_app_are_seen_without_a_host_path() {
         },
     )
     .await;
-    let series = "sidewatch_container_restarts_total{container=\"web\",reason=\"oom_killed\"}";
+    let series = "sidewatch_container_restarts_total{app_container=\"web\",reason=\"oom_killed\"}";
     eventually("the OOMKilled restart in the metrics", WITHIN, || async {
         (c.metric(series).await >= 1.0).then_some(())
     })
@@ -315,7 +315,7 @@ async fn the_app_killed_is_refused_then_held_out_after_its_restart() {
     .await;
     let body = c.wait_reason("container_restarted").await;
     assert!(body.to_string().contains("kube:app"), "{body}");
-    let series = "sidewatch_container_restarts_total{container=\"web\",reason=\"error\"}";
+    let series = "sidewatch_container_restarts_total{app_container=\"web\",reason=\"error\"}";
     assert!(c.metric(series).await >= 1.0);
 }
 

@@ -1,16 +1,13 @@
 //! The documentation's reference parts are produced by the code, so they cannot drift from it,
 //! and every link in it leads somewhere.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use sidewatch::engine::{Engine, Observation, SignalSpec};
-use sidewatch::metrics::Metrics;
 use sidewatch::reason::Reason;
 
 const README: &str = include_str!("../README.md");
 const ENDPOINTS: &str = include_str!("../docs/endpoints.md");
-const METRICS: &str = include_str!("../docs/metrics.md");
 
 #[test]
 fn the_readyz_example_is_what_the_engine_serialises() {
@@ -34,32 +31,6 @@ fn the_readyz_example_is_what_the_engine_serialises() {
         .and_then(|rest| rest.split("\n```").next())
         .expect("docs/endpoints.md has the readyz example block");
     assert_eq!(block, json);
-}
-
-#[test]
-fn the_metric_table_lists_exactly_the_registered_metrics() {
-    let metrics = Metrics::new([("app", &Reason::HTTP[..])]);
-    // Its label values come from the Pod, so no series exists until a restart is seen.
-    metrics
-        .container_restarts
-        .with_label_values(&["app", "other"])
-        .inc();
-    let text = String::from_utf8(metrics.encode()).unwrap();
-    let registered: BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    let section = METRICS
-        .split("\n## ")
-        .next()
-        .expect("docs/metrics.md has a table");
-    let documented: BTreeSet<&str> = section
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .collect();
-    assert_eq!(documented, registered);
 }
 
 #[test]

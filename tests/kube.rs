@@ -58,7 +58,7 @@ async fn an_oom_killed_restart_is_unready_at_once_then_cools_down() {
         .update_pod(|pod| fake_api::app_restarted(pod, 1, 137, "OOMKilled", SystemTime::now()));
     let body = s.sw.wait_reason("oom_killed", Duration::from_secs(2)).await;
     assert_eq!(body["reasons"][0]["signal"], "kube:app");
-    let series = "sidewatch_container_restarts_total{container=\"app\",reason=\"oom_killed\"}";
+    let series = "sidewatch_container_restarts_total{app_container=\"app\",reason=\"oom_killed\"}";
     assert_eq!(s.sw.metric(series).await, Some(1.0));
     s.sw.wait_ready(WITHIN).await;
 
@@ -71,7 +71,7 @@ async fn an_oom_killed_restart_is_unready_at_once_then_cools_down() {
     });
     s.sw.wait_reason("container_restarted", Duration::from_secs(2))
         .await;
-    let own = "sidewatch_container_restarts_total{container=\"sidewatch\",reason=\"other\"}";
+    let own = "sidewatch_container_restarts_total{app_container=\"sidewatch\",reason=\"other\"}";
     assert_eq!(s.sw.metric(own).await, None);
     s.sw.wait_ready(WITHIN).await;
 }
@@ -84,8 +84,8 @@ async fn an_old_termination_at_start_up_is_history() {
     let s = setup(pod, &[]).await;
     s.api.wait_watching().await;
     s.sw.wait_ready(WITHIN).await;
-    let series = "sidewatch_container_restarts_total{container=\"app\",reason=\"oom_killed\"}";
-    assert_eq!(s.sw.metric(series).await, None);
+    let series = "sidewatch_container_restarts_total{app_container=\"app\",reason=\"oom_killed\"}";
+    assert_eq!(s.sw.metric(series).await, Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,6 +123,44 @@ async fn the_gate_is_patched_on_transitions_with_a_strategic_merge() {
             && r.path.contains("/pods/")),
         "a JSON merge patch was sent to a pod"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_at_sigterm_is_posted_as_an_event_before_the_exit() {
+    let mut s = setup(
+        fake_api::pod(false),
+        &[
+            ("SIDEWATCH_DRAIN_DELAY", "1s"),
+            ("SIDEWATCH_DRAIN_LINGER", "30s"),
+            ("SIDEWATCH_DRAIN_GRACE_PERIOD", "60s"),
+        ],
+    )
+    .await;
+    s.sw.wait_ready(WITHIN).await;
+    s.api.wait_watching().await;
+    s.sw.signal(nix::sys::signal::Signal::SIGTERM);
+    s.sw.wait_log("drain ended").await;
+    // The scrape it lingers for; the exit then waits for the Event too.
+    assert_eq!(
+        s.sw.metric("sidewatch_drains_total{outcome=\"quiet\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(s.sw.wait_exit(WITHIN).await.success());
+    let drained: Vec<_> = s
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/events"))
+        .filter(|r| r.body["action"] == "Drain")
+        .collect();
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    let event = &drained[0].body;
+    assert_eq!(event["reason"], "Drained");
+    assert_eq!(event["type"], "Normal");
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains("traffic stopped"), "{note}");
+    s.sw.wait_log("scraped=true").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

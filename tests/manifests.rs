@@ -102,5 +102,6 @@ fn the_example_sidecar_configuration_is_one_sidewatch_accepts() {
         35 < grace,
         "drain.max must stay under terminationGracePeriodSeconds"
     );
+    assert_eq!(config["drain"]["grace_period"], format!("{grace}s"));
     assert!(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).exists());
 }

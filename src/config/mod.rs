@@ -403,6 +403,14 @@ pub struct DrainConfig {
     /// End at the latest here (keep it under terminationGracePeriodSeconds).
     #[serde(with = "duration")]
     pub max: Duration,
+    /// After a drain at SIGTERM, keep serving at most this long until a scrape of `/metrics`
+    /// has seen its outcome, so that the outcome reaches Prometheus.
+    #[serde(with = "duration")]
+    pub linger: Duration,
+    /// The pod's terminationGracePeriodSeconds: sidewatch exits 1 s before the kubelet's
+    /// SIGKILL would come, counted from the drain's start, whatever `linger` says.
+    #[serde(with = "duration")]
+    pub grace_period: Duration,
     /// Name of an env var holding a token that lets non-loopback callers drain.
     pub token_env: Option<String>,
     /// The app port whose traffic is watched; default: the first critical probe's port.
@@ -420,6 +428,8 @@ impl Default for DrainConfig {
             delay: Duration::from_secs(5),
             quiet: Duration::from_secs(1),
             max: Duration::from_secs(25),
+            linger: Duration::from_secs(15),
+            grace_period: Duration::from_secs(30),
             token_env: None,
             port: None,
             traffic_source: TrafficSource::Auto,
@@ -439,6 +449,14 @@ impl DrainConfig {
         }
         if self.quiet.is_zero() {
             return Err("drain.quiet must be above zero".into());
+        }
+        if self.max > self.grace_period {
+            return Err(format!(
+                "drain.max ({}) must not exceed drain.grace_period ({}): the kubelet kills the pod \
+                 at terminationGracePeriodSeconds; set drain.grace_period to it",
+                humantime::format_duration(self.max),
+                humantime::format_duration(self.grace_period)
+            ));
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{KubernetesConfig, Switch};
 use crate::engine::Observation;
 use crate::liveness::Liveness;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Registry};
 use crate::reason::Reason;
 use crate::watcher::{Input, Published};
 use pod::Tracker;
@@ -28,6 +28,8 @@ use publish::Publisher;
 pub const APP: &str = "kube:app";
 pub const POD: &str = "kube:pod";
 pub const SIGNALS: [&str; 2] = [APP, POD];
+/// The reasons the Kubernetes signals give.
+pub const REASONS: [Reason; 2] = [Reason::ContainerRestarted, Reason::Terminating];
 
 /// After a failed watch or list, sidewatch waits this long before listing again, doubling up to
 /// `WATCH_RETRY_MAX`, each wait jittered so that the pods of a cluster do not all come back to a
@@ -91,6 +93,53 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Option<Identity>, Stri
     }))
 }
 
+/// The Kubernetes part's metrics, only when it runs.
+#[derive(Clone)]
+pub struct KubeMetrics {
+    restarts: prometheus::IntCounterVec,
+    pub(crate) errors: prometheus::IntCounterVec,
+    pub(crate) events_dropped: prometheus::IntCounter,
+}
+
+impl KubeMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        registry.feature("kubernetes");
+        let restarts = registry.register(metrics::counter_vec(
+            "sidewatch_container_restarts_total",
+            "Container restarts the kubelet reported, by container of the pod and last termination \
+             reason (oom_killed: raise the memory limit). Every container's series is there from the first look at the pod.",
+            &["app_container", "reason"],
+        ));
+        let errors = registry.register(metrics::counter_vec(
+            "sidewatch_kube_errors_total",
+            "Failed Kubernetes API requests by operation; local signals keep deciding. Check RBAC (403) and API server reachability; \
+             patch_status failing means the readiness gate is not being set.",
+            &["op"],
+        ));
+        for op in ["watch", "patch_status", "create_event"] {
+            errors.with_label_values(&[op]);
+        }
+        let events_dropped = registry.register(metrics::counter(
+            "sidewatch_events_dropped_total",
+            "Kubernetes Events not posted because of the rate limit: the app is flapping, read the logs.",
+        ));
+        KubeMetrics {
+            restarts,
+            errors,
+            events_dropped,
+        }
+    }
+
+    /// Every container's restart series at zero, so that an alert's `increase()` sees its first.
+    pub(crate) fn containers(&self, names: &[String]) {
+        for name in names {
+            for reason in pod::RESTART_REASONS {
+                self.restarts.with_label_values(&[name, reason]);
+            }
+        }
+    }
+}
+
 /// What the pod watcher tells the publisher.
 #[derive(Clone, Debug, PartialEq)]
 struct PodInfo {
@@ -100,17 +149,26 @@ struct PodInfo {
     relists: u64,
 }
 
-/// Notices from other watchers that deserve an Event (the cgroup watcher's OOM kills).
+/// Notices from other parts that deserve an Event: the cgroup watcher's OOM kills, the drain's end.
 #[derive(Debug)]
 pub enum Notice {
-    OomKill { kills: u64, message: String },
+    OomKill {
+        kills: u64,
+        message: String,
+    },
+    /// A drain ended; `posted` is dropped once its Event is posted or given up, which the exit
+    /// path waits for.
+    Drained {
+        end: crate::drain::DrainEnd,
+        posted: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 pub struct KubeWatcher {
     pub identity: Identity,
     pub config: KubernetesConfig,
     pub inputs: mpsc::Sender<Input>,
-    pub metrics: Metrics,
+    pub metrics: KubeMetrics,
     pub terminating: Arc<AtomicBool>,
     pub verdict: watch::Receiver<Arc<Published>>,
     pub notices: mpsc::Receiver<Notice>,
@@ -157,7 +215,7 @@ struct PodWatcher {
     name: String,
     tracker: Tracker,
     inputs: mpsc::Sender<Input>,
-    metrics: Metrics,
+    metrics: KubeMetrics,
     terminating: Arc<AtomicBool>,
     info: watch::Sender<Option<PodInfo>>,
     relists: u64,
@@ -232,9 +290,10 @@ impl PodWatcher {
 
     async fn on_pod(&mut self, pod: &Pod) {
         let update = self.tracker.observe(pod, pod::Now::read());
+        self.metrics.containers(&update.containers);
         for r in &update.restarts {
             self.metrics
-                .container_restarts
+                .restarts
                 .with_label_values(&[&r.container, r.reason])
                 .inc_by(r.count);
             tracing::warn!(container = %r.container, reason = r.reason, count = r.count, "container restarted");
@@ -264,7 +323,7 @@ impl PodWatcher {
     }
 
     fn on_error(&mut self, e: &watcher::Error) {
-        self.metrics.kube_errors.with_label_values(&["watch"]).inc();
+        self.metrics.errors.with_label_values(&["watch"]).inc();
         if !self.failing {
             self.failing = true;
             tracing::warn!(error = %e, "kubernetes: cannot watch the pod; listing again with backoff, local signals still decide");

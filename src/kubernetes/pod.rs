@@ -29,7 +29,12 @@ pub struct PodUpdate {
     pub terminating: bool,
     pub restarts: Vec<Restart>,
     pub has_gate: bool,
+    /// Every container of the pod but sidewatch's own, whose restarts are counted.
+    pub containers: Vec<String>,
 }
+
+/// The `reason` label values of `sidewatch_container_restarts_total`.
+pub const RESTART_REASONS: [&str; 4] = ["oom_killed", "error", "completed", "other"];
 
 /// The moment of an observation on both clocks.
 #[derive(Clone, Copy, Debug)]
@@ -92,11 +97,13 @@ impl Tracker {
                 .chain(s.init_container_statuses.iter().flatten())
         });
         let mut restarts = Vec::new();
+        let mut containers = Vec::new();
         self.crash_loop = false;
         for s in statuses {
             if s.name == self.own_container {
                 continue; // sidewatch's own restarts are not the app's health
             }
+            containers.push(s.name.clone());
             let is_app = app.as_deref() == Some(s.name.as_str());
             let previous = self.seen.insert(s.name.clone(), s.restart_count);
             let (term_reason, finished) = last_termination(s);
@@ -138,6 +145,7 @@ impl Tracker {
             terminating: pod.metadata.deletion_timestamp.is_some(),
             restarts,
             has_gate,
+            containers,
         }
     }
 

@@ -12,10 +12,10 @@ use kube::Api;
 use tokio::sync::{mpsc, watch};
 
 use super::limit::{Bucket, GateLimit};
+use super::KubeMetrics;
 use super::{sleep_until, Identity, Notice, PodInfo};
 use crate::config::KubernetesConfig;
 use crate::engine::Verdict;
-use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::watcher::Published;
 
@@ -45,7 +45,7 @@ pub(super) struct Publisher {
     recorder: Option<Recorder>,
     name: String,
     gate: String,
-    metrics: Metrics,
+    metrics: KubeMetrics,
     limit: Bucket,
     /// The latest readiness Event the rate limit held back, and how many were: posted when a
     /// token frees, so the pod's Events end on its current state.
@@ -57,7 +57,11 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    pub(super) fn new(identity: &Identity, config: &KubernetesConfig, metrics: Metrics) -> Self {
+    pub(super) fn new(
+        identity: &Identity,
+        config: &KubernetesConfig,
+        metrics: KubeMetrics,
+    ) -> Self {
         Publisher {
             pods: Api::namespaced(identity.client.clone(), &identity.namespace),
             recorder: config.events.then(|| {
@@ -241,25 +245,34 @@ impl Publisher {
     }
 
     async fn notice_event(&mut self, notice: Notice, reference: &ObjectReference) {
-        let Notice::OomKill { kills, message } = notice;
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "OOMKilled".into(),
-            note: Some(truncate(
-                format!("{kills} process(es) OOM-killed in the app's cgroup: {message}"),
-                1000,
-            )),
-            action: "OOMKill".into(),
-            secondary: None,
-        };
         if self.recorder.is_none() {
             return;
         }
-        if !self.limit.take(Instant::now()) {
-            self.dropped(&event);
-            return;
+        match notice {
+            Notice::OomKill { kills, message } => {
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: "OOMKilled".into(),
+                    note: Some(truncate(
+                        format!("{kills} process(es) OOM-killed in the app's cgroup: {message}"),
+                        1000,
+                    )),
+                    action: "OOMKill".into(),
+                    secondary: None,
+                };
+                if !self.limit.take(Instant::now()) {
+                    self.dropped(&event);
+                    return;
+                }
+                self.post(event, reference).await;
+            }
+            // Once in a pod's life, and the only record of how its shutdown went once the pod is
+            // gone: past the rate limit.
+            Notice::Drained { end, posted } => {
+                self.post(drained_event(&end), reference).await;
+                drop(posted);
+            }
         }
-        self.post(event, reference).await;
     }
 
     fn dropped(&self, event: &Event) {
@@ -286,7 +299,7 @@ impl Publisher {
                 true
             }
             Err(e) => {
-                self.metrics.kube_errors.with_label_values(&[op]).inc();
+                self.metrics.errors.with_label_values(&[op]).inc();
                 if !was_failing {
                     tracing::warn!(op, error = %e, "kubernetes: request failed; local signals still decide");
                 }
@@ -294,6 +307,28 @@ impl Publisher {
                 false
             }
         }
+    }
+}
+
+/// The Event of a drain's end: Normal when traffic stopped, Warning when `drain.max` cut it.
+fn drained_event(end: &crate::drain::DrainEnd) -> Event {
+    let (type_, reason, how) = match end.outcome {
+        "quiet" => (EventType::Normal, "Drained", "traffic stopped"),
+        _ => (
+            EventType::Warning,
+            "DrainEndedAtMax",
+            "traffic never stopped, drain.max reached: clients still sent to a pod out of rotation",
+        ),
+    };
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(format!(
+            "drain ended after {:.1} s, {how}; {} new connection(s), {} byte(s) in during it",
+            end.duration_seconds, end.new_connections, end.bytes_in
+        )),
+        action: "Drain".into(),
+        secondary: None,
     }
 }
 
@@ -346,5 +381,30 @@ mod tests {
         assert_eq!(pascal("memory_high"), "MemoryHigh");
         assert_eq!(pascal("http_5xx"), "Http5xx");
         assert_eq!(pascal("refused"), "Refused");
+    }
+
+    #[test]
+    fn a_drain_cut_at_max_is_a_warning() {
+        let now = std::time::Instant::now();
+        let end = crate::drain::DrainEnd {
+            outcome: "max",
+            duration_seconds: 25.04,
+            new_connections: 312,
+            bytes_in: 40_960,
+            began: now,
+            ended: now,
+        };
+        let event = drained_event(&end);
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(event.reason, "DrainEndedAtMax");
+        let note = event.note.unwrap();
+        assert!(
+            note.starts_with("drain ended after 25.0 s, traffic never stopped"),
+            "{note}"
+        );
+        assert!(
+            note.contains("312 new connection(s), 40960 byte(s)"),
+            "{note}"
+        );
     }
 }

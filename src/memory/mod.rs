@@ -14,8 +14,9 @@ use crate::config::{CgroupSetting, MemoryConfig, MemorySource};
 use crate::engine::Observation;
 use crate::kubernetes::Notice;
 use crate::liveness::Liveness;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Registry};
 use crate::process;
+use crate::reason::Reason;
 use crate::watcher::Input;
 use assess::{Assessment, Assessor, Thresholds};
 use cgroup::{CgroupDir, Version};
@@ -26,6 +27,13 @@ pub const PRESSURE: &str = "memory:pressure";
 pub const TREND: &str = "memory:trend";
 pub const OOM: &str = "memory:oom";
 pub const SIGNALS: [&str; 4] = [USAGE, PRESSURE, TREND, OOM];
+/// The reasons the memory signals give.
+pub const REASONS: [Reason; 4] = [
+    Reason::MemoryHigh,
+    Reason::MemoryPressure,
+    Reason::OomPredicted,
+    Reason::OomKilled,
+];
 
 /// How the watcher finds the memory to read.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,11 +118,105 @@ pub fn plan(
     }
 }
 
+/// A prediction further out than this is no prediction: flat memory with a tiny slope would
+/// give 10^7 s one sample and +Inf the next.
+const PREDICTION_HORIZON: f64 = 24.0 * 60.0 * 60.0;
+
+/// The `source` label values of `sidewatch_memory_source`.
+const SOURCES: [&str; 4] = ["cgroup", "app-root", "proc", "none"];
+
+/// The memory watcher's metrics, only when it runs; PSI's only where the cgroup has PSI.
+#[derive(Clone)]
+pub struct MemoryMetrics {
+    registry: Registry,
+    usage: prometheus::IntGauge,
+    limit: prometheus::IntGauge,
+    predicted: prometheus::Gauge,
+    oom_kills: prometheus::IntCounter,
+    read_errors: prometheus::IntCounterVec,
+    source: prometheus::IntGaugeVec,
+    pressure: std::sync::Arc<std::sync::Mutex<Option<prometheus::GaugeVec>>>,
+}
+
+impl MemoryMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        registry.feature("memory");
+        let read_errors = registry.register(metrics::counter_vec(
+            "sidewatch_memory_read_errors_total",
+            "Failed reads of the app's memory files, by kind (gone = the cgroup directory was removed, as at a container restart; missing, garbled, io); \
+             while they fail, memory signals do not veto readiness.",
+            &["kind"],
+        ));
+        for kind in ["gone", "missing", "garbled", "io"] {
+            read_errors.with_label_values(&[kind]);
+        }
+        let source = registry.register(metrics::gauge_vec(
+            "sidewatch_memory_source",
+            "1 for where the app's memory is read now: cgroup (a host path of the node's tree), app-root (the app container's own cgroup through its root), proc (its processes' RSS) or none (the app not found yet).",
+            &["source"],
+        ));
+        for s in SOURCES {
+            source.with_label_values(&[s]);
+        }
+        MemoryMetrics {
+            registry: registry.clone(),
+            usage: registry.register(metrics::gauge(
+                "sidewatch_memory_usage_bytes",
+                "The app's working set (usage minus inactive file cache, as the kubelet counts it). Compare with sidewatch_memory_limit_bytes.",
+            )),
+            limit: registry.register(metrics::gauge(
+                "sidewatch_memory_limit_bytes",
+                "The app's memory limit; 0 when there is none. Near the usage, raise the limit or fix the leak.",
+            )),
+            predicted: registry.register(metrics::float_gauge(
+                "sidewatch_memory_predicted_oom_seconds",
+                "Seconds until the memory limit at the current trend; +Inf when memory is not growing toward a limit within a day.",
+            )),
+            oom_kills: registry.register(metrics::counter(
+                "sidewatch_oom_kills_total",
+                "Processes the kernel OOM killer killed in the app's cgroup, workers included. Any rise means requests were dropped: raise the limit.",
+            )),
+            read_errors,
+            source,
+            pressure: Default::default(),
+        }
+    }
+
+    fn source(&self, now: &str) {
+        for s in SOURCES {
+            self.source.with_label_values(&[s]).set(i64::from(s == now));
+        }
+    }
+
+    /// PSI's gauges exist while the watched cgroup has PSI: 0 then means no stall, not "no PSI".
+    pub(crate) fn pressure(&self, psi: Option<read::Pressure>) {
+        let mut gauges = self.pressure.lock().unwrap_or_else(|e| e.into_inner());
+        match (psi, gauges.as_ref()) {
+            (Some(p), _) => {
+                let g = gauges.get_or_insert_with(|| {
+                    self.registry.register(metrics::float_gauge_vec(
+                        "sidewatch_memory_pressure_avg10",
+                        "Percent of the last 10 s the app's tasks stalled on memory (PSI); full = all tasks stalled.",
+                        &["kind"],
+                    ))
+                });
+                g.with_label_values(&["some"]).set(p.some_avg10);
+                g.with_label_values(&["full"]).set(p.full_avg10);
+            }
+            (None, Some(g)) => {
+                self.registry.unregister(g);
+                *gauges = None;
+            }
+            (None, None) => {}
+        }
+    }
+}
+
 pub struct MemoryWatcher {
     pub plan: Plan,
     pub config: MemoryConfig,
     pub inputs: mpsc::Sender<Input>,
-    pub metrics: Metrics,
+    pub metrics: MemoryMetrics,
     /// Where OOM kills go to become Kubernetes Events (the kubelet posts none for them).
     pub notices: Option<mpsc::Sender<Notice>>,
 }
@@ -146,6 +248,7 @@ impl MemoryWatcher {
         let (wake_tx, mut wake_rx) = mpsc::channel(16);
         let mut armed = Armed::default();
         let mut target = Target::Nothing;
+        let mut reported = false;
         let mut last_error: Option<String> = None;
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -157,11 +260,18 @@ impl MemoryWatcher {
                 _ = sleep_until(cooldown_end), if cooldown_end.is_some() => {}
             }
             let next = self.resolve(&target);
-            if next != target {
+            if next != target || !reported {
                 armed.disarm();
                 if let Target::Processes { main } = &next {
                     tracing::info!(pid = main, limit = ?self.config.limit.map(|b| b.0), "memory: watching the RSS of the app's processes");
                 }
+                self.metrics.source(match &next {
+                    Target::Cgroup(dir) if dir.path.starts_with("/proc") => "app-root",
+                    Target::Cgroup(_) => "cgroup",
+                    Target::Processes { .. } => "proc",
+                    Target::Nothing => "none",
+                });
+                reported = true;
                 target = next;
             }
             if let Target::Cgroup(dir) = target.clone() {
@@ -335,18 +445,11 @@ impl MemoryWatcher {
 
     fn publish(&self, s: &Sample, a: &Assessment) {
         let m = &self.metrics;
-        m.memory_usage.set(s.working_set as i64);
-        m.memory_limit.set(s.limit.unwrap_or(0) as i64);
-        if let Some(p) = s.pressure {
-            m.memory_pressure
-                .with_label_values(&["some"])
-                .set(p.some_avg10);
-            m.memory_pressure
-                .with_label_values(&["full"])
-                .set(p.full_avg10);
-        }
-        m.predicted_oom
-            .set(a.predicted_oom.unwrap_or(f64::INFINITY));
+        m.usage.set(s.working_set as i64);
+        m.limit.set(s.limit.unwrap_or(0) as i64);
+        m.pressure(s.pressure);
+        let predicted = a.predicted_oom.filter(|p| *p <= PREDICTION_HORIZON);
+        m.predicted.set(predicted.unwrap_or(f64::INFINITY));
         if a.new_oom_kills > 0 {
             m.oom_kills.inc_by(a.new_oom_kills);
             tracing::warn!(kills = a.new_oom_kills, working_set = s.working_set, limit = ?s.limit, "OOM kill in the app's cgroup");
@@ -396,7 +499,7 @@ impl MemoryWatcher {
         target: &mut Target,
     ) -> bool {
         self.metrics
-            .memory_read_errors
+            .read_errors
             .with_label_values(&[e.kind()])
             .inc();
         let text = e.to_string();

@@ -16,7 +16,7 @@ use crate::config::{Check, ProbeConfig};
 use crate::drain::Drain;
 use crate::engine::Observation;
 use crate::liveness::Liveness;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Registry};
 use crate::reason::Reason;
 use crate::watcher::Input;
 
@@ -137,11 +137,58 @@ fn read_ca_file(
     Ok(certs)
 }
 
+/// The probes' metrics, every probe's series and every reason its kind can fail with there from
+/// the start.
+#[derive(Clone)]
+pub struct ProbeMetrics {
+    up: prometheus::IntGaugeVec,
+    duration: prometheus::HistogramVec,
+    failures: prometheus::IntCounterVec,
+}
+
+impl ProbeMetrics {
+    pub fn new(registry: &Registry, probes: &[ProbeConfig]) -> Self {
+        let up = registry.register(metrics::gauge_vec(
+            "sidewatch_probe_up",
+            "1 when the probe's last check succeeded. When 0, see sidewatch_probe_failures_total for why.",
+            &["probe"],
+        ));
+        let duration = registry.register(metrics::histogram_vec(
+            "sidewatch_probe_duration_seconds",
+            "Time of each check, connect to last byte. Growth toward the timeout predicts timeouts.",
+            &["probe"],
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        ));
+        let failures = registry.register(metrics::counter_vec(
+            "sidewatch_probe_failures_total",
+            "Failed checks by reason: refused = app not listening, reset = accepted then dropped, \
+             invalid_response = not HTTP (or not gRPC), http_5xx = app error, timeout = no answer in time, \
+             tls = certificate or handshake, not_serving / unknown_service = the gRPC health service's answer.",
+            &["probe", "reason"],
+        ));
+        for probe in probes {
+            up.with_label_values(&[&probe.name]);
+            duration.with_label_values(&[&probe.name]);
+            for reason in probe.check.reasons() {
+                failures.with_label_values(&[&probe.name, reason.as_str()]);
+            }
+        }
+        if !probes.is_empty() {
+            registry.feature("probes");
+        }
+        ProbeMetrics {
+            up,
+            duration,
+            failures,
+        }
+    }
+}
+
 /// Runs one probe on its interval, feeding the engine and the metrics, until a drain starts.
 pub struct ProbeWatcher {
     pub config: ProbeConfig,
     pub prober: Prober,
-    pub metrics: Metrics,
+    pub metrics: ProbeMetrics,
     pub inputs: mpsc::Sender<Input>,
     pub drain: Drain,
 }
@@ -151,8 +198,8 @@ impl ProbeWatcher {
         let guard = liveness.register(self.config.signal());
         let signal = self.config.signal();
         let name = self.config.name.as_str();
-        let up = self.metrics.probe_up.with_label_values(&[name]);
-        let duration = self.metrics.probe_duration.with_label_values(&[name]);
+        let up = self.metrics.up.with_label_values(&[name]);
+        let duration = self.metrics.duration.with_label_values(&[name]);
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = self.drain.started();
@@ -173,7 +220,7 @@ impl ProbeWatcher {
                 Err(Failure { reason, message }) => {
                     up.set(0);
                     self.metrics
-                        .probe_failures
+                        .failures
                         .with_label_values(&[name, reason.as_str()])
                         .inc();
                     tracing::debug!(probe = name, %reason, %message, "check failed");

@@ -51,6 +51,8 @@ pub fn write_config(yaml: &str) -> (tempdir::Dir, PathBuf) {
     (dir, path)
 }
 
+pub mod chart;
+
 /// Minimal temp directory that removes itself, so the tests need no extra crate.
 pub mod tempdir {
     use std::path::{Path, PathBuf};

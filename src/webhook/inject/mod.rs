@@ -285,6 +285,15 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         notes.push(format!("readiness gate {GATE}"));
     }
     edits.set_new(&["metadata", "annotations"], INJECTED, "true".into());
+    // The label is what the chart's PodMonitor selects (selectors see labels only).
+    if !edits.set_new(&["metadata", "labels"], INJECTED, "true".into())
+        && pod["metadata"]["labels"][INJECTED] != "true"
+    {
+        warnings.push(format!(
+            "the pod's label {INJECTED} is kept as it is: the chart's PodMonitor selects \
+             {INJECTED}=true and will not scrape this pod's sidewatch"
+        ));
+    }
     edits.set_new(
         &["metadata", "annotations"],
         INJECTION,

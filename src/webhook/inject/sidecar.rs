@@ -61,6 +61,11 @@ impl Sidecar<'_> {
             value_env("SIDEWATCH_KUBERNETES_APP_CONTAINER", self.app),
             value_env("SIDEWATCH_DRAIN_DELAY", &format!("{delay}s")),
             value_env("SIDEWATCH_DRAIN_MAX", &format!("{max}s")),
+            // sidewatch lingers after the drain until it is scraped, but exits before SIGKILL.
+            value_env(
+                "SIDEWATCH_DRAIN_GRACE_PERIOD",
+                &format!("{}s", self.grace.max(max)),
+            ),
             value_env("SIDEWATCH_DRAIN_TOKEN_ENV", TOKEN_ENV),
             value_env(TOKEN_ENV, self.token),
         ];

@@ -84,6 +84,7 @@ fn an_annotated_pod_gets_a_native_sidecar_first_and_a_drain_hook() {
     assert_eq!(hook["httpHeaders"][0]["value"], "t0ken");
     assert_eq!(out["spec"]["readinessGates"][0]["conditionType"], GATE);
     assert_eq!(out["metadata"]["annotations"][INJECTED], "true");
+    assert_eq!(out["metadata"]["labels"][INJECTED], "true");
     let note = out["metadata"]["annotations"][INJECTION].as_str().unwrap();
     assert!(
         note.contains("readinessProbe.httpGet") || note.contains("readinessProbe"),
@@ -261,5 +262,28 @@ fn a_pod_with_nothing_to_watch_is_explained() {
     assert_eq!(
         env(&out["spec"]["initContainers"][0], "SIDEWATCH_TARGET"),
         Some("tcp://${POD_IP}:53")
+    );
+}
+
+#[test]
+fn a_label_of_the_pod_is_never_rewritten_and_a_clash_is_said() {
+    let mut p = pod(opted_in(), web());
+    p["metadata"]["labels"] = json!({"app": "web"});
+    let (out, warnings) = injected(&p);
+    assert_eq!(
+        out["metadata"]["labels"],
+        json!({"app": "web", INJECTED: "true"})
+    );
+    assert!(
+        warnings.iter().all(|w| !w.contains("PodMonitor")),
+        "{warnings:?}"
+    );
+
+    p["metadata"]["labels"][INJECTED] = json!("no");
+    let (out, warnings) = injected(&p);
+    assert_eq!(out["metadata"]["labels"][INJECTED], "no");
+    assert!(
+        warnings.iter().any(|w| w.contains("PodMonitor")),
+        "{warnings:?}"
     );
 }
