@@ -149,3 +149,95 @@ fn anchors(text: &str) -> Vec<String> {
     }
     out
 }
+
+/// The alerts the chart ships, as (name, severity, for), from its rule file.
+fn shipped_alerts() -> Vec<(String, String, String)> {
+    let file: serde_json::Value = serde_saphyr::from_str(include_str!(
+        "../charts/sidewatch/rules/sidewatch.rules.yaml"
+    ))
+    .unwrap();
+    let rules = file["groups"][0]["rules"].as_array().unwrap();
+    rules
+        .iter()
+        .filter_map(|r| {
+            let name = r["alert"].as_str()?;
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or("0s").to_owned();
+            Some((
+                name.to_owned(),
+                field(&r["labels"]["severity"]),
+                field(&r["for"]),
+            ))
+        })
+        .collect()
+}
+
+/// docs/metrics.md lists every alert of the chart, with its severity and `for:`, in order.
+#[test]
+fn the_alert_reference_is_what_the_chart_ships() {
+    let metrics = include_str!("../docs/metrics.md");
+    let table = metrics
+        .split("<!-- alerts: checked against charts/sidewatch/rules/sidewatch.rules.yaml by tests/docs.rs -->\n")
+        .nth(1)
+        .expect("docs/metrics.md has the alerts table");
+    let documented: Vec<(String, String, String)> = table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let name = cells[1]
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default();
+            (name.to_owned(), cells[2].to_owned(), cells[3].to_owned())
+        })
+        .collect();
+    let shipped = shipped_alerts();
+    assert!(shipped.len() >= 13, "{shipped:?}");
+    assert_eq!(documented, shipped);
+}
+
+/// docs/runbooks.md has one section per alert, in the rule file's order, headed by its name
+/// (the anchor of its runbook_url) and opening with its severity and `for:`.
+#[test]
+fn every_alert_has_its_runbook() {
+    let runbooks = include_str!("../docs/runbooks.md");
+    let sections: Vec<(&str, &str)> = runbooks
+        .split("\n## ")
+        .skip(1)
+        .map(|s| s.split_once('\n').unwrap_or((s, "")))
+        .collect();
+    let names: Vec<&str> = sections.iter().map(|(h, _)| h.trim()).collect();
+    let shipped = shipped_alerts();
+    let expected: Vec<&str> = shipped.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, expected);
+    for ((name, body), (_, severity, for_)) in sections.iter().zip(&shipped) {
+        let wait = if for_ == "0s" {
+            "fires at once".to_owned()
+        } else {
+            format!("for {for_}")
+        };
+        assert!(
+            body.trim_start()
+                .starts_with(&format!("*{severity}, {wait}")),
+            "{name}: the runbook opens with {:?}, not `*{severity}, {wait}`",
+            body.trim_start().lines().next()
+        );
+    }
+    let rules = include_str!("../charts/sidewatch/rules/sidewatch.rules.yaml");
+    let file: serde_json::Value = serde_saphyr::from_str(rules).unwrap();
+    for rule in file["groups"][0]["rules"].as_array().unwrap() {
+        let Some(name) = rule["alert"].as_str() else {
+            continue;
+        };
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_default();
+        let anchor = url.split_once('#').map(|(_, a)| a).unwrap_or_default();
+        assert!(
+            anchors(runbooks).iter().any(|a| a == anchor) && anchor == name.to_lowercase(),
+            "{name}: runbook_url {url} has no section in docs/runbooks.md"
+        );
+    }
+}

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::cgroup::Stall;
 use common::{eventually, healthy, skip_or_fail, tempdir, which, Sidewatch, Upstream};
 
 const WITHIN: Duration = Duration::from_secs(15);
@@ -183,25 +184,6 @@ impl Drop for Hybrid {
     }
 }
 
-/// Writes a 56 MiB file from inside the cgroups (so its page cache is theirs), holds 40 MiB, then
-/// reads the file over and over on "go": under the 64 MiB limit the cache thrashes, each read
-/// refaulting pages evicted for the last.
-const STALL: &str = r#"
-import os, sys, time
-path, marker = sys.argv[1], sys.argv[2]
-with open(path, "wb") as f:
-    for _ in range(56):
-        f.write(os.urandom(1 << 20))
-held = bytearray(40 << 20)
-for i in range(0, len(held), 4096):
-    held[i] = 1
-sys.stdin.readline()
-while True:
-    with open(path, "rb") as f:
-        while f.read(1 << 20):
-            pass
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_psi_trigger_on_the_v2_hierarchy_fires_under_a_real_stall() {
     let Some(cgroups) = Hybrid::create() else {
@@ -210,21 +192,8 @@ async fn a_psi_trigger_on_the_v2_hierarchy_fires_under_a_real_stall() {
     if which("python3").is_none() {
         return skip_or_fail("python3 is needed to make a memory stall");
     }
-    // On disk, not tmpfs: its pages must be the cgroup's page cache, to be evicted and refaulted.
-    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join(format!("psi-stall-{}", std::process::id()));
     let marker = format!("sidewatch-psi-stall-{}", std::process::id());
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec python3 -c \"$0\" \"$1\" \"$2\"",
-        cgroups.v1.join("app").display(),
-        cgroups.v2.display()
-    );
-    let mut stall = Command::new("sh")
-        .args(["-c", &script, STALL, file.to_str().unwrap(), &marker])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawn the stall");
+    let mut stall = Stall::spawn(&[&cgroups.v1.join("app"), &cgroups.v2], 40, &marker);
     wait_process(&marker);
     // In its cgroups already: `sh` moved itself there before it became python.
     let sw = Sidewatch::start(
@@ -248,7 +217,7 @@ async fn a_psi_trigger_on_the_v2_hierarchy_fires_under_a_real_stall() {
         !logs.contains("memory.usage_in_bytes threshold\""),
         "a usage threshold was armed: {logs}"
     );
-    stall.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    stall.go();
     let body = sw
         .wait_reason("memory_pressure", Duration::from_secs(60))
         .await;
@@ -256,9 +225,7 @@ async fn a_psi_trigger_on_the_v2_hierarchy_fires_under_a_real_stall() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let _ = stall.kill();
-    let _ = stall.wait();
-    let _ = std::fs::remove_file(&file);
+    drop(stall);
     assert!(message.contains("some"), "{message}");
     assert!(
         sw.metric("sidewatch_memory_pressure_avg10{kind=\"some\"}")

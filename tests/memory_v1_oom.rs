@@ -5,90 +5,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::cgroup::Cgroup;
 use common::{eventually, healthy, skip_or_fail, Hog, Sidewatch, Upstream};
 
-const V1_ROOT: &str = "/sys/fs/cgroup/memory";
 const LIMIT: u64 = 64 << 20;
-
-/// A child memory cgroup, removed (its processes killed first) even when the test fails.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn create(name: &str) -> Option<Cgroup> {
-        let root = PathBuf::from(V1_ROOT);
-        if !root.join("memory.limit_in_bytes").exists() {
-            skip_or_fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory");
-            return None;
-        }
-        let path = root.join(format!("{name}-{}", std::process::id()));
-        if let Err(e) = std::fs::create_dir(&path) {
-            skip_or_fail(&format!(
-                "cannot create {} (root needed): {e}",
-                path.display()
-            ));
-            return None;
-        }
-        let cgroup = Cgroup(path);
-        cgroup.limit();
-        Some(cgroup)
-    }
-
-    fn limit(&self) {
-        self.write("memory.limit_in_bytes", &LIMIT.to_string());
-        // No swap to escape to: the limit is the limit.
-        let _ = std::fs::write(self.0.join("memory.swappiness"), "0");
-    }
-
-    /// Kills what runs in it and removes it, as a container runtime does at a restart.
-    fn remove(&self) {
-        self.kill_all();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Err(e) = std::fs::remove_dir(&self.0) {
-            assert!(Instant::now() < deadline, "rmdir {}: {e}", self.0.display());
-            std::thread::yield_now();
-        }
-    }
-
-    /// A new cgroup at the same path, with the same limit, as the runtime makes for the new
-    /// container.
-    fn make_again(&self) {
-        std::fs::create_dir(&self.0).unwrap();
-        self.limit();
-    }
-
-    fn kill_all(&self) {
-        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-
-    fn write(&self, file: &str, value: &str) {
-        std::fs::write(self.0.join(file), value)
-            .unwrap_or_else(|e| panic!("write {file} in {}: {e}", self.0.display()));
-    }
-
-    fn add(&self, pid: u32) {
-        self.write("cgroup.procs", &pid.to_string());
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        self.kill_all();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
-            std::thread::yield_now();
-        }
-    }
-}
 
 /// The app and sidewatch watching a new 64 MiB cgroup. Fields drop in order: sidewatch is gone
 /// before its cgroup is removed.
@@ -100,14 +22,14 @@ struct Setup {
 
 /// `None` (after `skip_or_fail`) without root, the v1 memory controller or python3.
 async fn setup(name: &str, env: &[(&str, &str)]) -> Option<Setup> {
-    let cgroup = Cgroup::create(name)?;
+    let cgroup = Cgroup::create(name, LIMIT)?;
     if common::which("python3").is_none() {
         skip_or_fail("python3 is needed to allocate memory in a child process");
         return None;
     }
     let up = Upstream::start(healthy()).await;
     let url = up.url();
-    let dir = cgroup.0.to_str().unwrap().to_owned();
+    let dir = cgroup.path().to_str().unwrap().to_owned();
     let sw = Sidewatch::start(
         &["--target", &url, "--interval", "200ms", "--cgroup", &dir],
         env,

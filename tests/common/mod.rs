@@ -51,6 +51,7 @@ pub fn write_config(yaml: &str) -> (tempdir::Dir, PathBuf) {
     (dir, path)
 }
 
+pub mod cgroup;
 pub mod chart;
 
 /// Minimal temp directory that removes itself, so the tests need no extra crate.
@@ -468,6 +469,11 @@ impl Upstream {
 
     pub fn set(&self, b: Behaviour) {
         self.behaviour.send_replace(b);
+    }
+
+    /// What `set` changes, for a task that switches the behaviour on its own.
+    pub fn handle(&self) -> watch::Sender<Behaviour> {
+        self.behaviour.clone()
     }
 
     pub fn url(&self) -> String {

@@ -21,8 +21,14 @@ fn opted_in() -> Value {
 }
 
 /// Applies the patch as the API server would; also returns the warnings.
+/// As the webhook does: the injector sees the view of the pod, the patch applies to the pod.
+fn mutated(p: &Value, scope: Scope, token: &str) -> Outcome {
+    let view = view::of(&p.to_string()).unwrap();
+    mutate(&view, &Settings::default(), scope, token)
+}
+
 fn injected(p: &Value) -> (Value, Vec<String>) {
-    match mutate(p, &Settings::default(), Scope::Annotated, "t0ken") {
+    match mutated(p, Scope::Annotated, "t0ken") {
         Outcome::Patch { patch, warnings } => {
             assert!(
                 patch
@@ -40,7 +46,7 @@ fn injected(p: &Value) -> (Value, Vec<String>) {
 }
 
 fn refused(p: &Value) -> String {
-    match mutate(p, &Settings::default(), Scope::Annotated, "t0ken") {
+    match mutated(p, Scope::Annotated, "t0ken") {
         Outcome::Refused(why) => why,
         other => panic!("not refused: {other:?}"),
     }
@@ -95,26 +101,14 @@ fn an_annotated_pod_gets_a_native_sidecar_first_and_a_drain_hook() {
 #[test]
 fn injection_is_opt_in_and_a_second_pass_changes_nothing() {
     let (once, _) = injected(&pod(opted_in(), web()));
-    assert_eq!(
-        mutate(&once, &Settings::default(), Scope::Annotated, "x"),
-        Outcome::Untouched
-    );
-    assert_eq!(
-        mutate(&once, &Settings::default(), Scope::Namespace, "x"),
-        Outcome::Untouched
-    );
+    assert_eq!(mutated(&once, Scope::Annotated, "x"), Outcome::Untouched);
+    assert_eq!(mutated(&once, Scope::Namespace, "x"), Outcome::Untouched);
     let plain = pod(json!({}), web());
-    assert_eq!(
-        mutate(&plain, &Settings::default(), Scope::Annotated, "x"),
-        Outcome::Untouched
-    );
+    assert_eq!(mutated(&plain, Scope::Annotated, "x"), Outcome::Untouched);
     let out = pod(json!({"sidewatch.io/inject": "false"}), web());
-    assert_eq!(
-        mutate(&out, &Settings::default(), Scope::Namespace, "x"),
-        Outcome::Untouched
-    );
+    assert_eq!(mutated(&out, Scope::Namespace, "x"), Outcome::Untouched);
     assert!(matches!(
-        mutate(&plain, &Settings::default(), Scope::Namespace, "x"),
+        mutated(&plain, Scope::Namespace, "x"),
         Outcome::Patch { .. }
     ));
 }

@@ -29,6 +29,8 @@ struct Pod {
 struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     annotations: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    labels: Option<Value>,
 }
 
 #[derive(Default, Deserialize, Serialize)]
@@ -120,7 +122,7 @@ mod tests {
         let view = of(&pod.to_string()).unwrap();
         assert_eq!(
             view,
-            json!({"metadata": {"annotations": {"sidewatch.io/inject": "true"}},
+            json!({"metadata": {"annotations": {"sidewatch.io/inject": "true"}, "labels": {"x": "y"}},
                 "spec": {"containers": [{"name": "web", "ports": [{"containerPort": 80}],
                     "readinessProbe": {"httpGet": {"port": 80}}, "lifecycle": {},
                     "resources": {"limits": {"memory": "1Gi"}}, "securityContext": {"runAsUser": 1}}],

@@ -1,0 +1,534 @@
+//! A real Prometheus server (Debian's, run here on loopback with a config of its own) scrapes
+//! real sidewatch processes through real faults, with the chart's rules loaded (every `for:`
+//! shortened through the chart's `prometheusRule.for`): the alerts reach `firing` on its API,
+//! a healthy pod raises none, and every panel of the chart's dashboard, queried over the run as
+//! Grafana would, returns data, no NaN, and the labels its legend names.
+//!
+//! The pods, each a scrape target labelled as a PodMonitor labels it (namespace, pod, job):
+//! a 503 app, a crash-looping app, a flapping one, one failing a check in eight, a leaking app
+//! in a real 128 MiB cgroup (OOM predicted, near the limit, a worker OOM-killed), a drain that
+//! traffic holds to drain.max, a sidecar that is down, an app sidewatch cannot find the memory
+//! of, an app whose page cache thrashes under its limit in a real cgroup (PSI on the v2
+//! hierarchy), a readiness gate the API server refuses to patch (and an OOMKilled restart), a
+//! watch the API server refuses.
+
+mod common;
+#[path = "common/fake_api.rs"]
+mod fake_api;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::cgroup::{Cgroup, Stall};
+use common::{chart, client, eventually, healthy, skip_or_fail, tempdir, which};
+use common::{Behaviour, Hog, Sidewatch, Upstream};
+use fake_api::FakeApi;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// Firing takes the scenario's time plus a few evaluations; the leak is the slowest (~40 s).
+const WITHIN: Duration = Duration::from_secs(180);
+
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    client: reqwest::Client,
+    _dir: tempdir::Dir,
+}
+
+impl Prometheus {
+    /// `targets`: (address, pod name). `None` (after `skip_or_fail`) without prometheus.
+    fn start(targets: &[(String, &str)], rules: &Value) -> Option<Prometheus> {
+        let Some(bin) = which("prometheus") else {
+            skip_or_fail("prometheus is not installed (scripts/install-test-tools)");
+            return None;
+        };
+        let dir = tempdir::Dir::new();
+        std::fs::write(dir.path().join("rules.json"), rules.to_string()).unwrap();
+        let static_configs: Vec<Value> = targets
+            .iter()
+            .map(|(addr, pod)| json!({"targets": [addr], "labels": {"namespace": "shop", "pod": pod}}))
+            .collect();
+        let config = json!({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+            "rule_files": ["rules.json"],
+            "scrape_configs": [{"job_name": "sidewatch", "static_configs": static_configs}],
+        });
+        // JSON is YAML.
+        std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
+        let addr = free_port();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn prometheus");
+        Some(Prometheus {
+            child,
+            addr,
+            client: client(),
+            _dir: dir,
+        })
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> Option<Value> {
+        let url = reqwest::Url::parse_with_params(&format!("http://{}{path}", self.addr), query)
+            .expect("a query URL");
+        let resp = self.client.get(url).send().await.ok()?;
+        let body: Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+        (body["status"] == "success").then(|| body["data"].clone())
+    }
+
+    async fn wait_ready(&self) {
+        eventually(
+            "prometheus to be ready",
+            Duration::from_secs(60),
+            || async {
+                let resp = self
+                    .client
+                    .get(format!("http://{}/-/ready", self.addr))
+                    .send()
+                    .await
+                    .ok()?;
+                resp.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn firing(&self) -> Vec<Value> {
+        let data = self.get("/api/v1/alerts", &[]).await.unwrap_or_default();
+        data["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "firing")
+            .cloned()
+            .collect()
+    }
+
+    async fn query(&self, expr: &str) -> Vec<Value> {
+        let data = self
+            .get("/api/v1/query", &[("query", expr.to_owned())])
+            .await
+            .unwrap_or_default();
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn query_range(&self, expr: &str, since: SystemTime) -> Value {
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+                .to_string()
+        };
+        self.get(
+            "/api/v1/query_range",
+            &[
+                ("query", expr.to_owned()),
+                ("start", secs(since)),
+                ("end", secs(SystemTime::now())),
+                ("step", "1".into()),
+            ],
+        )
+        .await
+        .unwrap_or_else(|| panic!("query_range failed: {expr}"))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The chart's rules with every alert's `for:` at 2 s.
+fn short_rules() -> Option<Value> {
+    let file: Value = serde_saphyr::from_str(include_str!(
+        "../charts/sidewatch/rules/sidewatch.rules.yaml"
+    ))
+    .unwrap();
+    let sets: Vec<String> = chart::alerts(&file)
+        .iter()
+        .map(|a| format!("prometheusRule.for.{}=2s", a["alert"].as_str().unwrap()))
+        .collect();
+    let mut args = vec!["-f", chart::ALL_ON];
+    for set in &sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    chart::render(&args).map(|r| chart::rule_file(&r))
+}
+
+/// Switches `up` between healthy for `good` and 503 for `bad`, for ever (a fault pattern, not a
+/// wait: nothing is synchronised on it).
+fn toggle(up: &Upstream, good: Duration, bad: Duration) -> tokio::task::JoinHandle<()> {
+    let behaviour = up.handle();
+    tokio::spawn(async move {
+        loop {
+            behaviour.send_replace(healthy());
+            tokio::time::sleep(good).await;
+            behaviour.send_replace(Behaviour::Status(503, "down"));
+            tokio::time::sleep(bad).await;
+        }
+    })
+}
+
+fn probe_args(url: &str) -> Vec<String> {
+    [
+        "--target",
+        url,
+        "--interval",
+        "100ms",
+        "--failure-threshold",
+        "1",
+        "--cgroup",
+        "none",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn start(args: &[String], env: &[(&str, &str)]) -> Sidewatch {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut all = vec![("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false")];
+    all.extend_from_slice(env);
+    Sidewatch::start(&args, &all)
+}
+
+fn has(alerts: &[Value], name: &str, labels: &[(&str, &str)]) -> bool {
+    alerts.iter().any(|a| {
+        a["labels"]["alertname"] == name && labels.iter().all(|(k, v)| a["labels"][k] == *v)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_fire_in_a_real_prometheus_and_the_dashboard_has_data() {
+    let Some(rules) = short_rules() else { return };
+    if which("prometheus").is_none() {
+        skip_or_fail("prometheus is not installed (scripts/install-test-tools)");
+        return;
+    }
+    let Some(cgroup) = Cgroup::create("sidewatch-prom-leak", 128 << 20).and_then(Cgroup::with_psi)
+    else {
+        return;
+    };
+    let began = SystemTime::now();
+    let mut targets: Vec<(String, &str)> = Vec::new();
+    let mut keep: Vec<Sidewatch> = Vec::new();
+
+    let ok = Upstream::start(healthy()).await;
+    keep.push(start(&probe_args(&ok.url()), &[]));
+    targets.push((keep[0].addr.to_string(), "healthy"));
+
+    let failing = Upstream::start(Behaviour::Status(503, "down")).await;
+    let sw = start(&probe_args(&failing.url()), &[]);
+    targets.push((sw.addr.to_string(), "not-ready"));
+    keep.push(sw);
+
+    let crash = Upstream::start(healthy()).await;
+    let _crashing = toggle(&crash, Duration::from_secs(1), Duration::from_secs(3));
+    let sw = start(&probe_args(&crash.url()), &[]);
+    targets.push((sw.addr.to_string(), "crash-loop"));
+    keep.push(sw);
+
+    let flap = Upstream::start(healthy()).await;
+    let _flapping = toggle(&flap, Duration::from_secs(3), Duration::from_secs(1));
+    let sw = start(&probe_args(&flap.url()), &[]);
+    targets.push((sw.addr.to_string(), "flapping"));
+    keep.push(sw);
+
+    // One check in eight fails; three in a row would be needed to turn the pod not ready.
+    let mut script = Vec::new();
+    for _ in 0..5000 {
+        script.extend(std::iter::repeat_n(healthy(), 7));
+        script.push(Behaviour::Status(500, "oops"));
+    }
+    let sparse = Upstream::scripted(script).await;
+    let mut args = probe_args(&sparse.url());
+    args[5] = "3".into();
+    let sw = start(&args, &[]);
+    targets.push((sw.addr.to_string(), "sparse"));
+    keep.push(sw);
+
+    // The leak: an app process and a worker in a 128 MiB cgroup; the worker grows 1 MiB every
+    // 300 ms to 118 MiB (92%) and holds; later a second worker pushes the cgroup over.
+    let marker = format!("sidewatch-prom-app-{}", std::process::id());
+    let Some(mut app) = Hog::spawn(1, 1000, 1, &marker) else {
+        return;
+    };
+    cgroup.add(app.pid());
+    app.go();
+    let Some(mut worker) = Hog::spawn(1, 300, 118, "worker") else {
+        return;
+    };
+    cgroup.add(worker.pid());
+    let sw = start(
+        &probe_args(&ok.url())[..6],
+        &[
+            ("SIDEWATCH_PROCESS_MATCH", &marker),
+            ("SIDEWATCH_MEMORY_SOURCE", "cgroup"),
+        ],
+    );
+    targets.push((sw.addr.to_string(), "leak"));
+    keep.push(sw);
+
+    // The stall: page cache thrashing under a 64 MiB limit, PSI from the cgroup's v2 twin.
+    if which("python3").is_none() {
+        return skip_or_fail("python3 is needed to make a memory stall");
+    }
+    let Some(stalled) = Cgroup::create("sidewatch-prom-stall", 64 << 20).and_then(Cgroup::with_psi)
+    else {
+        return;
+    };
+    let stall_marker = format!("sidewatch-prom-stall-{}", std::process::id());
+    let mut stall = Stall::spawn(&stalled.dirs(), 52, &stall_marker);
+    let sw = start(
+        &probe_args(&ok.url())[..6],
+        &[
+            ("SIDEWATCH_PROCESS_MATCH", &stall_marker),
+            ("SIDEWATCH_MEMORY_SOURCE", "cgroup"),
+        ],
+    );
+    targets.push((sw.addr.to_string(), "stall"));
+    keep.push(sw);
+
+    // Traffic that never stops, on the port the drain watches.
+    let busy = Upstream::start(healthy()).await;
+    let port = busy.addr.port().to_string();
+    let mut draining = start(
+        &probe_args(&busy.url()),
+        &[
+            ("SIDEWATCH_DRAIN_PORT", &port),
+            ("SIDEWATCH_DRAIN_DELAY", "1s"),
+            ("SIDEWATCH_DRAIN_MAX", "2s"),
+        ],
+    );
+    targets.push((draining.addr.to_string(), "drain-max"));
+    let traffic = {
+        let url = busy.url();
+        let http = client();
+        tokio::spawn(async move {
+            loop {
+                let _ = http.get(&url).send().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    targets.push((free_port().to_string(), "down"));
+
+    let sw = start(
+        &probe_args(&ok.url())[..6],
+        &[
+            ("SIDEWATCH_PROCESS_MATCH", "no-such-app-anywhere"),
+            ("SIDEWATCH_MEMORY_SOURCE", "cgroup"),
+        ],
+    );
+    targets.push((sw.addr.to_string(), "blind"));
+    keep.push(sw);
+
+    let dir = tempdir::Dir::new();
+    let gate_api = FakeApi::start(fake_api::pod(true)).await;
+    gate_api.fail_patches_with(Some(403));
+    let kubeconfig = gate_api.kubeconfig(dir.path());
+    let sw = Sidewatch::start_sidecar(&ok.url(), "100ms", &kubeconfig, &[]);
+    targets.push((sw.addr.to_string(), "gate"));
+    keep.push(sw);
+
+    let other = tempdir::Dir::new();
+    let refusing_api = FakeApi::start(fake_api::pod(false)).await;
+    refusing_api.fail_with(Some(403));
+    let kubeconfig = refusing_api.kubeconfig(other.path());
+    let sw = Sidewatch::start_sidecar(&ok.url(), "100ms", &kubeconfig, &[]);
+    targets.push((sw.addr.to_string(), "watch-fail"));
+    keep.push(sw);
+
+    let Some(prometheus) = Prometheus::start(&targets, &rules) else {
+        return;
+    };
+    prometheus.wait_ready().await;
+    worker.go();
+    stall.go();
+
+    // The gate pod's app is OOM-killed and restarted by the kubelet, once sidewatch watches.
+    // (after a scrape saw its restart counter at 0: increase() has nothing before a first sample).
+    gate_api.wait_watching().await;
+    eventually("a scrape of the gate pod's restarts", WITHIN, || async {
+        let q = r#"sidewatch_container_restarts_total{pod="gate",reason="oom_killed"}"#;
+        (!prometheus.query(q).await.is_empty()).then_some(())
+    })
+    .await;
+    gate_api.update_pod(|pod| {
+        fake_api::app_restarted(pod, 1, 137, "OOMKilled", SystemTime::now());
+    });
+
+    // The drain starts once Prometheus holds its counters at 0.
+    eventually("a scrape of the drain pod", WITHIN, || async {
+        let q = r#"sidewatch_drains_total{pod="drain-max",outcome="max"}"#;
+        (!prometheus.query(q).await.is_empty()).then_some(())
+    })
+    .await;
+    draining.signal(Signal::SIGTERM);
+
+    // Near the limit and predicted: then a second worker pushes the cgroup over.
+    eventually("the leak's alerts", WITHIN, || async {
+        let firing = prometheus.firing().await;
+        (has(&firing, "SidewatchOOMPredicted", &[("pod", "leak")])
+            && has(&firing, "SidewatchMemoryNearLimit", &[("pod", "leak")]))
+        .then_some(())
+    })
+    .await;
+    let Some(mut killer) = Hog::spawn(32, 10, 32, "killer") else {
+        return;
+    };
+    cgroup.add(killer.pid());
+    killer.go();
+
+    let expected: [(&str, &[(&str, &str)]); 14] = [
+        ("SidewatchPodNotReady", &[("pod", "not-ready")]),
+        ("SidewatchPodMostlyOutOfRotation", &[("pod", "crash-loop")]),
+        ("SidewatchFlapping", &[("pod", "flapping")]),
+        (
+            "SidewatchProbeFailingBelowThreshold",
+            &[("pod", "sparse"), ("probe", "app")],
+        ),
+        ("SidewatchOOMPredicted", &[("pod", "leak")]),
+        ("SidewatchMemoryNearLimit", &[("pod", "leak")]),
+        ("SidewatchMemoryPressure", &[("pod", "stall")]),
+        ("SidewatchOOMKills", &[("pod", "leak")]),
+        ("SidewatchOOMKills", &[("pod", "gate")]),
+        ("SidewatchDrainEndedAtMax", &[("namespace", "shop")]),
+        ("SidewatchSidecarDown", &[("pod", "down")]),
+        ("SidewatchMemorySignalsBlind", &[("pod", "blind")]),
+        ("SidewatchReadinessGateNotSet", &[("pod", "gate")]),
+        (
+            "SidewatchKubernetesAPIFailing",
+            &[("pod", "watch-fail"), ("op", "watch")],
+        ),
+    ];
+    // An alert counts once it fired: the leak's memory alerts end with the kill, as they should.
+    let started = Instant::now();
+    let seen = std::sync::Mutex::new(vec![false; expected.len()]);
+    let firing = eventually("every expected alert firing", WITHIN, || async {
+        let firing = prometheus.firing().await;
+        let mut seen = seen.lock().unwrap();
+        for (i, (name, labels)) in expected.iter().enumerate() {
+            seen[i] |= has(&firing, name, labels);
+        }
+        let missing: Vec<_> = expected
+            .iter()
+            .zip(seen.iter())
+            .filter(|(_, s)| !**s)
+            .collect();
+        if !missing.is_empty() && started.elapsed() > WITHIN - Duration::from_secs(2) {
+            eprintln!("still missing: {missing:?}\nfiring: {firing:#?}");
+        }
+        missing.is_empty().then_some(firing)
+    })
+    .await;
+    assert!(draining.wait_exit(WITHIN).await.success());
+    drop(traffic);
+    drop(stall);
+
+    // The healthy pod raises nothing; the summary names the reason, through the rule's query.
+    let healthy_alerts: Vec<_> = firing
+        .iter()
+        .filter(|a| a["labels"]["pod"] == "healthy")
+        .collect();
+    assert!(healthy_alerts.is_empty(), "{healthy_alerts:#?}");
+    let not_ready = firing
+        .iter()
+        .find(|a| {
+            a["labels"]["alertname"] == "SidewatchPodNotReady" && a["labels"]["pod"] == "not-ready"
+        })
+        .unwrap();
+    assert_eq!(
+        not_ready["annotations"]["summary"],
+        "sidewatch keeps shop/not-ready out of rotation: http_5xx"
+    );
+    for alert in &firing {
+        let url = alert["annotations"]["runbook_url"].as_str().unwrap_or("");
+        assert!(
+            url.starts_with("https://sidewatch.io/docs/runbooks#sidewatch"),
+            "{alert:#}"
+        );
+        assert!(alert["labels"]["severity"].is_string(), "{alert:#}");
+    }
+
+    check_dashboard(&prometheus, began).await;
+    drop(keep);
+}
+
+/// Every panel target of the chart's dashboard over the run: data, no NaN or infinity, and
+/// every label its legend names on every series.
+async fn check_dashboard(prometheus: &Prometheus, since: SystemTime) {
+    let dashboard: Value = serde_json::from_str(include_str!(
+        "../charts/sidewatch/dashboards/sidewatch.json"
+    ))
+    .unwrap();
+    let namespaces = prometheus
+        .get(
+            "/api/v1/label/namespace/values",
+            &[("match[]", "sidewatch_build_info".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(namespaces, json!(["shop"]));
+    let mut problems = BTreeMap::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$namespace", ".*")
+                .replace("$job", "sidewatch");
+            let legend = target["legendFormat"].as_str().unwrap();
+            let labels: Vec<&str> = legend
+                .split("{{")
+                .skip(1)
+                .filter_map(|s| s.split("}}").next())
+                .collect();
+            let result = prometheus.query_range(&expr, since).await;
+            let series = result["result"].as_array().unwrap();
+            let key = format!("{} / {}", panel["title"].as_str().unwrap(), legend);
+            if series.is_empty() {
+                problems.insert(key, format!("no data: {expr}"));
+                continue;
+            }
+            for s in series {
+                if let Some(l) = labels.iter().find(|l| s["metric"][**l].is_null()) {
+                    problems.insert(
+                        key.clone(),
+                        format!("a series without {l}: {}", s["metric"]),
+                    );
+                }
+                let bad = s["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| v[1].as_str())
+                    .find(|v| !v.parse::<f64>().is_ok_and(f64::is_finite));
+                if let Some(v) = bad {
+                    problems.insert(key.clone(), format!("value {v} in {}", s["metric"]));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
