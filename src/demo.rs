@@ -37,6 +37,9 @@ struct Phase {
     expect: Option<Reason>,
 }
 
+/// The longest a phase waits for its behaviour to be seen.
+const PHASE_LIMIT: Duration = Duration::from_secs(10);
+
 const PHASES: [Phase; 7] = [
     Phase {
         mode: Mode::Healthy,
@@ -131,7 +134,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let begun = Instant::now();
         mode.send_replace(phase.mode);
         println!("{} app is now {}", stamp(begun), phase.title);
+        // A phase lasts `--phase`, longer while its behaviour is not seen yet (a loaded machine
+        // probes late), up to `PHASE_LIMIT`.
         let deadline = begun + args.phase;
+        let give_up = begun + args.phase.max(PHASE_LIMIT);
         let mut detected = None;
         loop {
             let current = verdict.borrow_and_update().verdict.clone();
@@ -147,8 +153,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             if detected.is_none() && shows(&current, phase.expect) {
                 detected = Some(begun.elapsed());
             }
+            let until = if detected.is_some() {
+                deadline
+            } else {
+                give_up
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => break,
+                _ = tokio::time::sleep_until(until.into()) => break,
                 changed = verdict.changed() => if changed.is_err() { break },
             }
         }

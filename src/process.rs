@@ -245,7 +245,7 @@ mod tests {
                 break found;
             }
             assert!(std::time::Instant::now() < deadline, "child never found");
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_millis(5)); // a poll with a deadline, not a spin
         };
         assert_eq!(found.pid, child.id() as i32);
         assert!(found.command.contains(&marker));
@@ -255,7 +255,7 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "sleep child never appeared"
             );
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_millis(5)); // a poll with a deadline, not a spin
         }
         child.kill().unwrap();
         child.wait().unwrap();
@@ -266,7 +266,7 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "the marker never went away"
             );
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_millis(5)); // a poll with a deadline, not a spin
         }
     }
 }

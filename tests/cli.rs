@@ -3,7 +3,9 @@
 
 mod common;
 
+use common::{Within, COMMAND_WITHIN};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::{write_config, BIN};
 
@@ -13,15 +15,17 @@ fn sidewatch(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.output().expect("run sidewatch")
+    // A refused config exits at once; one that was wrongly accepted would serve for ever.
+    cmd.output_within(Duration::from_secs(30))
+        .expect("run sidewatch")
 }
 
 /// `run` with this config must exit 2, print the location and field, and never listen.
 fn refused(yaml: &str, line_col: &str, field: &str, words: &str) {
     let (_dir, path) = write_config(yaml);
     let p = path.to_str().unwrap();
-    // A fixed port that run would bind if it started; 1 is privileged and unused in tests.
-    let out = sidewatch(&["run", "--config", p, "--listen", "127.0.0.1:1"], &[]);
+    // Had it started, it would serve until the helper's deadline kills it and fails the test.
+    let out = sidewatch(&["run", "--config", p, "--listen", "127.0.0.1:0"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let location = format!("{p}:{line_col}: field `{field}`");
@@ -222,7 +226,7 @@ fn a_variable_in_a_probe_address_is_the_pods_ip() {
         .arg("check-config")
         .env_remove("POD_IP")
         .env("SIDEWATCH_PROBES", probes)
-        .output()
+        .output_within(COMMAND_WITHIN)
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{text}");

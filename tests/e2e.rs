@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::{Within, COMMAND_WITHIN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -92,7 +93,7 @@ fn can_run() -> bool {
         .args(["-c", "import matplotlib"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .status_within(COMMAND_WITHIN);
     if !matplotlib.is_ok_and(|s| s.success()) {
         skip_or_fail("python3 has no matplotlib (scripts/install-test-tools)");
         return false;

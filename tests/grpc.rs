@@ -7,6 +7,7 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
+use common::{Within, COMMAND_WITHIN};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
@@ -33,7 +34,7 @@ impl GrpcServer {
         let has_grpc = which("python3").is_some()
             && Command::new("python3")
                 .args(["-c", "import grpc_health.v1.health"])
-                .status()
+                .status_within(COMMAND_WITHIN)
                 .is_ok_and(|s| s.success());
         if !has_grpc {
             skip_or_fail(

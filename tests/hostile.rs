@@ -20,7 +20,7 @@ const KUBELET_TIMEOUT: Duration = Duration::from_secs(1);
 const RSS_GROWTH_KIB: u64 = 16 * 1024;
 
 /// One probe as the kubelet makes it: a fresh connection and the whole answer within its timeout.
-/// Returns how long it took and the status line.
+/// Returns how long it took and the status line, or why it failed.
 async fn kubelet_probe(addr: SocketAddr) -> (Duration, String) {
     let start = Instant::now();
     let answer = tokio::time::timeout(KUBELET_TIMEOUT, async {
@@ -32,30 +32,45 @@ async fn kubelet_probe(addr: SocketAddr) -> (Duration, String) {
         Ok::<_, std::io::Error>(buf)
     })
     .await;
-    match answer {
-        Ok(Ok(buf)) => {
-            let status = String::from_utf8_lossy(&buf)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned();
-            (start.elapsed(), status)
-        }
-        Ok(Err(e)) => panic!("readyz probe failed after {:?}: {e}", start.elapsed()),
-        Err(_) => panic!("readyz probe got no answer within {KUBELET_TIMEOUT:?}"),
-    }
+    let status = match answer {
+        Ok(Ok(buf)) => String::from_utf8_lossy(&buf)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+        Ok(Err(e)) => format!("failed: {e}"),
+        Err(_) => format!("no answer within {KUBELET_TIMEOUT:?}"),
+    };
+    (start.elapsed(), status)
 }
 
-/// `n` probes in a row, each of which must be answered 200 in time; returns the slowest.
-async fn kubelet_probes(addr: SocketAddr, n: usize) -> Duration {
-    let mut worst = Duration::ZERO;
+/// The kubelet's default failureThreshold: that many failed probes in a row turn the pod unready.
+const KUBELET_FAILURE_THRESHOLD: usize = 3;
+
+/// `n` probes in a row, judged as the kubelet judges them: a slow answer on a loaded machine is
+/// one failure, and only `KUBELET_FAILURE_THRESHOLD` in a row would lock the kubelet out.
+/// Returns the slowest and how many failed.
+async fn kubelet_probes(addr: SocketAddr, n: usize) -> (Duration, usize) {
+    let (mut worst, mut failed, mut in_a_row) = (Duration::ZERO, 0, 0);
     for _ in 0..n {
         let (took, status) = kubelet_probe(addr).await;
-        assert_eq!(status, "HTTP/1.1 200 OK");
         worst = worst.max(took);
+        if status == "HTTP/1.1 200 OK" {
+            in_a_row = 0;
+        } else {
+            failed += 1;
+            in_a_row += 1;
+            assert!(
+                in_a_row < KUBELET_FAILURE_THRESHOLD,
+                "{in_a_row} kubelet probes failed in a row, the last: {status}"
+            );
+        }
     }
-    worst
+    (worst, failed)
 }
+
+/// The attacks run one at a time: a flood in one test must not be the load another measures.
+static ATTACKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One series of `/metrics`, over a fresh connection: a pooled one may have been closed to make
 /// room, as every idle connection may be under attack.
@@ -179,6 +194,7 @@ fn start_limited(up: &Upstream, nofile: u32, envs: &[(&str, &str)]) -> Option<Si
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_never_locks_out_the_kubelet_probe() {
+    let _one_at_a_time = ATTACKS.lock().await;
     let up = Upstream::start(healthy()).await;
     // 500 slow clients against 256 descriptors: without a cap below the limit, accept() fails and
     // the probe waits in the backlog behind the attackers.
@@ -189,20 +205,21 @@ async fn slowloris_never_locks_out_the_kubelet_probe() {
 
     let attack = slowloris(sw.addr, 500);
     wait_metric_at_least(sw.addr, "sidewatch_admin_evictions_total", 500.0).await;
-    let worst = kubelet_probes(sw.addr, 40).await;
+    let (worst, failed) = kubelet_probes(sw.addr, 40).await;
 
     let open = metric(sw.addr, "sidewatch_admin_connections").await;
     // The cap is a quarter of the 256 descriptors; the scrape's own connection is one of them.
     assert!(open <= 64.0, "{open} admin connections open, cap 64");
     let grown = assert_rss_bounded(&sw, rss_before);
     eprintln!(
-        "slowloris: {} attacker connections, slowest probe {worst:?}, {open} open, RSS +{grown} KiB",
+        "slowloris: {} attacker connections, slowest probe {worst:?}, {failed} of 40 failed, {open} open, RSS +{grown} KiB",
         attack.connects.load(Ordering::Relaxed)
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_and_idle_keep_alives_leave_readyz_fast() {
+    let _one_at_a_time = ATTACKS.lock().await;
     let up = Upstream::start(healthy()).await;
     let url = up.url();
     let sw = Sidewatch::start(&["--target", &url, "--interval", "100ms"], &[]);
@@ -245,7 +262,7 @@ async fn floods_and_idle_keep_alives_leave_readyz_fast() {
     .await;
 
     let app_probes = up.requests.load(Ordering::SeqCst);
-    let worst = kubelet_probes(sw.addr, 40).await;
+    let (worst, failed) = kubelet_probes(sw.addr, 40).await;
     // The app's probes kept running on their own runtime meanwhile.
     common::eventually("app probes during the flood", WITHIN, || async {
         (up.requests.load(Ordering::SeqCst) >= app_probes + 5).then_some(())
@@ -258,7 +275,7 @@ async fn floods_and_idle_keep_alives_leave_readyz_fast() {
     );
     let grown = assert_rss_bounded(&sw, rss_before);
     eprintln!(
-        "flood: {} scrapes, slowest probe {worst:?}, {evicted} evictions, RSS +{grown} KiB",
+        "flood: {} scrapes, slowest probe {worst:?}, {failed} of 40 failed, {evicted} evictions, RSS +{grown} KiB",
         scraped.load(Ordering::Relaxed)
     );
     drop(flood);
@@ -293,10 +310,17 @@ async fn oversized_requests_are_refused_and_forgotten() {
         ("100,000 headers", many_headers),
     ] {
         let answer = send_raw(sw.addr, request.as_bytes()).await;
+        // 431, or a reset that overtook it while the request was still being written (the
+        // answer is then lost with the connection); either way the next probe is answered.
         assert!(
-            answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
             "{what}: {}",
             answer.lines().next().unwrap_or("")
+        );
+        assert_eq!(
+            kubelet_probe(sw.addr).await.1,
+            "HTTP/1.1 200 OK",
+            "after {what}"
         );
     }
 

@@ -6,6 +6,7 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
+use common::{Within, COMMAND_WITHIN};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -278,7 +279,7 @@ fn http_version_auto_is_refused_without_tls() {
     ));
     let out = Command::new(common::BIN)
         .args(["check-config", "--config", path.to_str().unwrap()])
-        .output()
+        .output_within(COMMAND_WITHIN)
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{text}");

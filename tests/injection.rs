@@ -16,6 +16,7 @@ mod pki;
 #[path = "common/webhook.rs"]
 mod webhook;
 
+use common::{Within, COMMAND_WITHIN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -174,7 +175,7 @@ fn effective_config(args: &[String], env: &[(String, String)]) -> Result<Value, 
         .args(&args[1..])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
+        .output_within(COMMAND_WITHIN)
         .expect("run check-config");
     if !out.status.success() {
         return Err(output_text(&out));

@@ -56,8 +56,9 @@ async fn an_oom_killed_restart_is_unready_at_once_then_cools_down() {
 
     s.api
         .update_pod(|pod| fake_api::app_restarted(pod, 1, 137, "OOMKilled", SystemTime::now()));
-    let body = s.sw.wait_reason("oom_killed", Duration::from_secs(2)).await;
-    assert_eq!(body["reasons"][0]["signal"], "kube:app");
+    // From the transition's log line, which stays: polling /readyz could miss a 2 s cooldown on
+    // a loaded machine.
+    s.sw.wait_log("kube:app=oom_killed").await;
     let series = "sidewatch_container_restarts_total{app_container=\"app\",reason=\"oom_killed\"}";
     assert_eq!(s.sw.metric(series).await, Some(1.0));
     s.sw.wait_ready(WITHIN).await;
@@ -69,8 +70,7 @@ async fn an_oom_killed_restart_is_unready_at_once_then_cools_down() {
         app["restartCount"] = 2.into();
         app["lastState"]["terminated"]["reason"] = "Error".into();
     });
-    s.sw.wait_reason("container_restarted", Duration::from_secs(2))
-        .await;
+    s.sw.wait_log("kube:app=container_restarted").await;
     let own = "sidewatch_container_restarts_total{app_container=\"sidewatch\",reason=\"other\"}";
     assert_eq!(s.sw.metric(own).await, None);
     s.sw.wait_ready(WITHIN).await;
@@ -86,6 +86,9 @@ async fn an_old_termination_at_start_up_is_history() {
     s.sw.wait_ready(WITHIN).await;
     let series = "sidewatch_container_restarts_total{app_container=\"app\",reason=\"oom_killed\"}";
     assert_eq!(s.sw.metric(series).await, Some(0.0));
+    // Ready once does not say it never was held: the cooldown would have ended long before.
+    let logs = s.sw.logs().join("\n");
+    assert!(!logs.contains("oom_killed"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,15 +269,13 @@ async fn a_dead_api_server_is_counted_and_local_signals_decide() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deletion_timestamp_is_terminating_within_a_second() {
+async fn a_deletion_timestamp_is_terminating() {
     let s = setup(fake_api::pod(false), &[]).await;
     s.sw.wait_ready(WITHIN).await;
     s.api.wait_watching().await;
     s.api
         .update_pod(|pod| pod["metadata"]["deletionTimestamp"] = rfc3339(SystemTime::now()).into());
-    let body =
-        s.sw.wait_reason("terminating", Duration::from_secs(1))
-            .await;
+    let body = s.sw.wait_reason("terminating", WITHIN).await;
     assert_eq!(body["reasons"][0]["signal"], "kube:pod");
     s.sw.wait_log("/drain is open to the kubelet").await;
 }
@@ -328,13 +329,15 @@ async fn a_watch_dropped_mid_stream_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_api_server_does_not_slow_the_local_verdict() {
     let s = setup(fake_api::pod(true), &[]).await;
-    s.api.set_delay(Duration::from_secs(3));
+    // Every answer 8 s late (under sidewatch's 10 s bound per request): the verdict turns before
+    // the API server has taken the gate's patch (an order, not a time budget).
+    s.api.set_delay(Duration::from_secs(8));
     s.sw.wait_ready(WITHIN).await;
     s.up.set(Behaviour::Status(503, ""));
-    // Probes at 100 ms decide within a second, whatever the API server does.
-    s.sw.wait_reason("http_5xx", Duration::from_secs(1)).await;
+    s.sw.wait_reason("http_5xx", WITHIN).await;
+    assert_ne!(s.api.gate().map(|(st, _)| st).as_deref(), Some("False"));
     s.api.set_delay(Duration::ZERO);
-    let (_, message) = eventually("the gate False", Duration::from_secs(20), || async {
+    let (_, message) = eventually("the gate False", Duration::from_secs(30), || async {
         s.api.gate().filter(|(st, _)| st == "False")
     })
     .await;
@@ -448,7 +451,7 @@ async fn a_hung_api_server_does_not_hold_the_gate_for_ever() {
     let hung_from = SystemTime::now();
     s.api.set_delay(Duration::from_secs(3600));
     s.up.set(Behaviour::Status(503, ""));
-    s.sw.wait_reason("http_5xx", Duration::from_secs(1)).await;
+    s.sw.wait_reason("http_5xx", WITHIN).await;
     eventually("a request to hang", WITHIN, || async {
         s.api
             .requests()
@@ -518,7 +521,7 @@ fn a_terminating_pod_opens_drain_to_the_node() {
         api.update_pod(|pod| {
             pod["metadata"]["deletionTimestamp"] = rfc3339(SystemTime::now()).into()
         });
-        sw.wait_reason("terminating", Duration::from_secs(1)).await;
+        sw.wait_reason("terminating", WITHIN).await;
         let allowed = netns::in_netns(&node_name, move |_| async move {
             let resp = common::client().get(&drain_url).send().await.unwrap();
             assert_eq!(resp.status().as_u16(), 200, "once terminating");

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::{Within, COMMAND_WITHIN};
 use std::path::Path;
 use std::process::Command;
 
@@ -91,7 +92,7 @@ fn the_example_sidecar_configuration_is_one_sidewatch_accepts() {
             cmd.env(env["name"].as_str().unwrap(), value);
         }
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output_within(COMMAND_WITHIN).unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
     let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(config["drain"]["max"], "35s");

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::{Within, COMMAND_WITHIN};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -450,7 +451,7 @@ fn a_directory_without_memory_files_is_refused_at_start() {
             "127.0.0.1:0",
         ])
         .args(["--cgroup", dir.path().to_str().unwrap()])
-        .output()
+        .output_within(COMMAND_WITHIN)
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -4,6 +4,7 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
+use common::{Within, COMMAND_WITHIN};
 use std::time::Duration;
 
 use common::{write_config, Sidewatch};
@@ -107,7 +108,7 @@ fn a_missing_ca_file_is_a_start_up_error() {
             "--config",
             path.to_str().unwrap(),
         ])
-        .output()
+        .output_within(COMMAND_WITHIN)
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

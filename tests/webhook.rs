@@ -9,6 +9,7 @@ mod pki;
 #[path = "common/webhook.rs"]
 mod webhook;
 
+use common::{Within, COMMAND_WITHIN};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -468,7 +469,7 @@ async fn a_pod_from_the_chart_is_injected_into_a_valid_spec() {
             "tests/fixtures/chart-all-on.yaml",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
+        .output_within(COMMAND_WITHIN)
         .unwrap();
     assert!(
         out.status.success(),

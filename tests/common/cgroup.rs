@@ -83,7 +83,7 @@ impl Cgroup {
                 "rmdir {}: {e}",
                 self.path.display()
             );
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_millis(5)); // a poll, not a spin
         }
     }
 
@@ -207,7 +207,7 @@ impl Drop for Cgroup {
         let dirs = [Some(self.path.clone()), self.v2.clone()];
         for dir in dirs.into_iter().flatten() {
             while dir.exists() && std::fs::remove_dir(&dir).is_err() && Instant::now() < deadline {
-                std::thread::yield_now();
+                std::thread::sleep(Duration::from_millis(5)); // a poll, not a spin
             }
         }
     }

@@ -44,6 +44,51 @@ where
     }
 }
 
+/// The longest any command a test runs may take: a hung tool fails the test, never the suite.
+pub const COMMAND_WITHIN: Duration = Duration::from_secs(300);
+
+/// `output` and `status` with a deadline: past it the command is killed and the test fails
+/// naming it.
+pub trait Within {
+    fn output_within(&mut self, within: Duration) -> std::io::Result<std::process::Output>;
+    fn status_within(&mut self, within: Duration) -> std::io::Result<ExitStatus>;
+}
+
+impl Within for Command {
+    fn output_within(&mut self, within: Duration) -> std::io::Result<std::process::Output> {
+        let child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        waited(self, child, within, Child::wait_with_output)
+    }
+
+    fn status_within(&mut self, within: Duration) -> std::io::Result<ExitStatus> {
+        let child = self.spawn()?;
+        waited(self, child, within, |mut c| c.wait())
+    }
+}
+
+/// Waits on a thread of its own (no polling), and kills the child at the deadline.
+fn waited<T: Send + 'static>(
+    cmd: &Command,
+    child: Child,
+    within: Duration,
+    wait: impl FnOnce(Child) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(wait(child)));
+    match rx.recv_timeout(within) {
+        Ok(result) => result,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("{cmd:?} still running after {within:?}: killed");
+        }
+    }
+}
+
 pub fn write_config(yaml: &str) -> (tempdir::Dir, PathBuf) {
     let dir = tempdir::Dir::new();
     let path = dir.path().join("sidewatch.yaml");
@@ -578,7 +623,7 @@ pub fn run_tool(name: &str, args: &[&str]) -> Option<std::process::Output> {
     let out = Command::new(path)
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
+        .output_within(COMMAND_WITHIN)
         .expect("run tool");
     Some(out)
 }

@@ -3,6 +3,7 @@
 //! keeps the namespace's TCP counters to that test's traffic, and a veth pair between two of
 //! them stands for the node calling into the pod.
 
+use crate::common::{Within, COMMAND_WITHIN};
 use std::process::Command;
 
 use super::common::{skip_or_fail, which};
@@ -72,7 +73,7 @@ impl Drop for Netns {
 pub fn ip(args: &[&str]) -> bool {
     Command::new("ip")
         .args(args)
-        .status()
+        .status_within(COMMAND_WITHIN)
         .is_ok_and(|s| s.success())
 }
 

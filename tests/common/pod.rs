@@ -9,6 +9,7 @@
 //! the kubelet's order. Images must be local (`scripts/image --testapp`): nothing is pulled.
 #![allow(dead_code)] // each test crate uses its own subset
 
+use crate::common::{Within, COMMAND_WITHIN};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -608,7 +609,7 @@ impl RunningPod {
 /// kernel's log: podman with runc on cgroup v1 does not tell (its State.OOMKilled stays false),
 /// while a kubelet's runtime would.
 fn oom_killed(pid: u32, id: &str) -> bool {
-    let Ok(out) = Command::new("dmesg").output() else {
+    let Ok(out) = Command::new("dmesg").output_within(COMMAND_WITHIN) else {
         return false;
     };
     let log = String::from_utf8_lossy(&out.stdout);
