@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::app::{self, StartError};
-use crate::cli::DemoArgs;
 use crate::config::{
     Check, Config, DrainConfig, GrpcAddress, GrpcCheck, HttpCheck, KubernetesConfig, MemoryConfig,
     MemorySource, ProbeConfig, Probes, ProcessConfig, Switch,
@@ -35,6 +35,16 @@ struct Phase {
     title: &'static str,
     /// The reason sidewatch should give; `None` means ready.
     expect: Option<Reason>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of sidewatch's admin server during the demo (a free port is taken if it is busy).
+    #[arg(long, default_value = "127.0.0.1:9102")]
+    pub listen: SocketAddr,
+    /// How long each phase of the demo lasts.
+    #[arg(long, default_value = "3s", value_parser = crate::units::duration::parse)]
+    pub phase: Duration,
 }
 
 /// The longest a phase waits for its behaviour to be seen.

@@ -22,5 +22,6 @@ pub mod server;
 mod sys;
 pub mod tls;
 pub mod traffic;
-pub mod watcher;
+pub mod units;
+pub mod util;
 pub mod webhook;

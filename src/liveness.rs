@@ -1,7 +1,65 @@
-//! Liveness of the watcher tasks, for `/livez`: a task that ends without saying so is dead.
+//! The long-running tasks and their liveness, for `/livez`. Every task is spawned one way
+//! ([`Tasks::spawn`]): on the watch runtime, under a liveness guard, until the token it is given
+//! is cancelled (the one shutdown path cancels them all), tracked so that exit can wait for them.
+//! A task that ends before it was told to stop, or panics, is dead.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Spawns and tracks the tasks; cloned into whatever starts one.
+#[derive(Clone)]
+pub struct Tasks {
+    runtime: Handle,
+    liveness: Liveness,
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    /// Tasks on `runtime`, tracked by `tracker` (which the runtime's thread waits on at exit).
+    pub fn new(runtime: Handle, liveness: Liveness, tracker: TaskTracker) -> Self {
+        Tasks {
+            runtime,
+            liveness,
+            tracker,
+        }
+    }
+
+    /// Runs `task` until `stop` is cancelled, when it is dropped at its next await: tasks hold
+    /// nothing that needs more than that to end. Returning earlier, or panicking, is dying.
+    pub fn spawn(
+        &self,
+        name: impl Into<String>,
+        stop: &CancellationToken,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let guard = self.liveness.register(name);
+        let stop = stop.clone();
+        self.tracker.spawn_on(
+            async move {
+                // Told to stop, whether it noticed first or a part it feeds went away first.
+                let _ = stop.run_until_cancelled(task).await;
+                if stop.is_cancelled() {
+                    guard.finish();
+                }
+            },
+            &self.runtime,
+        );
+    }
+
+    /// Waits for every task to have ended, `within` at most; false when some had not.
+    pub async fn ended(&self, within: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(within, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {

@@ -5,8 +5,9 @@ use std::io::IsTerminal;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }

@@ -3,14 +3,22 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
+use crate::engine::bus::Input;
 use crate::engine::Observation;
-use crate::liveness::Liveness;
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
-use crate::watcher::Input;
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// A substring of the app's main process command line (needs a shared process namespace).
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+}
 
 pub const SIGNAL: &str = "process:app";
 
@@ -150,8 +158,7 @@ pub struct ProcessWatcher {
 }
 
 impl ProcessWatcher {
-    pub async fn run(self, liveness: Liveness) {
-        let _guard = liveness.register(SIGNAL);
+    pub async fn run(self) {
         let mut last: Option<AppProcess> = None;
         let mut ticker = tokio::time::interval(self.poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

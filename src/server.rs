@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::drain::{Access, Drain};
+use crate::engine::bus::Published;
 use crate::liveness::Liveness;
 use crate::metrics::{self, Registry};
-use crate::watcher::Published;
 
 /// Port scanners and slow clients must not hold connections open.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -283,7 +283,8 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
                 return not_allowed("GET, POST");
             }
             let token = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
-            if !admin.access.allows(peer.ip(), token) {
+            let terminating = admin.verdict.borrow().verdict.terminating();
+            if !admin.access.allows(peer.ip(), token, terminating) {
                 tracing::warn!(%peer, token = token.is_some(), "drain refused");
                 return text(
                     StatusCode::FORBIDDEN,

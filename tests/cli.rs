@@ -4,13 +4,13 @@
 mod common;
 
 use common::{Within, COMMAND_WITHIN};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use common::{write_config, BIN};
+use common::write_config;
 
 fn sidewatch(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = common::sidewatch_command();
     cmd.args(args).env_remove("SIDEWATCH_LOG_FORMAT");
     for (k, v) in envs {
         cmd.env(k, v);
@@ -222,7 +222,7 @@ fn a_variable_in_a_probe_address_is_the_pods_ip() {
         assert_eq!(printed["probes"][1]["grpc"]["service"], "shop.Cart");
         assert_eq!(printed["drain"]["port"], serde_json::Value::Null);
     }
-    let out = Command::new(BIN)
+    let out = common::sidewatch_command()
         .arg("check-config")
         .env_remove("POD_IP")
         .env("SIDEWATCH_PROBES", probes)

@@ -9,7 +9,6 @@ mod netns;
 use common::{Within, COMMAND_WITHIN};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -372,7 +371,7 @@ fn callers_off_loopback_need_the_token() {
 
 #[test]
 fn a_named_but_empty_token_variable_is_a_start_up_error() {
-    let out = Command::new(common::BIN)
+    let out = common::sidewatch_command()
         .args([
             "run",
             "--target",

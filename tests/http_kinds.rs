@@ -277,7 +277,7 @@ fn http_version_auto_is_refused_without_tls() {
         "probes:\n{}",
         probe("app", "{url: \"http://127.0.0.1:1/\", http_version: auto}")
     ));
-    let out = Command::new(common::BIN)
+    let out = common::sidewatch_command()
         .args(["check-config", "--config", path.to_str().unwrap()])
         .output_within(COMMAND_WITHIN)
         .unwrap();

@@ -170,7 +170,7 @@ fn args(container: &Value) -> Vec<String> {
 /// `sidewatch check-config` with the sidecar's args and nothing but its environment.
 fn effective_config(args: &[String], env: &[(String, String)]) -> Result<Value, String> {
     assert_eq!(args.first().map(String::as_str), Some("run"), "{args:?}");
-    let out = Command::new(common::BIN)
+    let out = common::sidewatch_command()
         .arg("check-config")
         .args(&args[1..])
         .env_clear()

@@ -6,7 +6,6 @@ mod common;
 
 use common::{Within, COMMAND_WITHIN};
 use std::path::Path;
-use std::process::Command;
 
 use common::{output_text, run_tool};
 
@@ -85,7 +84,7 @@ fn the_example_sidecar_configuration_is_one_sidewatch_accepts() {
         .map(|a| a.as_str().unwrap())
         .collect();
     assert_eq!(args[0], "run");
-    let mut cmd = Command::new(common::BIN);
+    let mut cmd = common::sidewatch_command();
     cmd.arg("check-config").args(&args[1..]);
     for env in sidecar["env"].as_array().unwrap() {
         if let Some(value) = env["value"].as_str() {

@@ -442,7 +442,7 @@ async fn files_that_turn_unreadable_are_classified_and_recover() {
 #[test]
 fn a_directory_without_memory_files_is_refused_at_start() {
     let dir = tempdir::Dir::new();
-    let out = std::process::Command::new(common::BIN)
+    let out = common::sidewatch_command()
         .args([
             "run",
             "--target",

@@ -100,7 +100,7 @@ fn a_missing_ca_file_is_a_start_up_error() {
     let (_dir, path) = write_config(
         "probes:\n  - name: app\n    http: {url: \"https://127.0.0.1:1/\", ca_file: /nonexistent/ca.pem}\n",
     );
-    let out = std::process::Command::new(common::BIN)
+    let out = common::sidewatch_command()
         .args([
             "run",
             "--listen",

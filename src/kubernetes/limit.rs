@@ -60,7 +60,7 @@ impl Bucket {
 #[derive(Debug)]
 pub(super) struct GateLimit {
     bucket: Bucket,
-    retry: Duration,
+    retry: backon::ExponentialBackoff,
     pub(super) retry_at: Option<Instant>,
 }
 
@@ -68,7 +68,7 @@ impl GateLimit {
     pub(super) fn new(now: Instant) -> Self {
         Self {
             bucket: Bucket::new(GATE_BURST, GATE_REFILL, now),
-            retry: GATE_RETRY_MIN,
+            retry: gate_backoff(),
             retry_at: None,
         }
     }
@@ -85,14 +85,24 @@ impl GateLimit {
     }
 
     pub(super) fn succeeded(&mut self) {
-        self.retry = GATE_RETRY_MIN;
+        self.retry = gate_backoff();
         self.retry_at = None;
     }
 
     pub(super) fn failed(&mut self, now: Instant) {
-        self.retry_at = Some(now + self.retry);
-        self.retry = (self.retry * 2).min(GATE_RETRY_MAX);
+        self.retry_at = Some(now + self.retry.next().unwrap_or(GATE_RETRY_MAX));
     }
+}
+
+/// Doubling from `GATE_RETRY_MIN` to `GATE_RETRY_MAX`, for ever. No jitter: one pod's own
+/// patches, not a crowd's.
+fn gate_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(GATE_RETRY_MIN)
+        .with_max_delay(GATE_RETRY_MAX)
+        .without_max_times()
+        .build()
 }
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 //! the readiness-gate condition on every readiness change, and post Events. Losing the API server
 //! never stops the local signals: errors are counted, logged once per change and retried.
 
+pub mod config;
 mod limit;
 pub mod pod;
 mod publish;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +15,16 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client, Resource};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{KubernetesConfig, Switch};
+use crate::engine::bus::{Input, Notice, Published};
 use crate::engine::Observation;
-use crate::liveness::Liveness;
+use crate::liveness::Tasks;
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
-use crate::watcher::{Input, Published};
+use crate::units::Switch;
+use crate::util::sleep_until;
+use config::KubernetesConfig;
 use pod::Tracker;
 use publish::Publisher;
 
@@ -149,46 +152,34 @@ struct PodInfo {
     relists: u64,
 }
 
-/// Notices from other parts that deserve an Event: the cgroup watcher's OOM kills, the drain's end.
-#[derive(Debug)]
-pub enum Notice {
-    OomKill {
-        kills: u64,
-        message: String,
-    },
-    /// A drain ended; `posted` is dropped once its Event is posted or given up, which the exit
-    /// path waits for.
-    Drained {
-        end: crate::drain::DrainEnd,
-        posted: tokio::sync::oneshot::Sender<()>,
-    },
-}
-
 pub struct KubeWatcher {
     pub identity: Identity,
     pub config: KubernetesConfig,
     pub inputs: mpsc::Sender<Input>,
     pub metrics: KubeMetrics,
-    pub terminating: Arc<AtomicBool>,
     pub verdict: watch::Receiver<Arc<Published>>,
     pub notices: mpsc::Receiver<Notice>,
 }
 
 impl KubeWatcher {
-    pub async fn run(self, liveness: Liveness) {
-        let _guard = liveness.register("kubernetes");
+    /// Two tasks until `stop`: the own pod's watch (an input), and the publisher of the gate and
+    /// the Events (an output), which the watch tells what the pod is.
+    pub fn spawn(self, tasks: &Tasks, stop: &CancellationToken) {
         let KubeWatcher {
             identity,
             config,
             inputs,
             metrics,
-            terminating,
             verdict,
             notices,
         } = self;
         let (info_tx, info_rx) = watch::channel(None);
         let publisher = Publisher::new(&identity, &config, metrics.clone());
-        tokio::spawn(publisher.run(verdict, info_rx, notices));
+        tasks.spawn(
+            "kubernetes publisher",
+            stop,
+            publisher.run(verdict, info_rx, notices),
+        );
         let tracker = Tracker::new(
             config.app_container.clone(),
             identity.container.clone(),
@@ -201,12 +192,12 @@ impl KubeWatcher {
             tracker,
             inputs,
             metrics,
-            terminating,
+            terminating: false,
             info: info_tx,
             relists: 0,
             failing: false,
         };
-        pods.run().await;
+        tasks.spawn("kubernetes", stop, pods.run());
     }
 }
 
@@ -216,7 +207,8 @@ struct PodWatcher {
     tracker: Tracker,
     inputs: mpsc::Sender<Input>,
     metrics: KubeMetrics,
-    terminating: Arc<AtomicBool>,
+    /// Seen terminating (said once in the log; the engine has it as the pod signal).
+    terminating: bool,
     info: watch::Sender<Option<PodInfo>>,
     relists: u64,
     failing: bool,
@@ -232,7 +224,7 @@ impl PodWatcher {
         let api = self.api.clone();
         let start = move || watcher::watcher(api.clone(), config.clone()).boxed();
         let mut events = Some(start());
-        let mut backoff = WATCH_RETRY_MIN;
+        let mut backoff = watch_backoff();
         let mut retry_at: Option<Instant> = None;
         loop {
             let cooldown = self.tracker.hold_until();
@@ -240,7 +232,7 @@ impl PodWatcher {
                 event = next(&mut events), if events.is_some() => match event {
                     Some(Ok(event)) => {
                         if matches!(event, WatchEvent::InitDone) {
-                            backoff = WATCH_RETRY_MIN;
+                            backoff = watch_backoff();
                         }
                         self.on_event(event).await
                     }
@@ -250,8 +242,8 @@ impl PodWatcher {
                         // the pod has not changed), and the gate is asserted again after it.
                         self.on_error(&e);
                         events = None;
-                        retry_at = Some(Instant::now() + jitter(backoff));
-                        backoff = (backoff * 2).min(WATCH_RETRY_MAX);
+                        let wait = backoff.next().unwrap_or(WATCH_RETRY_MAX);
+                        retry_at = Some(Instant::now() + wait);
                     }
                     None => return,
                 },
@@ -300,7 +292,7 @@ impl PodWatcher {
         }
         self.send(APP, update.app).await;
         if update.terminating {
-            if !self.terminating.swap(true, Ordering::Relaxed) {
+            if !std::mem::replace(&mut self.terminating, true) {
                 tracing::info!("kubernetes: the pod is terminating; /drain is open to the kubelet");
             }
             let message = "the pod has a deletionTimestamp".to_owned();
@@ -346,20 +338,14 @@ async fn next<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option
     }
 }
 
-/// Between half and all of `wait`.
-fn jitter(wait: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    // No randomness at hand is no reason to fail: then the full wait.
-    let r = match rustix::rand::getrandom(&mut byte, rustix::rand::GetRandomFlags::NONBLOCK) {
-        Ok(1) => f64::from(byte[0]) / 255.0,
-        _ => 1.0,
-    };
-    wait.mul_f64(0.5 + 0.5 * r)
-}
-
-pub(super) async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+/// The waits between relists after failures: doubling from `WATCH_RETRY_MIN` to
+/// `WATCH_RETRY_MAX`, each with a random part, for ever.
+fn watch_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(WATCH_RETRY_MIN)
+        .with_max_delay(WATCH_RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }

@@ -11,13 +11,14 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Api;
 use tokio::sync::{mpsc, watch};
 
+use super::config::KubernetesConfig;
 use super::limit::{Bucket, GateLimit};
 use super::KubeMetrics;
-use super::{sleep_until, Identity, Notice, PodInfo};
-use crate::config::KubernetesConfig;
+use super::{Identity, PodInfo};
+use crate::engine::bus::{DrainEnd, Notice, Published};
 use crate::engine::Verdict;
 use crate::reason::Reason;
-use crate::watcher::Published;
+use crate::util::{clip, sleep_until};
 
 /// At most this many Events in a burst, then one per `EVENT_REFILL`: a flapping app must not
 /// flood the API server.
@@ -172,8 +173,8 @@ impl Publisher {
             let first = v.reasons.first().map_or(Reason::Starting, |c| c.reason);
             ("False", pascal(first.as_str()))
         };
-        let mut message = crate::watcher::summary(v);
-        message.truncate(1000);
+        // At a character boundary: String::truncate would panic inside one.
+        let message = clip(&v.summary(), 1000).to_owned();
         let patch = serde_json::json!({
             "status": {"conditions": [{
                 "type": self.gate,
@@ -204,7 +205,7 @@ impl Publisher {
         let event = Event {
             type_,
             reason,
-            note: Some(truncate(crate::watcher::summary(v), 1000)),
+            note: Some(clip(&v.summary(), 1000).to_owned()),
             action: "Readiness".into(),
             secondary: None,
         };
@@ -236,10 +237,13 @@ impl Publisher {
             return;
         }
         let note = event.note.take().unwrap_or_default();
-        event.note = Some(truncate(
-            format!("{n} readiness change(s) not posted (rate limit); now: {note}"),
-            1000,
-        ));
+        event.note = Some(
+            clip(
+                &format!("{n} readiness change(s) not posted (rate limit); now: {note}"),
+                1000,
+            )
+            .to_owned(),
+        );
         self.last_posted = Some(event.reason.clone());
         self.post(event, reference).await;
     }
@@ -253,10 +257,15 @@ impl Publisher {
                 let event = Event {
                     type_: EventType::Warning,
                     reason: "OOMKilled".into(),
-                    note: Some(truncate(
-                        format!("{kills} process(es) OOM-killed in the app's cgroup: {message}"),
-                        1000,
-                    )),
+                    note: Some(
+                        clip(
+                            &format!(
+                                "{kills} process(es) OOM-killed in the app's cgroup: {message}"
+                            ),
+                            1000,
+                        )
+                        .to_owned(),
+                    ),
                     action: "OOMKill".into(),
                     secondary: None,
                 };
@@ -311,7 +320,7 @@ impl Publisher {
 }
 
 /// The Event of a drain's end: Normal when traffic stopped, Warning when `drain.max` cut it.
-fn drained_event(end: &crate::drain::DrainEnd) -> Event {
+fn drained_event(end: &DrainEnd) -> Event {
     let (type_, reason, how) = match end.outcome {
         "quiet" => (EventType::Normal, "Drained", "traffic stopped"),
         _ => (
@@ -361,50 +370,5 @@ fn pascal(s: &str) -> String {
         .collect()
 }
 
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    s
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons_become_pascal_case() {
-        assert_eq!(pascal("memory_high"), "MemoryHigh");
-        assert_eq!(pascal("http_5xx"), "Http5xx");
-        assert_eq!(pascal("refused"), "Refused");
-    }
-
-    #[test]
-    fn a_drain_cut_at_max_is_a_warning() {
-        let now = std::time::Instant::now();
-        let end = crate::drain::DrainEnd {
-            outcome: "max",
-            duration_seconds: 25.04,
-            new_connections: 312,
-            bytes_in: 40_960,
-            began: now,
-            ended: now,
-        };
-        let event = drained_event(&end);
-        assert_eq!(event.type_, EventType::Warning);
-        assert_eq!(event.reason, "DrainEndedAtMax");
-        let note = event.note.unwrap();
-        assert!(
-            note.starts_with("drain ended after 25.0 s, traffic never stopped"),
-            "{note}"
-        );
-        assert!(
-            note.contains("312 new connection(s), 40960 byte(s)"),
-            "{note}"
-        );
-    }
-}
+mod tests;

@@ -4,22 +4,28 @@
 
 pub mod assess;
 pub mod cgroup;
+pub mod config;
 pub mod events;
+mod plan;
 pub mod read;
+mod series;
+mod watched;
+
+pub use plan::{plan, Plan};
+pub use series::MemoryMetrics;
+use series::PREDICTION_HORIZON;
+use watched::{dir_id, Armed, DirId, Presence};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-use crate::config::{CgroupSetting, MemoryConfig, MemorySource};
+use crate::engine::bus::{Input, Notice};
 use crate::engine::Observation;
-use crate::kubernetes::Notice;
-use crate::liveness::Liveness;
-use crate::metrics::{self, Registry};
 use crate::process;
 use crate::reason::Reason;
-use crate::watcher::Input;
+use crate::util::sleep_until;
 use assess::{Assessment, Assessor, Thresholds};
 use cgroup::{CgroupDir, Version};
+use config::MemoryConfig;
 use read::{ReadError, Sample};
 
 pub const USAGE: &str = "memory:usage";
@@ -34,183 +40,6 @@ pub const REASONS: [Reason; 4] = [
     Reason::OomPredicted,
     Reason::OomKilled,
 ];
-
-/// How the watcher finds the memory to read.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Plan {
-    /// A cgroup directory fixed at start-up (`--cgroup PATH`, or the pod's cgroup).
-    Cgroup(CgroupDir),
-    /// Follow the app's process (matched by `process.match`, or the one other container's in a
-    /// shared process namespace), through the first way allowed that works: its cgroup as this
-    /// container's mounts show it (a hostPath of the node's tree), its cgroup as its own
-    /// container sees it (through `/proc/<pid>/root`), or the RSS of it and its children.
-    Process {
-        pattern: Option<String>,
-        cgroup: bool,
-        app_root: bool,
-        proc: bool,
-    },
-}
-
-/// Chooses the memory source at start-up, or says why there is none. An impossible explicit
-/// choice (a path that is no memory cgroup, `proc` without `process.match`) is an error.
-pub fn plan(
-    memory: &MemoryConfig,
-    pattern: Option<&str>,
-) -> Result<(Option<Plan>, String), String> {
-    use MemorySource::*;
-    let limit = memory.limit.map(|b| b.0);
-    let process = |pattern: Option<&str>, source: MemorySource| Plan::Process {
-        pattern: pattern.map(str::to_owned),
-        cgroup: matches!(source, Auto | Cgroup),
-        app_root: matches!(source, Auto | AppRoot),
-        proc: matches!(source, Auto | Proc),
-    };
-    match (memory.source, &memory.cgroup, pattern) {
-        (None, _, _) => Ok((Option::None, "memory.source is none".into())),
-        (Proc | AppRoot, CgroupSetting::Path(_), _) => Err(format!(
-            "memory.source is {} but memory.cgroup names a directory: choose one",
-            if memory.source == Proc { "proc" } else { "app-root" }
-        )),
-        (Auto | Cgroup, CgroupSetting::Path(path), _) => {
-            let dir = cgroup::explicit(path)?;
-            let why = format!("{} {} given by memory.cgroup", dir.version, dir.path.display());
-            Ok((Some(Plan::Cgroup(dir)), why))
-        }
-        (source, CgroupSetting::Auto, Some(pattern)) => {
-            let why = match source {
-                Cgroup => "the cgroup of the process matching process.match",
-                AppRoot => "the cgroup of the process matching process.match, through its container's root",
-                Proc => "the RSS of the process matching process.match (shared process namespace)",
-                _ => "the cgroup of the process matching process.match when reachable, through its container's root when not, else its RSS",
-            };
-            let mut why = format!("{why} ({pattern:?})");
-            if matches!(source, Auto | Proc) && limit.is_none() {
-                why.push_str("; without memory.limit the RSS source has no limit to compare with");
-            }
-            Ok((Some(process(Some(pattern), source)), why))
-        }
-        (Proc, CgroupSetting::Auto, Option::None) => {
-            Err("memory.source is proc, which needs process.match to find the app".into())
-        }
-        (AppRoot, CgroupSetting::Auto, Option::None) => Ok((
-            Some(process(Option::None, AppRoot)),
-            "the cgroup of the other container's process, through its container's root \
-             (shared process namespace)"
-                .into(),
-        )),
-        (source, CgroupSetting::Auto, Option::None) => match cgroup::of_own_pod() {
-            Some(dir) => {
-                let why = format!("{} {} (the pod's cgroup, parent of sidewatch's own)", dir.version, dir.path.display());
-                Ok((Some(Plan::Cgroup(dir)), why))
-            }
-            Option::None if source == Cgroup => Err(
-                "memory.source is cgroup but no pod cgroup is visible: set memory.cgroup (--cgroup) or process.match".into(),
-            ),
-            Option::None if process::shared_namespace() => Ok((
-                Some(process(Option::None, AppRoot)),
-                "the cgroup of the other container's process, through its container's root \
-                 (the pod shares its process namespace)"
-                    .into(),
-            )),
-            Option::None => Ok((Option::None, "no pod cgroup is visible, the pod shares no process namespace and process.match is not set".into())),
-        },
-    }
-}
-
-/// A prediction further out than this is no prediction: flat memory with a tiny slope would
-/// give 10^7 s one sample and +Inf the next.
-const PREDICTION_HORIZON: f64 = 24.0 * 60.0 * 60.0;
-
-/// The `source` label values of `sidewatch_memory_source`.
-const SOURCES: [&str; 4] = ["cgroup", "app-root", "proc", "none"];
-
-/// The memory watcher's metrics, only when it runs; PSI's only where the cgroup has PSI.
-#[derive(Clone)]
-pub struct MemoryMetrics {
-    registry: Registry,
-    usage: prometheus::IntGauge,
-    limit: prometheus::IntGauge,
-    predicted: prometheus::Gauge,
-    oom_kills: prometheus::IntCounter,
-    read_errors: prometheus::IntCounterVec,
-    source: prometheus::IntGaugeVec,
-    pressure: std::sync::Arc<std::sync::Mutex<Option<prometheus::GaugeVec>>>,
-}
-
-impl MemoryMetrics {
-    pub fn new(registry: &Registry) -> Self {
-        registry.feature("memory");
-        let read_errors = registry.register(metrics::counter_vec(
-            "sidewatch_memory_read_errors_total",
-            "Failed reads of the app's memory files, by kind (gone = the cgroup directory was removed, as at a container restart; missing, garbled, io); \
-             while they fail, memory signals do not veto readiness.",
-            &["kind"],
-        ));
-        for kind in ["gone", "missing", "garbled", "io"] {
-            read_errors.with_label_values(&[kind]);
-        }
-        let source = registry.register(metrics::gauge_vec(
-            "sidewatch_memory_source",
-            "1 for where the app's memory is read now: cgroup (a host path of the node's tree), app-root (the app container's own cgroup through its root), proc (its processes' RSS) or none (the app not found yet).",
-            &["source"],
-        ));
-        for s in SOURCES {
-            source.with_label_values(&[s]);
-        }
-        MemoryMetrics {
-            registry: registry.clone(),
-            usage: registry.register(metrics::gauge(
-                "sidewatch_memory_usage_bytes",
-                "The app's working set (usage minus inactive file cache, as the kubelet counts it). Compare with sidewatch_memory_limit_bytes.",
-            )),
-            limit: registry.register(metrics::gauge(
-                "sidewatch_memory_limit_bytes",
-                "The app's memory limit; 0 when there is none. Near the usage, raise the limit or fix the leak.",
-            )),
-            predicted: registry.register(metrics::float_gauge(
-                "sidewatch_memory_predicted_oom_seconds",
-                "Seconds until the memory limit at the current trend; +Inf when memory is not growing toward a limit within a day.",
-            )),
-            oom_kills: registry.register(metrics::counter(
-                "sidewatch_oom_kills_total",
-                "Processes the kernel OOM killer killed in the app's cgroup, workers included. Any rise means requests were dropped: raise the limit.",
-            )),
-            read_errors,
-            source,
-            pressure: Default::default(),
-        }
-    }
-
-    fn source(&self, now: &str) {
-        for s in SOURCES {
-            self.source.with_label_values(&[s]).set(i64::from(s == now));
-        }
-    }
-
-    /// PSI's gauges exist while the watched cgroup has PSI: 0 then means no stall, not "no PSI".
-    pub(crate) fn pressure(&self, psi: Option<read::Pressure>) {
-        let mut gauges = self.pressure.lock().unwrap_or_else(|e| e.into_inner());
-        match (psi, gauges.as_ref()) {
-            (Some(p), _) => {
-                let g = gauges.get_or_insert_with(|| {
-                    self.registry.register(metrics::float_gauge_vec(
-                        "sidewatch_memory_pressure_avg10",
-                        "Percent of the last 10 s the app's tasks stalled on memory (PSI); full = all tasks stalled.",
-                        &["kind"],
-                    ))
-                });
-                g.with_label_values(&["some"]).set(p.some_avg10);
-                g.with_label_values(&["full"]).set(p.full_avg10);
-            }
-            (None, Some(g)) => {
-                self.registry.unregister(g);
-                *gauges = None;
-            }
-            (None, None) => {}
-        }
-    }
-}
 
 pub struct MemoryWatcher {
     pub plan: Plan,
@@ -242,8 +71,7 @@ impl MemoryWatcher {
         }
     }
 
-    pub async fn run(self, liveness: Liveness) {
-        let _guard = liveness.register("memory");
+    pub async fn run(self) {
         let mut assessor = Assessor::new(self.thresholds());
         let (wake_tx, mut wake_rx) = mpsc::channel(16);
         let mut armed = Armed::default();
@@ -519,84 +347,5 @@ impl MemoryWatcher {
             new_oom_kills: 0,
         })
         .await
-    }
-}
-
-/// The notifications armed on the watched cgroup directory, and which directory that was.
-#[derive(Default)]
-struct Armed {
-    /// The directory the notifications were armed on; `None` while there is none.
-    dir: Option<DirId>,
-    /// The v1 limit the usage threshold was computed from.
-    limit: Option<u64>,
-    tasks: Vec<JoinHandle<()>>,
-    /// The v1 usage threshold, apart: it follows the limit.
-    threshold: Option<JoinHandle<()>>,
-    /// The watch on the parent directory: it outlives the cgroup, to see it come back.
-    parent: Option<JoinHandle<()>>,
-    /// A cgroup was watched before: any later one is new.
-    seen: bool,
-    /// The parent's watch failed and that was logged (once: it is retried at every look).
-    parent_failed: bool,
-}
-
-impl Armed {
-    /// The directory went away, and its notifications with it.
-    fn gone(&mut self) {
-        for task in self.tasks.drain(..).chain(self.threshold.take()) {
-            task.abort();
-        }
-        self.dir = None;
-        self.limit = None;
-    }
-
-    /// Everything off: the target moved elsewhere.
-    fn disarm(&mut self) {
-        self.gone();
-        if let Some(parent) = self.parent.take() {
-            parent.abort();
-        }
-    }
-
-    /// Arms the parent's watch unless it is already; true when it is armed now.
-    fn watch_parent(&mut self, dir: &CgroupDir, wake: &mpsc::Sender<()>) -> bool {
-        if self.parent.is_none() {
-            match events::parent(&dir.path, wake.clone()) {
-                Ok(task) => self.parent = Some(task),
-                Err(e) if !self.parent_failed => {
-                    self.parent_failed = true;
-                    tracing::info!(dir = %dir.path.display(), error = %e, "cannot watch the cgroup's parent; polling sees the cgroup go and come back")
-                }
-                Err(_) => {}
-            }
-        }
-        self.parent.is_some()
-    }
-}
-
-/// A directory's identity: a cgroup made again at the same path is another directory.
-type DirId = (u64, u64);
-
-enum Presence {
-    Here(DirId),
-    Gone,
-    /// Cannot tell (a stat error other than not found): the reads will say what is wrong.
-    Unknown,
-}
-
-fn dir_id(path: &std::path::Path) -> Presence {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Presence::Here((m.dev(), m.ino())),
-        Ok(_) => Presence::Gone,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Presence::Gone,
-        Err(_) => Presence::Unknown,
-    }
-}
-
-async fn sleep_until(at: Option<std::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -101,9 +101,12 @@ pub fn parse_limit(text: &str, path: &Path) -> Result<Option<u64>, ReadError> {
 }
 
 pub fn parse_u64(text: &str, path: &Path) -> Result<u64, ReadError> {
-    text.trim()
-        .parse()
-        .map_err(|_| ReadError::garbled(path, format!("want a number, got {:?}", clip(text))))
+    text.trim().parse().map_err(|_| {
+        ReadError::garbled(
+            path,
+            format!("want a number, got {:?}", crate::util::clip(text, 60)),
+        )
+    })
 }
 
 /// The value of `key` in a flat keyed file (`memory.stat`, `memory.events`, `memory.oom_control`).
@@ -137,7 +140,7 @@ pub fn parse_pressure(text: &str, path: &Path) -> Result<Pressure, ReadError> {
             (Some("some" | "full"), None) => {
                 return Err(ReadError::garbled(
                     path,
-                    format!("bad PSI line {:?}", clip(line)),
+                    format!("bad PSI line {:?}", crate::util::clip(line, 60)),
                 ))
             }
             _ => {}
@@ -151,14 +154,6 @@ pub fn parse_pressure(text: &str, path: &Path) -> Result<Pressure, ReadError> {
         }),
         _ => Err(ReadError::garbled(path, "no \"some\" line")),
     }
-}
-
-fn clip(s: &str) -> &str {
-    let mut end = s.len().min(60);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// cgroup v2: `memory.current`, `memory.max`, `memory.stat`, `memory.events`, `memory.pressure`.

@@ -22,8 +22,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use super::config::{GrpcAddress, GrpcCheck};
 use super::{classify, read_ca_file, tcp, Failure, ProbeSetupError};
-use crate::config::{GrpcAddress, GrpcCheck};
 use crate::reason::Reason;
 
 pub struct GrpcProber {

@@ -4,8 +4,8 @@
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::config::{HttpCheck, HttpVersion, StatusRange};
 use super::{classify, read_ca_file, Failure, ProbeSetupError};
-use crate::config::{HttpCheck, HttpVersion, StatusRange};
 use crate::reason::Reason;
 
 /// The most of a response body read: enough for `body_contains` on any health page, and a bound

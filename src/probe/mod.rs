@@ -2,6 +2,7 @@
 //! socket), each failure classified into one reason, and the task that runs one on its interval.
 
 mod classify;
+pub mod config;
 mod grpc;
 mod http;
 mod tcp;
@@ -12,13 +13,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::config::{Check, ProbeConfig};
-use crate::drain::Drain;
+use crate::engine::bus::Input;
 use crate::engine::Observation;
-use crate::liveness::Liveness;
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
-use crate::watcher::Input;
+use config::{Check, ProbeConfig};
 
 const MAX_MESSAGE: usize = 240;
 /// A CA bundle; the system's whole one is about 200 KiB.
@@ -60,12 +59,7 @@ impl Failure {
     fn new(reason: Reason, message: impl Into<String>) -> Self {
         let mut message: String = message.into();
         if message.len() > MAX_MESSAGE {
-            let mut cut = MAX_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
+            message = format!("{}…", crate::util::clip(&message, MAX_MESSAGE));
         }
         Failure { reason, message }
     }
@@ -113,13 +107,12 @@ fn read_ca_file(
     path: &std::path::Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ProbeSetupError> {
     use rustls::pki_types::pem::PemObject;
-    let pem = crate::config::read_bounded(path, MAX_CA_FILE).map_err(|source| {
-        ProbeSetupError::CaFile {
+    let pem =
+        crate::util::read_bounded(path, MAX_CA_FILE).map_err(|source| ProbeSetupError::CaFile {
             probe: probe.to_owned(),
             path: path.to_owned(),
             source,
-        }
-    })?;
+        })?;
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ProbeSetupError::CaPem {
@@ -184,31 +177,25 @@ impl ProbeMetrics {
     }
 }
 
-/// Runs one probe on its interval, feeding the engine and the metrics, until a drain starts.
+/// Runs one probe on its interval, feeding the engine and the metrics (until a drain starts:
+/// then sidewatch leaves the app alone, its verdict is fixed anyway).
 pub struct ProbeWatcher {
     pub config: ProbeConfig,
     pub prober: Prober,
     pub metrics: ProbeMetrics,
     pub inputs: mpsc::Sender<Input>,
-    pub drain: Drain,
 }
 
 impl ProbeWatcher {
-    pub async fn run(self, liveness: Liveness) {
-        let guard = liveness.register(self.config.signal());
+    pub async fn run(self) {
         let signal = self.config.signal();
         let name = self.config.name.as_str();
         let up = self.metrics.up.with_label_values(&[name]);
         let duration = self.metrics.duration.with_label_values(&[name]);
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut draining = self.drain.started();
         loop {
-            tokio::select! {
-                // While draining sidewatch leaves the app alone: its verdict is fixed anyway.
-                _ = draining.wait_for(Option::is_some) => break,
-                _ = ticker.tick() => {}
-            }
+            ticker.tick().await;
             let start = Instant::now();
             let result = self.prober.check(self.config.timeout).await;
             duration.observe(start.elapsed().as_secs_f64());
@@ -232,9 +219,8 @@ impl ProbeWatcher {
                 observation,
             };
             if self.inputs.send(input).await.is_err() {
-                return; // the engine is gone; the guard reports us dead
+                return; // the engine is gone
             }
         }
-        guard.finish();
     }
 }

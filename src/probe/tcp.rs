@@ -2,8 +2,8 @@
 
 use tokio::net::TcpStream;
 
+use super::config::{HostPort, TcpCheck};
 use super::{classify, Failure};
-use crate::config::{HostPort, TcpCheck};
 use crate::reason::Reason;
 
 pub struct TcpProber {

@@ -124,7 +124,7 @@ impl Certs {
 /// A few KB from a local volume (a Secret's tmpfs): read in place, not on the blocking pool, and
 /// refused past 1 MiB, far beyond any certificate chain.
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    crate::config::read_bounded(path, 1024 * 1024).map_err(|source| TlsError::Read {
+    crate::util::read_bounded(path, 1024 * 1024).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
     })

@@ -5,16 +5,22 @@
 //! opt-in, annotations, app container, target, admin port, memory, sidecar, app hook, pod.
 
 mod annotations;
+mod memory;
 mod patch;
+mod ports;
 mod sidecar;
 mod target;
 pub mod view;
 
 use serde_json::{json, Value};
 
-use annotations::{Memory, Options, TargetSetting};
+use annotations::{Options, TargetSetting};
 pub use annotations::{INJECTED, INJECTION};
 use patch::Edits;
+use ports::{
+    first_tcp_port, has_port_named, ports_in_use, probes_port, target_port, unix_socket,
+    volume_holding,
+};
 pub use sidecar::{ADMIN_PORT, CONTAINER, GATE};
 use target::Derived;
 
@@ -90,6 +96,13 @@ struct Plan<'a> {
     warnings: Vec<String>,
 }
 
+/// What the injection says: `notes` go in the pod's annotation, `warnings` to whoever created it.
+#[derive(Default)]
+struct Said {
+    notes: Vec<String>,
+    warnings: Vec<String>,
+}
+
 fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>, String> {
     let spec = &pod["spec"];
     let containers = spec["containers"]
@@ -108,6 +121,82 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
     }
     let options = Options::parse(pod["metadata"]["annotations"].as_object())?;
     let native = options.plain.map_or(settings.native, |plain| !plain);
+    refuse_dead_ends(spec, &options, native)?;
+    let app_index = app_container(containers, &options)?;
+    let app = &containers[app_index];
+    let app_name = app["name"].as_str().unwrap_or_default();
+
+    let mut said = Said::default();
+    let (target_env, target_port, socket) = choose_target(&options, app, &mut said)?;
+    let admin_port = choose_admin_port(&options, &ports_in_use(all()), &mut said)?;
+    // The drain watches where clients connect: the app's first TCP port, else the probed one.
+    let drain_port = first_tcp_port(app).or(target_port);
+    said.notes.push(match drain_port {
+        Some(port) => format!("drain watches port {port}"),
+        None => "drain: no TCP port to watch, it ends after its delay".into(),
+    });
+
+    let mut edits = Edits::new(pod);
+    let memory = memory::memory(
+        &options,
+        spec,
+        app,
+        &mut edits,
+        &mut said.notes,
+        &mut said.warnings,
+    )?;
+    let (kubernetes, gate) = api_access(spec, &options, &mut said);
+    let plan = sidecar::Sidecar {
+        settings,
+        native,
+        app: app_name,
+        target: target_env,
+        drain_port,
+        admin_port,
+        admin_port_named: !all().any(|c| has_port_named(c, CONTAINER)),
+        grace: spec["terminationGracePeriodSeconds"].as_i64().unwrap_or(30),
+        token,
+        kubernetes,
+        memory_unready_above: options.memory_unready_above.as_deref(),
+        memory,
+        app_memory_limit: !app["resources"]["limits"]["memory"].is_null(),
+    };
+    let mut container = plan.container();
+    if let Some(path) = socket {
+        mount_socket(
+            &mut container,
+            volume_holding(all(), &path),
+            &path,
+            &mut said,
+        );
+    }
+    // The whole environment, loaded as the sidecar will load it: a refusal here is a bug of ours
+    // or a combination of annotations no single check caught; either way no crash-looping sidecar.
+    let literal: Vec<(&str, &str)> = container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect();
+    annotations::sidecar_accepts(&literal)
+        .map_err(|e| format!("the sidecar would refuse its settings: {e}"))?;
+    if native {
+        edits.prepend(&["spec", "initContainers"], container);
+    } else {
+        edits.append(&["spec", "containers"], container);
+    }
+    hook_app(
+        &mut edits, app_index, app_name, admin_port, token, &mut said,
+    );
+    if gate {
+        add_gate(&mut edits, spec, &mut said);
+    }
+    Ok(mark(edits, pod, said))
+}
+
+/// The pods sidewatch would break: a plain sidecar that keeps a Job from completing, an admin
+/// port on the node.
+fn refuse_dead_ends(spec: &Value, options: &Options, native: bool) -> Result<(), String> {
     if !native
         && spec["restartPolicy"]
             .as_str()
@@ -126,30 +215,42 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
                 .into(),
         );
     }
-    let app_index = match &options.app_container {
+    Ok(())
+}
+
+/// The index of the app container: the annotated one, else the first.
+fn app_container(containers: &[Value], options: &Options) -> Result<usize, String> {
+    match &options.app_container {
         Some(name) => containers
             .iter()
             .position(|c| c["name"] == name.as_str())
             .ok_or_else(|| {
                 format!("sidewatch.io/app-container names {name:?}, which the pod does not have")
-            })?,
-        None => 0,
-    };
-    let app = &containers[app_index];
-    let app_name = app["name"].as_str().unwrap_or_default();
+            }),
+        None => Ok(0),
+    }
+}
 
-    let mut notes = Vec::new();
-    let mut warnings = Vec::new();
-    let mut socket = None;
-    let (target_env, target_port) = match &options.target {
+type TargetChoice = ((&'static str, String), Option<u16>, Option<String>);
+
+/// What the sidecar probes (the annotation, else what the kubelet probes), as its variable, the
+/// probed TCP port, and the Unix socket it connects to, if any.
+fn choose_target(options: &Options, app: &Value, said: &mut Said) -> Result<TargetChoice, String> {
+    Ok(match &options.target {
         Some(TargetSetting::Flag(text)) => {
-            notes.push(format!("target {text} from sidewatch.io/target"));
-            (("SIDEWATCH_TARGET", text.clone()), target_port(text))
+            said.notes
+                .push(format!("target {text} from sidewatch.io/target"));
+            (("SIDEWATCH_TARGET", text.clone()), target_port(text), None)
         }
         Some(TargetSetting::Probe(probes)) => {
-            notes.push("target from sidewatch.io/target".to_owned());
-            socket = unix_socket(probes);
-            (("SIDEWATCH_PROBES", probes.clone()), probes_port(probes))
+            said.notes
+                .push("target from sidewatch.io/target".to_owned());
+            let socket = unix_socket(probes);
+            (
+                ("SIDEWATCH_PROBES", probes.clone()),
+                probes_port(probes),
+                socket,
+            )
         }
         None => {
             let Derived {
@@ -158,15 +259,18 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
                 port,
                 notes: degraded,
             } = target::derive(app)?;
-            notes.push(format!("target {described}"));
-            warnings.extend(degraded);
+            said.notes.push(format!("target {described}"));
+            said.warnings.extend(degraded);
             let probes = serde_json::to_string(&[probe]).map_err(|e| e.to_string())?;
-            (("SIDEWATCH_PROBES", probes), port)
+            (("SIDEWATCH_PROBES", probes), port, None)
         }
-    };
+    })
+}
 
-    let used = ports_in_use(all());
-    let admin_port = match options.admin_port {
+/// The sidecar's own port: the annotated one, else `ADMIN_PORT`, else the next one the pod
+/// does not use.
+fn choose_admin_port(options: &Options, used: &[u16], said: &mut Said) -> Result<u16, String> {
+    let port = match options.admin_port {
         Some(port) if used.contains(&port) => {
             return Err(format!(
                 "sidewatch.io/admin-port {port} is a port of the pod already"
@@ -178,85 +282,59 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
             let free = (ADMIN_PORT + 1..=u16::MAX)
                 .find(|p| !used.contains(p))
                 .ok_or("no free port for the sidecar")?;
-            warnings.push(format!(
+            said.warnings.push(format!(
                 "admin port {free}: {ADMIN_PORT} is a port of the pod already"
             ));
             free
         }
     };
-    notes.push(format!("admin port {admin_port}"));
+    said.notes.push(format!("admin port {port}"));
+    Ok(port)
+}
 
-    // The drain watches where clients connect: the app's first TCP port, else the probed one.
-    let drain_port = first_tcp_port(app).or(target_port);
-    match drain_port {
-        Some(port) => notes.push(format!("drain watches port {port}")),
-        None => notes.push("drain: no TCP port to watch, it ends after its delay".into()),
-    }
-
-    let mut edits = Edits::new(pod);
-    let memory = memory(&options, spec, app, &mut edits, &mut notes, &mut warnings)?;
-
+/// Whether the sidecar has credentials for the API server, and so whether it gets the gate.
+fn api_access(spec: &Value, options: &Options, said: &mut Said) -> (bool, bool) {
     let token_mounted = spec["automountServiceAccountToken"] != false;
-    let gate = options.readiness_gate && token_mounted;
     if options.readiness_gate && !token_mounted {
-        warnings.push(
+        said.warnings.push(
             "no readiness gate: automountServiceAccountToken is false, so the sidecar has no \
              credentials to ever set it (the pod would never be Ready)"
                 .into(),
         );
     }
     if !token_mounted {
-        notes.push("Kubernetes API off: no service-account token".into());
+        said.notes
+            .push("Kubernetes API off: no service-account token".into());
     }
+    (token_mounted, options.readiness_gate && token_mounted)
+}
 
-    let grace = spec["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
-    let plan = sidecar::Sidecar {
-        settings,
-        native,
-        app: app_name,
-        target: target_env,
-        drain_port,
-        admin_port,
-        admin_port_named: !all().any(|c| has_port_named(c, CONTAINER)),
-        grace,
-        token,
-        kubernetes: token_mounted,
-        memory_unready_above: options.memory_unready_above.as_deref(),
-        memory,
-        app_memory_limit: !app["resources"]["limits"]["memory"].is_null(),
-    };
-    let mut container = plan.container();
-    if let Some(path) = socket {
-        // The socket is a file of one of the pod's volumes: the sidecar sees it only there.
-        match volume_holding(all(), &path) {
-            Some(mount) => {
-                notes.push(format!("volume {} mounted for {path}", mount["name"]));
-                match container["volumeMounts"].as_array_mut() {
-                    Some(mounts) => mounts.push(mount),
-                    None => container["volumeMounts"] = json!([mount]),
-                }
+/// The socket is a file of one of the pod's volumes: the sidecar sees it only there.
+fn mount_socket(container: &mut Value, mount: Option<Value>, path: &str, said: &mut Said) {
+    match mount {
+        Some(mount) => {
+            said.notes
+                .push(format!("volume {} mounted for {path}", mount["name"]));
+            match container["volumeMounts"].as_array_mut() {
+                Some(mounts) => mounts.push(mount),
+                None => container["volumeMounts"] = json!([mount]),
             }
-            None => warnings.push(format!(
-                "no volume of the pod holds {path}: the sidecar cannot reach the socket"
-            )),
         }
+        None => said.warnings.push(format!(
+            "no volume of the pod holds {path}: the sidecar cannot reach the socket"
+        )),
     }
-    // The whole environment, loaded as the sidecar will load it: a refusal here is a bug of ours
-    // or a combination of annotations no single check caught; either way no crash-looping sidecar.
-    let literal: Vec<(&str, &str)> = container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
-        .collect();
-    annotations::sidecar_accepts(&literal)
-        .map_err(|e| format!("the sidecar would refuse its settings: {e}"))?;
-    if native {
-        edits.prepend(&["spec", "initContainers"], container);
-    } else {
-        edits.append(&["spec", "containers"], container);
-    }
+}
 
+/// The app's preStop hook calls `/drain`, unless it has one of its own (kept).
+fn hook_app(
+    edits: &mut Edits<'_>,
+    app_index: usize,
+    app_name: &str,
+    admin_port: u16,
+    token: &str,
+    said: &mut Said,
+) {
     let index = app_index.to_string();
     let app_path = ["spec", "containers", index.as_str()];
     let hook = json!({"httpGet": {"path": "/drain", "port": admin_port,
@@ -265,31 +343,37 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         .get(&[&app_path[..], &["lifecycle", "preStop"]].concat())
         .is_some()
     {
-        warnings.push(format!(
+        said.warnings.push(format!(
             "container {app_name:?} has a preStop hook of its own, kept: call sidewatch's /drain \
              from it to drain without guessing"
         ));
     } else {
         edits.set_new(&[&app_path[..], &["lifecycle"]].concat(), "preStop", hook);
-        notes.push(format!("preStop of container {app_name:?} calls /drain"));
+        said.notes
+            .push(format!("preStop of container {app_name:?} calls /drain"));
     }
-    if gate {
-        let has_gate = spec["readinessGates"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|g| g["conditionType"] == GATE);
-        if !has_gate {
-            edits.append(&["spec", "readinessGates"], json!({"conditionType": GATE}));
-        }
-        notes.push(format!("readiness gate {GATE}"));
+}
+
+fn add_gate(edits: &mut Edits<'_>, spec: &Value, said: &mut Said) {
+    let has_gate = spec["readinessGates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|g| g["conditionType"] == GATE);
+    if !has_gate {
+        edits.append(&["spec", "readinessGates"], json!({"conditionType": GATE}));
     }
+    said.notes.push(format!("readiness gate {GATE}"));
+}
+
+/// The pod says it is injected (so a second pass changes nothing) and how, and carries the label
+/// the chart's PodMonitor selects (selectors see labels only).
+fn mark<'a>(mut edits: Edits<'a>, pod: &Value, mut said: Said) -> Plan<'a> {
     edits.set_new(&["metadata", "annotations"], INJECTED, "true".into());
-    // The label is what the chart's PodMonitor selects (selectors see labels only).
     if !edits.set_new(&["metadata", "labels"], INJECTED, "true".into())
         && pod["metadata"]["labels"][INJECTED] != "true"
     {
-        warnings.push(format!(
+        said.warnings.push(format!(
             "the pod's label {INJECTED} is kept as it is: the chart's PodMonitor selects \
              {INJECTED}=true and will not scrape this pod's sidewatch"
         ));
@@ -297,217 +381,12 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
     edits.set_new(
         &["metadata", "annotations"],
         INJECTION,
-        notes.join("; ").into(),
+        said.notes.join("; ").into(),
     );
-    Ok(Plan { edits, warnings })
-}
-
-/// The memory source the sidecar gets, with what it needs added to the pod, and why.
-fn memory(
-    options: &Options,
-    spec: &Value,
-    app: &Value,
-    edits: &mut Edits<'_>,
-    notes: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-) -> Result<sidecar::MemoryPlan, String> {
-    let pattern = options.process_match.clone();
-    let refused_sharing = spec["shareProcessNamespace"] == false;
-    if pattern.is_some() && refused_sharing {
-        return Err(
-            "sidewatch.io/process-match needs a shared process namespace, and the pod sets \
-             shareProcessNamespace: false"
-                .into(),
-        );
+    Plan {
+        edits,
+        warnings: said.warnings,
     }
-    let asked = options.memory.unwrap_or(Memory::Auto);
-    // Entering the app's root takes the app's own user and group, and no capability: the sidecar
-    // runs as them (never as root: Pod Security "restricted" forbids it, and so does sidewatch).
-    let ids = app_ids(spec, app);
-    let app_root = match (ids, refused_sharing) {
-        (_, true) => Err("the pod sets shareProcessNamespace: false".to_owned()),
-        (Some((0, _)), _) => Err("the app runs as root, which the sidecar must not".to_owned()),
-        (Some(ids), _) => Ok(ids),
-        (None, _) => Err(
-            "the pod spec does not state the app's runAsUser and runAsGroup, which the sidecar \
-             must share to read its cgroup"
-                .to_owned(),
-        ),
-    };
-    let (chosen, run_as) = match (asked, app_root) {
-        (Memory::Auto | Memory::AppRoot, Ok(ids)) => (Memory::AppRoot, Some(ids)),
-        (Memory::Auto, Err(why)) if pattern.is_some() => {
-            notes.push(format!("not the app's cgroup: {why}"));
-            (Memory::Proc, None)
-        }
-        (Memory::Auto, Err(why)) => {
-            notes.push(format!("memory signals off: {why}"));
-            (Memory::None, None)
-        }
-        (Memory::AppRoot, Err(why)) => {
-            let fallback = if pattern.is_some() {
-                Memory::Proc
-            } else {
-                Memory::None
-            };
-            warnings.push(format!(
-                "sidewatch.io/memory app-root: {why}; memory {}",
-                if fallback == Memory::Proc {
-                    "from the app's processes instead"
-                } else {
-                    "signals off"
-                }
-            ));
-            (fallback, None)
-        }
-        (other, _) => (other, None),
-    };
-    if pattern.is_some() || chosen == Memory::AppRoot {
-        edits.set_new(&["spec"], "shareProcessNamespace", true.into());
-    }
-    let volume = match chosen {
-        Memory::Cgroup => {
-            let name = free_name(spec["volumes"].as_array(), "sidewatch-cgroup");
-            if name != "sidewatch-cgroup" {
-                warnings.push(format!(
-                    "volume {name}: sidewatch-cgroup is a volume of the pod already"
-                ));
-            }
-            edits.append(
-                &["spec", "volumes"],
-                json!({"name": name, "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}}),
-            );
-            notes.push("memory from the node's cgroup tree (hostPath, read-only)".into());
-            Some(name)
-        }
-        Memory::AppRoot => {
-            if let Some((uid, gid)) = run_as {
-                notes.push(format!(
-                    "memory from the app container's own cgroup, through its root; the sidecar \
-                     runs as its user {uid} and group {gid}, the process namespace shared"
-                ));
-            }
-            None
-        }
-        Memory::Proc => {
-            notes.push("memory from the app's processes (/proc)".into());
-            None
-        }
-        Memory::None | Memory::Auto => {
-            if asked == Memory::None {
-                notes.push("memory signals off (sidewatch.io/memory)".into());
-            }
-            None
-        }
-    };
-    Ok(sidecar::MemoryPlan {
-        source: chosen,
-        pattern,
-        volume,
-        run_as,
-    })
-}
-
-/// The user and group the app container runs as, when the pod spec states both (the
-/// container's securityContext, else the pod's): an image's own USER is not visible here.
-fn app_ids(spec: &Value, app: &Value) -> Option<(i64, i64)> {
-    let id = |key: &str| {
-        app["securityContext"][key]
-            .as_i64()
-            .or_else(|| spec["securityContext"][key].as_i64())
-    };
-    Some((id("runAsUser")?, id("runAsGroup")?))
-}
-
-/// Every port a container of the pod declares or probes (a probe may use a port it does not
-/// declare): the sidecar's own must be none of them.
-fn ports_in_use<'a>(containers: impl Iterator<Item = &'a Value>) -> Vec<u16> {
-    let mut ports = Vec::new();
-    let as_port = |v: &Value| v.as_u64().and_then(|p| u16::try_from(p).ok());
-    for c in containers {
-        for p in c["ports"].as_array().into_iter().flatten() {
-            ports.extend(as_port(&p["containerPort"]));
-            ports.extend(as_port(&p["hostPort"]));
-        }
-        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
-            for handler in ["httpGet", "tcpSocket", "grpc"] {
-                ports.extend(as_port(&c[probe][handler]["port"]));
-            }
-        }
-    }
-    ports
-}
-
-fn first_tcp_port(container: &Value) -> Option<u16> {
-    container["ports"]
-        .as_array()?
-        .iter()
-        .filter(|p| p["protocol"].as_str().unwrap_or("TCP") == "TCP")
-        .find_map(|p| p["containerPort"].as_u64())
-        .and_then(|p| u16::try_from(p).ok())
-}
-
-fn has_port_named(container: &Value, name: &str) -> bool {
-    container["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|p| p["name"] == name)
-}
-
-/// The TCP port of a `--target`, for the drain.
-fn target_port(text: &str) -> Option<u16> {
-    let seen = text.replace(target::POD_IP, "127.0.0.1");
-    let probe =
-        crate::config::ProbeConfig::new("app", seen.parse::<crate::config::Target>().ok()?.0);
-    probe.port()
-}
-
-/// The TCP port of a probe given as config (`SIDEWATCH_PROBES` with one probe), for the drain.
-fn probes_port(probes: &str) -> Option<u16> {
-    let probe: Value = serde_json::from_str::<Value>(probes).ok()?[0].take();
-    let seen = serde_json::to_string(&probe)
-        .ok()?
-        .replace(target::POD_IP, "127.0.0.1");
-    serde_json::from_str::<crate::config::ProbeConfig>(&seen)
-        .ok()?
-        .port()
-}
-
-/// The Unix socket a probe given as config connects to.
-fn unix_socket(probes: &str) -> Option<String> {
-    let probes: Value = serde_json::from_str(probes).ok()?;
-    let probe = &probes[0];
-    probe["http"]["unix_socket"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| {
-            let address = probe["grpc"]["address"].as_str()?.strip_prefix("unix:")?;
-            Some(address.strip_prefix("//").unwrap_or(address).to_owned())
-        })
-}
-
-/// A read-only mount, for the sidecar, of the volume a container of the pod has `path` in.
-fn volume_holding<'a>(containers: impl Iterator<Item = &'a Value>, path: &str) -> Option<Value> {
-    containers
-        .flat_map(|c| c["volumeMounts"].as_array().into_iter().flatten())
-        .filter_map(|m| Some((m["name"].as_str()?, m["mountPath"].as_str()?)))
-        .filter(|(_, dir)| {
-            let dir = dir.trim_end_matches('/');
-            path.strip_prefix(dir)
-                .is_some_and(|rest| rest.starts_with('/'))
-        })
-        .max_by_key(|(_, dir)| dir.len())
-        .map(|(name, dir)| json!({"name": name, "mountPath": dir, "readOnly": true}))
-}
-
-/// `base`, or `base-2`, `base-3`… whichever no entry of `list` is named.
-fn free_name(list: Option<&Vec<Value>>, base: &str) -> String {
-    let taken = |name: &str| list.into_iter().flatten().any(|v| v["name"] == name);
-    std::iter::once(base.to_owned())
-        .chain((2..).map(|n| format!("{base}-{n}")))
-        .find(|name| !taken(name))
-        .unwrap_or_else(|| base.to_owned())
 }
 
 #[cfg(test)]

@@ -5,40 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Change, Engine, Observation, Verdict};
-use crate::liveness::Liveness;
+use super::bus::{Input, Published};
+use super::{Change, Engine, Verdict};
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
-
-pub enum Input {
-    Observe {
-        signal: String,
-        observation: Observation,
-    },
-    Drain {
-        message: String,
-    },
-}
-
-/// A verdict as the HTTP server serves it: reading it never waits on the engine.
-#[derive(Debug)]
-pub struct Published {
-    pub verdict: Verdict,
-    pub body: Bytes,
-}
-
-impl Published {
-    pub fn new(verdict: &Verdict) -> Arc<Self> {
-        let body = serde_json::to_vec(verdict).unwrap_or_else(|_| b"{\"ready\":false}".to_vec());
-        Arc::new(Published {
-            verdict: verdict.clone(),
-            body: Bytes::from(body),
-        })
-    }
-}
+use crate::util::sleep_until;
 
 /// The verdict's metrics: readiness, its transitions, and which reasons hold it.
 pub struct EngineMetrics {
@@ -99,9 +73,8 @@ pub async fn run_engine(
     mut inputs: mpsc::Receiver<Input>,
     publish: watch::Sender<Arc<Published>>,
     metrics: EngineMetrics,
-    liveness: Liveness,
+    stop: CancellationToken,
 ) {
-    let guard = liveness.register("engine");
     metrics.verdict(engine.verdict());
     let mut limiter = LogLimiter::default();
     loop {
@@ -109,9 +82,11 @@ pub async fn run_engine(
         let input = tokio::select! {
             input = inputs.recv() => match input {
                 Some(input) => input,
-                // Every watcher has let go of its sender: the process is shutting down.
+                // Every input has let go of its sender: nothing is left to decide on.
                 None => break,
             },
+            // At exit the window's summary is logged below: the latest state stays in the logs.
+            _ = stop.cancelled() => break,
             _ = sleep_until(due), if due.is_some() => {
                 log_flapping(&mut limiter, engine.verdict(), Instant::now());
                 continue;
@@ -152,14 +127,13 @@ pub async fn run_engine(
             Logged::Reasons | Logged::StartUp => "reasons changed",
         };
         if what == Logged::StartUp || limiter.admit(what, at) {
-            tracing::info!(ready = verdict.ready, reasons = %summary(verdict), "{message}");
+            tracing::info!(ready = verdict.ready, reasons = %verdict.summary(), "{message}");
         } else {
             // Still there for whoever asks for debug logs (and the benchmarks).
-            tracing::debug!(ready = verdict.ready, reasons = %summary(verdict), rate_limited = true, "{message}");
+            tracing::debug!(ready = verdict.ready, reasons = %verdict.summary(), rate_limited = true, "{message}");
         }
     }
     log_flapping(&mut limiter, engine.verdict(), Instant::now() + LOG_WINDOW);
-    guard.finish();
 }
 
 /// At most `LOG_BURST` lines about readiness in a `LOG_WINDOW`; past that, changes are counted
@@ -233,7 +207,7 @@ fn log_flapping(limiter: &mut LogLimiter, verdict: &Verdict, now: Instant) {
             reason_changes = n.reasons,
             window = %humantime::format_duration(LOG_WINDOW),
             ready = verdict.ready,
-            reasons = %summary(verdict),
+            reasons = %verdict.summary(),
             "readiness flapping: changes not logged (rate limit); the metrics count them all"
         );
     }
@@ -251,30 +225,11 @@ fn starting_ended(before: &Verdict, after: &Verdict) -> bool {
             .all(|c| c.reason == Reason::Starting)
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn labels(v: &Verdict) -> Vec<(&str, &str)> {
     v.reasons
         .iter()
         .map(|c| (c.signal.as_str(), c.reason.as_str()))
         .collect()
-}
-
-/// `probe:app=refused (connection refused); …` for one log line.
-pub fn summary(v: &Verdict) -> String {
-    if v.reasons.is_empty() {
-        return "none".to_owned();
-    }
-    v.reasons
-        .iter()
-        .map(|c| format!("{}={} ({})", c.signal, c.reason, c.message))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

@@ -2,15 +2,17 @@
 //! often; and the `--target` shorthand for one probe.
 
 use std::collections::BTreeSet;
-use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::duration;
+use crate::units::{duration, serde_via_str};
+
+mod values;
 use crate::reason::Reason;
+pub use values::*;
 
 /// The probe list, with names unique (they are metric labels and signal names).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -73,7 +75,7 @@ impl ProbeConfig {
         format!("probe:{}", self.name)
     }
 
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let name = &self.name;
         if self.interval.is_zero() || self.timeout.is_zero() {
             return Err(format!(
@@ -180,55 +182,6 @@ fn default_expect_status() -> Vec<StatusRange> {
     vec![StatusRange(200, 399)]
 }
 
-/// The HTTP version a probe speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum HttpVersion {
-    #[default]
-    Http1,
-    Http2,
-    Auto,
-}
-
-impl FromStr for HttpVersion {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "1.1" => Ok(HttpVersion::Http1),
-            "2" | "2.0" => Ok(HttpVersion::Http2),
-            "auto" => Ok(HttpVersion::Auto),
-            _ => Err(format!("bad http_version {s:?}: want 1.1, 2 or auto")),
-        }
-    }
-}
-
-impl std::fmt::Display for HttpVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            HttpVersion::Http1 => "1.1",
-            HttpVersion::Http2 => "2",
-            HttpVersion::Auto => "auto",
-        })
-    }
-}
-
-/// One request header, as a Kubernetes probe's `httpHeaders` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Header {
-    pub name: String,
-    pub value: String,
-}
-
-impl Header {
-    fn validate(&self) -> Result<(), String> {
-        http::HeaderName::from_bytes(self.name.as_bytes())
-            .map_err(|_| format!("bad header name {:?}", self.name))?;
-        http::HeaderValue::from_str(&self.value)
-            .map_err(|_| format!("bad value for header {:?}", self.name))?;
-        Ok(())
-    }
-}
-
 /// A `grpc.health.v1.Health/Check` call, as the kubelet's `grpc` probe makes it (plaintext), or
 /// over TLS.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -277,39 +230,6 @@ impl GrpcCheck {
     }
 }
 
-/// Where a gRPC probe connects.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GrpcAddress {
-    Tcp(HostPort),
-    Unix(PathBuf),
-}
-
-impl FromStr for GrpcAddress {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        // gRPC's own naming: unix:path, or unix:///absolute/path.
-        if let Some(path) = s.strip_prefix("unix:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
-            if !path.starts_with('/') {
-                return Err(format!(
-                    "bad address {s:?}: want unix:/absolute/path or unix:///absolute/path"
-                ));
-            }
-            return Ok(GrpcAddress::Unix(PathBuf::from(path)));
-        }
-        s.parse().map(GrpcAddress::Tcp)
-    }
-}
-
-impl std::fmt::Display for GrpcAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GrpcAddress::Tcp(a) => a.fmt(f),
-            GrpcAddress::Unix(p) => write!(f, "unix://{}", p.display()),
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpCheck {
@@ -320,7 +240,7 @@ pub struct TcpCheck {
 /// The YAML shape of a probe; `ProbeConfig` is its validated form.
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawProbe {
+pub(crate) struct RawProbe {
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     http: Option<HttpCheck>,
@@ -415,132 +335,6 @@ impl From<ProbeConfig> for RawProbe {
     }
 }
 
-/// Replaces each `${NAME}` in a probe's address by the environment variable NAME, an IPv6
-/// address in brackets: the injector probes `${POD_IP}` (from the downward API), the address the
-/// kubelet probes, which may be IPv6, and Kubernetes' own `$(NAME)` expansion cannot bracket it.
-fn expand(text: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let (before, after) = rest.split_at(start);
-        out.push_str(before);
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("{text:?}: `${{` without its `}}`"))?;
-        let name = &after[2..end];
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("{text:?}: bad variable name {name:?} in ${{…}}"));
-        }
-        let value = std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("{text:?}: environment variable {name} is not set"))?;
-        if value.parse::<Ipv6Addr>().is_ok() && !out.ends_with('[') {
-            out.push('[');
-            out.push_str(&value);
-            out.push(']');
-        } else {
-            out.push_str(&value);
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// An `http://` or `https://` URL with a host.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl(pub reqwest::Url);
-
-impl FromStr for HttpUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = &expand(s)?;
-        let url = reqwest::Url::parse(s).map_err(|e| format!("bad URL {s:?}: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!(
-                "bad URL {s:?}: want http://host[:port]/path or https://…"
-            ));
-        }
-        Ok(HttpUrl(url))
-    }
-}
-
-impl std::fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// `host:port`, the port given explicitly.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl FromStr for HostPort {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = &expand(s)?;
-        let bad = || format!("bad address {s:?}: want host:port");
-        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = port.parse().map_err(|_| bad())?;
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(HostPort {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for HostPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// An accepted status or range of statuses: `200`, `"200"` or `"200-399"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StatusRange(pub u16, pub u16);
-
-impl StatusRange {
-    pub fn contains(&self, status: u16) -> bool {
-        (self.0..=self.1).contains(&status)
-    }
-}
-
-impl FromStr for StatusRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad status {s:?}: want a code like 200 or a range like \"200-399\"");
-        let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-            return Err(bad());
-        }
-        Ok(StatusRange(lo, hi))
-    }
-}
-
-impl std::fmt::Display for StatusRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 == self.1 {
-            write!(f, "{}", self.0)
-        } else {
-            write!(f, "{}-{}", self.0, self.1)
-        }
-    }
-}
-
 serde_via_str!(HttpUrl, HostPort, StatusRange, HttpVersion, GrpcAddress);
 
 /// A `--target`: `http://…`, `https://…`, `tcp://host:port`, or `grpc://host:port[/service]`
@@ -591,58 +385,4 @@ impl Serialize for Target {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_parse_by_scheme() {
-        assert!(matches!(
-            "https://a:8443/h".parse::<Target>(),
-            Ok(Target(Check::Http(_)))
-        ));
-        assert!(matches!(
-            "tcp://[::1]:80".parse::<Target>(),
-            Ok(Target(Check::Tcp(_)))
-        ));
-        let Ok(Target(Check::Grpc(g))) = "grpcs://10.0.0.1:50051/shop.Cart".parse::<Target>()
-        else {
-            panic!("grpc expected")
-        };
-        assert_eq!(
-            (g.address.to_string(), g.service.as_str(), g.tls),
-            ("10.0.0.1:50051".into(), "shop.Cart", true)
-        );
-        let Ok(Target(Check::Grpc(g))) = "grpc://h:1".parse::<Target>() else {
-            panic!("grpc expected")
-        };
-        assert_eq!((g.service.as_str(), g.tls), ("", false));
-        assert!("tcp://nohost".parse::<Target>().is_err());
-        assert!("udp://a:1".parse::<Target>().is_err());
-        assert!("grpc://nohost".parse::<Target>().is_err());
-    }
-
-    #[test]
-    fn grpc_addresses_take_grpc_naming_for_unix_sockets() {
-        for text in ["unix:/run/app.sock", "unix:///run/app.sock"] {
-            assert_eq!(
-                text.parse::<GrpcAddress>(),
-                Ok(GrpcAddress::Unix("/run/app.sock".into()))
-            );
-        }
-        assert!("unix:relative.sock".parse::<GrpcAddress>().is_err());
-    }
-
-    #[test]
-    fn a_variable_in_a_host_is_expanded_and_an_ipv6_address_bracketed() {
-        // Set values (an IPv4 and an IPv6 POD_IP) are tested through the binary, in tests/cli.rs:
-        // the process environment is not the test's to change.
-        assert!(expand("${SIDEWATCH_TEST_SURELY_UNSET}:80")
-            .unwrap_err()
-            .contains("is not set"));
-        assert!(expand("${bad-name}")
-            .unwrap_err()
-            .contains("bad variable name"));
-        assert!(expand("${OPEN").unwrap_err().contains("without"));
-        assert_eq!(expand("no variables").unwrap(), "no variables");
-    }
-}
+mod tests;

@@ -2,37 +2,26 @@
 //! `drain.max`). `/drain`, SIGTERM and the demo start or join the same one; one task owns it.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use subtle::ConstantTimeEq;
-use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::DrainConfig;
-use crate::kubernetes::Notice;
+pub mod config;
+
+pub use crate::engine::bus::DrainEnd;
+use crate::engine::bus::{Input, Notice};
+use crate::liveness::Tasks;
 use crate::metrics::{self, Registry};
-use crate::traffic::{compare, Activity, TrafficWatcher};
-use crate::watcher::Input;
+use crate::traffic::{compare, Activity, Snapshot, TrafficWatcher};
+use config::DrainConfig;
 
 /// How often the port is looked at while draining; `quiet` is judged to this precision.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 /// How often `sidewatch_app_connections` is refreshed outside a drain.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct DrainEnd {
-    pub outcome: &'static str,
-    pub duration_seconds: f64,
-    pub new_connections: u64,
-    pub bytes_in: u64,
-    #[serde(skip)]
-    pub began: Instant,
-    #[serde(skip)]
-    pub ended: Instant,
-}
 
 /// The drain's metrics: `sidewatch_app_connections` only when the app port's traffic is watched.
 #[derive(Clone)]
@@ -83,6 +72,8 @@ pub struct Drain(Arc<Inner>);
 
 struct Inner {
     started: watch::Sender<Option<String>>,
+    /// Cancelled when the drain starts (or at shutdown): the probes run until it.
+    draining: CancellationToken,
     ended: watch::Sender<Option<DrainEnd>>,
     event: Event,
 }
@@ -92,8 +83,8 @@ struct Inner {
 type Event = Arc<Mutex<Option<oneshot::Receiver<()>>>>;
 
 impl Drain {
-    /// Spawns the drain task on `runtime` (the watch runtime, beside the probes and away from a
-    /// flooded admin server). Without a traffic watcher the drain ends after `delay`. With
+    /// Spawns the drain task (on the watch runtime, beside the probes and away from a flooded
+    /// admin server) until `stop`. Without a traffic watcher the drain ends after `delay`. With
     /// `notices`, its end becomes a Kubernetes Event.
     pub fn spawn(
         config: DrainConfig,
@@ -101,10 +92,12 @@ impl Drain {
         inputs: mpsc::Sender<Input>,
         metrics: DrainMetrics,
         notices: Option<mpsc::Sender<Notice>>,
-        runtime: &Handle,
+        tasks: &Tasks,
+        stop: &CancellationToken,
     ) -> Self {
         let drain = Drain(Arc::new(Inner {
             started: watch::Sender::new(None),
+            draining: stop.child_token(),
             ended: watch::Sender::new(None),
             event: Event::default(),
         }));
@@ -118,13 +111,13 @@ impl Drain {
             started: drain.0.started.subscribe(),
             ended: drain.0.ended.clone(),
         };
-        runtime.spawn(task.run());
+        tasks.spawn("drain", stop, task.run());
         drain
     }
 
-    /// `Some(who)` from the moment a drain starts.
-    pub fn started(&self) -> watch::Receiver<Option<String>> {
-        self.0.started.subscribe()
+    /// Cancelled from the moment a drain starts.
+    pub fn draining(&self) -> &CancellationToken {
+        &self.0.draining
     }
 
     /// Starts the drain, or joins the one under way, and resolves when it has ended. The drain
@@ -137,6 +130,7 @@ impl Drain {
             *started = Some(by.to_owned());
             true
         });
+        self.0.draining.cancel();
         let mut ended = self.0.ended.subscribe();
         async move {
             match ended.wait_for(Option::is_some).await {
@@ -159,6 +153,11 @@ impl Drain {
             let _ = rx.await;
         }
     }
+}
+
+/// The traffic watch was lost (its blocking look panicked).
+fn gone() -> std::io::Error {
+    std::io::Error::other("the traffic watch is gone")
 }
 
 /// What a waiter gets if the drain task is gone (it never returns early; this is for the type).
@@ -194,8 +193,9 @@ impl DrainTask {
                 by = started.wait_for(Option::is_some) => {
                     break by.ok().and_then(|s| s.clone()).unwrap_or_default();
                 }
-                _ = idle.tick() => self.look(),
+                _ = idle.tick() => {}
             }
+            self.look().await;
         };
         let began = Instant::now();
         self.metrics.draining.set(1);
@@ -227,20 +227,46 @@ impl DrainTask {
             }
         }
         self.ended.send_replace(Some(end));
+        // The connections gauge stays fresh while sidewatch lingers, and until it stops.
+        loop {
+            idle.tick().await;
+            self.look().await;
+        }
+    }
+
+    /// A look at the port's sockets off the runtime's thread: a netlink dump may block (up to
+    /// its 1 s bound), and the probes share that thread. `None` without a traffic watcher.
+    async fn snapshot(&mut self) -> Option<std::io::Result<Snapshot>> {
+        let mut traffic = self.traffic.take()?;
+        let looked = tokio::task::spawn_blocking(move || {
+            let snapshot = traffic.snapshot();
+            (traffic, snapshot)
+        })
+        .await;
+        match looked {
+            Ok((traffic, snapshot)) => {
+                self.traffic = Some(traffic);
+                Some(snapshot)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "drain: the traffic watch failed; a drain now ends after drain.delay");
+                None
+            }
+        }
     }
 
     /// Polls the port until it has been quiet for `quiet` after at least `delay`, or `max`.
     async fn hold(&mut self, began: Instant) -> DrainEnd {
         let mut ticker = tokio::time::interval(DRAIN_POLL);
-        let mut previous = self.traffic.as_mut().and_then(|t| t.snapshot().ok());
+        let mut previous = self.snapshot().await.and_then(Result::ok);
         let mut last_activity = began;
         let mut total = Activity::default();
         loop {
             // The poll's scheduled time, not its wake-up: a late wake must not make ten polls
             // measure 0.9999 s of quiet and cost one more poll.
             let now = ticker.tick().await.into_std();
-            if let (Some(traffic), Some(prev)) = (self.traffic.as_mut(), previous.as_ref()) {
-                match traffic.snapshot() {
+            if let Some(prev) = previous.as_ref() {
+                match self.snapshot().await.unwrap_or_else(|| Err(gone())) {
                     Ok(next) => {
                         let activity = compare(prev, &next);
                         if let Some(gauge) = &self.metrics.connections {
@@ -283,16 +309,15 @@ impl DrainTask {
     }
 
     /// Refreshes the open-connections gauge outside a drain.
-    fn look(&mut self) {
-        if let Some(traffic) = self.traffic.as_mut() {
-            match traffic.snapshot() {
-                Ok(s) => {
-                    if let Some(gauge) = &self.metrics.connections {
-                        gauge.set(s.sockets.values().filter(|s| s.open).count() as i64);
-                    }
+    async fn look(&mut self) {
+        match self.snapshot().await {
+            Some(Ok(s)) => {
+                if let Some(gauge) = &self.metrics.connections {
+                    gauge.set(s.sockets.values().filter(|s| s.open).count() as i64);
                 }
-                Err(e) => tracing::debug!(error = %e, "cannot read the app port's sockets"),
             }
+            Some(Err(e)) => tracing::debug!(error = %e, "cannot read the app port's sockets"),
+            None => {}
         }
     }
 }
@@ -301,13 +326,12 @@ impl DrainTask {
 /// says the pod is terminating (the kubelet's preStop hook comes from the node).
 pub struct Access {
     pub token: Option<Vec<u8>>,
-    /// Set by the Kubernetes watcher when the pod has a deletionTimestamp.
-    pub terminating: Arc<AtomicBool>,
 }
 
 impl Access {
-    pub fn allows(&self, peer: IpAddr, presented: Option<&[u8]>) -> bool {
-        if crate::net::is_loopback(peer) || self.terminating.load(Ordering::Relaxed) {
+    /// `terminating`: the verdict says the pod is being deleted.
+    pub fn allows(&self, peer: IpAddr, presented: Option<&[u8]>, terminating: bool) -> bool {
+        if crate::net::is_loopback(peer) || terminating {
             return true;
         }
         match (&self.token, presented) {
@@ -322,39 +346,37 @@ impl Access {
 mod tests {
     use super::*;
 
-    fn access(token: Option<&str>, terminating: bool) -> Access {
+    fn access(token: Option<&str>) -> Access {
         Access {
             token: token.map(|t| t.as_bytes().to_vec()),
-            terminating: Arc::new(AtomicBool::new(terminating)),
         }
     }
 
     #[test]
     fn loopback_may_always_drain() {
-        let a = access(None, false);
+        let a = access(None);
         for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
-            assert!(a.allows(ip.parse().unwrap(), None), "{ip}");
+            assert!(a.allows(ip.parse().unwrap(), None, false), "{ip}");
         }
     }
 
     #[test]
     fn others_need_the_exact_token() {
-        let a = access(Some("s3cret"), false);
+        let a = access(Some("s3cret"));
         let node: IpAddr = "10.1.2.3".parse().unwrap();
-        assert!(a.allows(node, Some(b"s3cret")));
-        assert!(!a.allows(node, Some(b"s3cre")));
-        assert!(!a.allows(node, Some(b"s3cret!")));
-        assert!(!a.allows(node, Some(b"")));
-        assert!(!a.allows(node, None));
+        assert!(a.allows(node, Some(b"s3cret"), false));
+        assert!(!a.allows(node, Some(b"s3cre"), false));
+        assert!(!a.allows(node, Some(b"s3cret!"), false));
+        assert!(!a.allows(node, Some(b""), false));
+        assert!(!a.allows(node, None, false));
         assert!(
-            !access(None, false).allows(node, Some(b"anything")),
+            !access(None).allows(node, Some(b"anything"), false),
             "no token configured"
         );
     }
 
     #[test]
     fn a_terminating_pod_may_be_drained_from_the_node() {
-        let a = access(None, true);
-        assert!(a.allows("10.1.2.3".parse().unwrap(), None));
+        assert!(access(None).allows("10.1.2.3".parse().unwrap(), None, true));
     }
 }

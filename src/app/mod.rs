@@ -2,18 +2,21 @@
 //! admin server, then on SIGTERM or SIGINT drain and exit; a second signal aborts.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DrainConfig};
-use crate::drain::{Access, Drain, DrainEnd, DrainMetrics};
+use crate::drain::{Access, Drain, DrainMetrics};
+use crate::engine::bus::{DrainEnd, Published};
+use crate::engine::task::{self, EngineMetrics};
 use crate::engine::{Engine, SignalSpec};
 use crate::kubernetes::{self, KubeMetrics, KubeWatcher};
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Tasks};
 use crate::memory::{self, MemoryMetrics, MemoryWatcher};
 use crate::metrics::Registry;
 use crate::probe::{ProbeMetrics, ProbeSetupError, ProbeWatcher, Prober};
@@ -21,7 +24,6 @@ use crate::process::{self, ProcessWatcher};
 use crate::reason::Reason;
 use crate::server::{self, Admin, AdminMetrics};
 use crate::traffic::{TrafficSource, TrafficWatcher};
-use crate::watcher::{self, EngineMetrics, Published};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -50,7 +52,9 @@ pub struct Running {
     pub verdict: watch::Receiver<Arc<Published>>,
     pub drain: Drain,
     scraped: watch::Receiver<Option<Instant>>,
+    /// The one shutdown path: cancelling it stops every task and the admin server.
     shutdown: CancellationToken,
+    tasks: Tasks,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -122,44 +126,45 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         reasons.extend(kubernetes::REASONS);
     }
+    let accepted = Arc::new(AtomicU64::new(0));
+    let traffic = traffic_watcher(&config, accepted.clone())?;
+    let traffic_on = traffic.is_some();
+    let access = Access {
+        token: drain_token(&config)?,
+    };
+
+    // Nothing fails from here: every input, the engine and the outputs are started.
     let (publish, verdict) = watch::channel(Published::new(engine.verdict()));
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let liveness = Liveness::default();
-
-    let accepted = Arc::new(AtomicU64::new(0));
-    let traffic = traffic_watcher(&config, accepted.clone())?;
-    let terminating = Arc::new(AtomicBool::new(false));
-    let access = Access {
-        token: drain_token(&config)?,
-        terminating: terminating.clone(),
-    };
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let runtime = spawn_watch_runtime(shutdown.clone(), tracker.clone())?;
+    let tasks = Tasks::new(runtime, liveness.clone(), tracker);
     let (notices_tx, notices_rx) = mpsc::channel(16);
-    let engine_task = watcher::run_engine(
-        engine,
-        inputs_rx,
-        publish,
-        EngineMetrics::new(&registry, &reasons),
-        liveness.clone(),
-    );
-    let watch_rt = spawn_watch_runtime(engine_task)?;
-    let drain_metrics = DrainMetrics::new(&registry, traffic.is_some());
+    let engine_metrics = EngineMetrics::new(&registry, &reasons);
+    let engine_task =
+        task::run_engine(engine, inputs_rx, publish, engine_metrics, shutdown.clone());
+    tasks.spawn("engine", &shutdown, engine_task);
     let drain = Drain::spawn(
         config.drain.clone(),
         traffic,
         inputs_tx.clone(),
-        drain_metrics,
+        DrainMetrics::new(&registry, traffic_on),
         identity.is_some().then(|| notices_tx.clone()),
-        &watch_rt,
+        &tasks,
+        &shutdown,
     );
+    // Probes stop when a drain starts: sidewatch then leaves the app alone.
     for (config, prober) in probers {
+        let name = config.signal();
         let watcher = ProbeWatcher {
             config,
             prober,
             metrics: probe_metrics.clone(),
             inputs: inputs_tx.clone(),
-            drain: drain.clone(),
         };
-        watch_rt.spawn(watcher.run(liveness.clone()));
+        tasks.spawn(name, drain.draining(), watcher.run());
     }
     if let Some(plan) = memory_plan {
         let watcher = MemoryWatcher {
@@ -169,7 +174,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics: MemoryMetrics::new(&registry),
             notices: identity.is_some().then(|| notices_tx.clone()),
         };
-        watch_rt.spawn(watcher.run(liveness.clone()));
+        tasks.spawn("memory", &shutdown, watcher.run());
     }
     if let Some(identity) = identity {
         let watcher = KubeWatcher {
@@ -177,11 +182,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config: config.kubernetes.clone(),
             inputs: inputs_tx.clone(),
             metrics: KubeMetrics::new(&registry),
-            terminating,
             verdict: verdict.clone(),
             notices: notices_rx,
         };
-        watch_rt.spawn(watcher.run(liveness.clone()));
+        watcher.spawn(&tasks, &shutdown);
     }
     if let Some(pattern) = config.process.pattern.clone() {
         let watcher = ProcessWatcher {
@@ -190,7 +194,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             inputs: inputs_tx.clone(),
             exits: process::exits_metric(&registry),
         };
-        watch_rt.spawn(watcher.run(liveness.clone()));
+        tasks.spawn(process::SIGNAL, &shutdown, watcher.run());
     }
 
     let admin = Arc::new(Admin {
@@ -204,7 +208,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         scraped: watch::Sender::new(None),
     });
     let scraped = admin.scraped.subscribe();
-    let shutdown = CancellationToken::new();
     let server = tokio::spawn(server::serve(listener, admin, shutdown.clone()));
     Ok(Running {
         local_addr,
@@ -212,14 +215,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         drain,
         scraped,
         shutdown,
+        tasks,
         server,
     })
 }
 
-/// Starts the watch runtime (probes, watchers, engine, drain) on a thread of its own, running
-/// `main` there: a flood on the admin port must not delay a probe. Returns its handle.
+/// Starts the watch runtime (probes, watchers, engine, drain) on a thread of its own, until
+/// `shutdown` and its tasks' end: a flood on the admin port must not delay a probe. Returns its
+/// handle.
 fn spawn_watch_runtime(
-    main: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) -> Result<tokio::runtime::Handle, StartError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -231,7 +237,11 @@ fn spawn_watch_runtime(
             {
                 Ok(rt) => {
                     let _ = tx.send(Ok(rt.handle().clone()));
-                    rt.block_on(main);
+                    rt.block_on(async {
+                        shutdown.cancelled().await;
+                        tasks.close();
+                        let _ = tokio::time::timeout(STOP_WITHIN, tasks.wait()).await;
+                    });
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -333,9 +343,13 @@ impl Running {
         tokio::time::timeout_at(deadline.into(), both).await.is_ok()
     }
 
-    /// Stops the admin server: no new connections, the requests under way answered whole.
+    /// The one way out: every task told to stop, the admin server closed (the requests under
+    /// way answered whole), both waited for `STOP_WITHIN` at most.
     pub async fn stop(self) {
         self.shutdown.cancel();
+        if !self.tasks.ended(STOP_WITHIN).await {
+            tracing::debug!("tasks still running at exit");
+        }
         if tokio::time::timeout(STOP_WITHIN, self.server)
             .await
             .is_err()
@@ -366,3 +380,6 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -47,6 +47,29 @@ pub struct Verdict {
     pub warnings: Vec<Cause>,
 }
 
+impl Verdict {
+    /// The reasons on one line, for logs and Events: `signal=reason (message); …`.
+    pub fn summary(&self) -> String {
+        if self.reasons.is_empty() {
+            return "none".to_owned();
+        }
+        self.reasons
+            .iter()
+            .map(|c| format!("{}={} ({})", c.signal, c.reason, c.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The pod is being deleted (its Kubernetes signal says so): the kubelet's preStop hook may
+    /// drain without the token.
+    pub fn terminating(&self) -> bool {
+        self.reasons
+            .iter()
+            .chain(&self.warnings)
+            .any(|c| c.reason == Reason::Terminating)
+    }
+}
+
 /// What an input changed, so callers log and count only real transitions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -217,196 +240,8 @@ fn rfc3339<S: Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*at))
 }
 
+pub mod bus;
+pub mod task;
+
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    const SPEC: SignalSpec = SignalSpec {
-        failure_threshold: 2,
-        success_threshold: 2,
-        critical: true,
-    };
-
-    fn t(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
-    }
-
-    fn fail(reason: Reason) -> Observation {
-        Observation::Failure {
-            reason,
-            message: format!("{reason} happened"),
-        }
-    }
-
-    fn reasons(e: &Engine) -> Vec<(String, Reason)> {
-        e.verdict()
-            .reasons
-            .iter()
-            .map(|c| (c.signal.clone(), c.reason))
-            .collect()
-    }
-
-    #[test]
-    fn not_ready_until_the_first_success() {
-        let mut e = Engine::new();
-        assert_eq!(e.register("probe:app", SPEC, t(0)), Change::Readiness);
-        assert_eq!(reasons(&e), [("probe:app".into(), Reason::Starting)]);
-        assert_eq!(e.verdict().reasons[0].since, t(0));
-        assert_eq!(
-            e.observe("probe:app", fail(Reason::Refused), t(1)),
-            Change::Detail
-        );
-        assert_eq!(reasons(&e), [("probe:app".into(), Reason::Refused)]);
-        // The first success is enough at start-up, whatever the success threshold.
-        assert_eq!(
-            e.observe("probe:app", Observation::Success, t(2)),
-            Change::Readiness
-        );
-        assert!(e.verdict().ready);
-        assert!(e.verdict().reasons.is_empty());
-    }
-
-    #[test]
-    fn failures_below_the_threshold_keep_the_pod_ready() {
-        let mut e = Engine::new();
-        e.register("probe:app", SPEC, t(0));
-        e.observe("probe:app", Observation::Success, t(1));
-        assert_eq!(
-            e.observe("probe:app", fail(Reason::Timeout), t(2)),
-            Change::None
-        );
-        assert!(e.verdict().ready);
-        e.observe("probe:app", Observation::Success, t(3));
-        // The count of failures restarts after a success.
-        assert_eq!(
-            e.observe("probe:app", fail(Reason::Timeout), t(4)),
-            Change::None
-        );
-        assert_eq!(
-            e.observe("probe:app", fail(Reason::Timeout), t(5)),
-            Change::Readiness
-        );
-        assert!(!e.verdict().ready);
-        let cause = &e.verdict().reasons[0];
-        assert_eq!(cause.reason, Reason::Timeout);
-        assert_eq!(cause.since, t(4), "since is the first failure of the run");
-    }
-
-    #[test]
-    fn recovery_needs_the_success_threshold() {
-        let mut e = Engine::new();
-        e.register("probe:app", SPEC, t(0));
-        e.observe("probe:app", Observation::Success, t(1));
-        e.observe("probe:app", fail(Reason::Http5xx), t(2));
-        e.observe("probe:app", fail(Reason::Http5xx), t(3));
-        assert!(!e.verdict().ready);
-        assert_eq!(
-            e.observe("probe:app", Observation::Success, t(4)),
-            Change::None
-        );
-        assert!(!e.verdict().ready);
-        assert_eq!(
-            e.observe("probe:app", Observation::Success, t(5)),
-            Change::Readiness
-        );
-        assert!(e.verdict().ready);
-    }
-
-    #[test]
-    fn a_new_reason_restarts_since_and_the_same_reason_keeps_it() {
-        let mut e = Engine::new();
-        e.register("probe:app", SPEC, t(0));
-        e.observe("probe:app", fail(Reason::Refused), t(1));
-        e.observe("probe:app", fail(Reason::Refused), t(2));
-        assert_eq!(e.verdict().reasons[0].since, t(1));
-        assert_eq!(
-            e.observe("probe:app", fail(Reason::Reset), t(3)),
-            Change::Detail
-        );
-        assert_eq!(e.verdict().reasons[0].reason, Reason::Reset);
-        assert_eq!(e.verdict().reasons[0].since, t(3));
-    }
-
-    #[test]
-    fn a_non_critical_signal_warns_but_never_vetoes() {
-        let mut e = Engine::new();
-        let advisory = SignalSpec {
-            critical: false,
-            ..SPEC
-        };
-        e.register("probe:app", SPEC, t(0));
-        e.register("probe:extra", advisory, t(0));
-        e.observe("probe:app", Observation::Success, t(1));
-        assert!(
-            e.verdict().ready,
-            "a starting non-critical signal does not block"
-        );
-        e.observe("probe:extra", Observation::Success, t(1));
-        e.observe("probe:extra", fail(Reason::Refused), t(2));
-        e.observe("probe:extra", fail(Reason::Refused), t(3));
-        assert!(e.verdict().ready);
-        assert_eq!(e.verdict().warnings.len(), 1);
-        assert_eq!(e.verdict().warnings[0].signal, "probe:extra");
-    }
-
-    #[test]
-    fn every_failing_critical_signal_is_listed() {
-        let mut e = Engine::new();
-        e.register("probe:a", SPEC, t(0));
-        e.register("probe:b", SPEC, t(0));
-        e.observe("probe:a", Observation::Success, t(1));
-        assert!(!e.verdict().ready, "b has not succeeded yet");
-        e.observe("probe:b", Observation::Success, t(1));
-        assert!(e.verdict().ready);
-        for at in [2, 3] {
-            e.observe("probe:a", fail(Reason::Refused), t(at));
-            e.observe("probe:b", fail(Reason::Tls), t(at));
-        }
-        assert_eq!(
-            reasons(&e),
-            [
-                ("probe:a".into(), Reason::Refused),
-                ("probe:b".into(), Reason::Tls)
-            ]
-        );
-    }
-
-    #[test]
-    fn drain_is_not_ready_at_once_and_for_good() {
-        let mut e = Engine::new();
-        e.register("probe:app", SPEC, t(0));
-        e.observe("probe:app", Observation::Success, t(1));
-        assert_eq!(e.start_drain("SIGTERM", t(2)), Change::Readiness);
-        assert_eq!(reasons(&e), [("drain".into(), Reason::Draining)]);
-        assert_eq!(e.start_drain("again", t(3)), Change::None);
-        assert_eq!(e.verdict().reasons[0].message, "SIGTERM");
-        assert_eq!(
-            e.observe("probe:app", Observation::Success, t(4)),
-            Change::None
-        );
-        assert!(!e.verdict().ready);
-    }
-
-    #[test]
-    fn unknown_signals_change_nothing() {
-        let mut e = Engine::new();
-        assert_eq!(e.observe("nope", fail(Reason::Refused), t(0)), Change::None);
-        assert!(e.verdict().ready);
-    }
-
-    #[test]
-    fn verdict_serialises_as_design_md_shows() {
-        let mut e = Engine::new();
-        e.register("probe:app", SPEC, t(0));
-        e.observe("probe:app", fail(Reason::Refused), t(1));
-        let json = serde_json::to_value(e.verdict()).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"ready": false, "reasons": [{
-                "signal": "probe:app", "reason": "refused", "message": "refused happened",
-                "since": "2023-11-14T22:13:21.000Z"}]})
-        );
-    }
-}
+mod tests;

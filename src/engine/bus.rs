@@ -1,0 +1,65 @@
+//! What travels between the parts: inputs to the engine task, the verdict it publishes, and
+//! notices for the outputs (Events). Every part depends on this, and this on the engine alone.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{Observation, Verdict};
+
+pub enum Input {
+    Observe {
+        signal: String,
+        observation: Observation,
+    },
+    Drain {
+        message: String,
+    },
+}
+
+/// A verdict as the HTTP server serves it: reading it never waits on the engine.
+#[derive(Debug)]
+pub struct Published {
+    pub verdict: Verdict,
+    pub body: Bytes,
+}
+
+impl Published {
+    pub fn new(verdict: &Verdict) -> Arc<Self> {
+        let body = serde_json::to_vec(verdict).unwrap_or_else(|_| b"{\"ready\":false}".to_vec());
+        Arc::new(Published {
+            verdict: verdict.clone(),
+            body: Bytes::from(body),
+        })
+    }
+}
+
+/// How a drain ended, for its caller, the metrics, the Event and the exit path.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct DrainEnd {
+    pub outcome: &'static str,
+    pub duration_seconds: f64,
+    pub new_connections: u64,
+    pub bytes_in: u64,
+    #[serde(skip)]
+    pub began: Instant,
+    #[serde(skip)]
+    pub ended: Instant,
+}
+
+/// Notices from other parts that deserve an Event: the cgroup watcher's OOM kills, the drain's end.
+#[derive(Debug)]
+pub enum Notice {
+    OomKill {
+        kills: u64,
+        message: String,
+    },
+    /// A drain ended; `posted` is dropped once its Event is posted or given up, which the exit
+    /// path waits for.
+    Drained {
+        end: DrainEnd,
+        posted: tokio::sync::oneshot::Sender<()>,
+    },
+}

@@ -1,0 +1,221 @@
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+fn thresholds() -> Thresholds {
+    Thresholds {
+        unready_above: 0.92,
+        ready_below: 0.85,
+        pressure_full_above: Some(20.0),
+        pressure_some_above: None,
+        predict_within: Some(Duration::from_secs(30)),
+        oom_cooldown: Duration::from_secs(15),
+    }
+}
+
+fn sample(t0: Instant, ms: u64, ws: u64) -> Sample {
+    Sample {
+        at: t0 + Duration::from_millis(ms),
+        working_set: ws,
+        limit: Some(100 * MIB),
+        under_oom: false,
+        oom_kills: Some(0),
+        pressure: None,
+    }
+}
+
+fn reason(o: &Observation) -> Option<Reason> {
+    match o {
+        Observation::Success => None,
+        Observation::Failure { reason, .. } => Some(*reason),
+    }
+}
+
+#[test]
+fn usage_has_hysteresis_between_the_two_thresholds() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut at = |ms, ws| reason(&a.assess(&sample(t0, ms, ws)).usage);
+    assert_eq!(at(0, 90 * MIB), None);
+    assert_eq!(at(30_000, 93 * MIB), Some(Reason::MemoryHigh));
+    assert_eq!(
+        at(60_000, 88 * MIB),
+        Some(Reason::MemoryHigh),
+        "between: stays"
+    );
+    assert_eq!(at(90_000, 84 * MIB), None);
+    assert_eq!(at(120_000, 88 * MIB), None, "between: stays ready");
+}
+
+#[test]
+fn a_cgroup_under_oom_is_memory_high_whatever_the_numbers() {
+    let mut a = Assessor::new(thresholds());
+    let mut s = sample(Instant::now(), 0, MIB);
+    s.under_oom = true;
+    assert_eq!(reason(&a.assess(&s).usage), Some(Reason::MemoryHigh));
+    s.under_oom = false;
+    assert_eq!(a.assess(&s).usage, Observation::Success);
+}
+
+#[test]
+fn no_limit_means_no_usage_or_trend_signal() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    for i in 0..10 {
+        let mut s = sample(t0, i * 250, (i + 1) * 200 * MIB);
+        s.limit = None;
+        let r = a.assess(&s);
+        assert_eq!(r.usage, Observation::Success);
+        assert_eq!(r.trend, Observation::Success);
+        assert_eq!(r.predicted_oom, None);
+    }
+}
+
+#[test]
+fn a_steady_leak_is_predicted_before_the_threshold() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    // 2 MiB/s from 50 MiB: the 100 MiB limit in 25 s, inside predict_oom_within (30 s).
+    let mut first_prediction = None;
+    for i in 0..20u64 {
+        let r = a.assess(&sample(t0, i * 250, 50 * MIB + i * MIB / 2));
+        if first_prediction.is_none() && reason(&r.trend) == Some(Reason::OomPredicted) {
+            first_prediction = Some((i, r.predicted_oom.unwrap()));
+        }
+        assert_eq!(r.usage, Observation::Success);
+    }
+    let (i, eta) = first_prediction.expect("predicted");
+    assert_eq!(i, 2, "three samples are enough");
+    assert!((eta - 24.5).abs() < 0.5, "eta {eta}");
+}
+
+#[test]
+fn a_prediction_hovering_at_the_threshold_does_not_flap() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut ws = 60.0;
+    let mut at = 0;
+    let mut step = |a: &mut Assessor, rate: f64| {
+        at += 1000;
+        ws += rate;
+        a.assess(&sample(t0, at, (ws * MIB as f64) as u64))
+    };
+    // 1.2 MiB/s from 60 of 100 MiB: under 30 s to the limit, predicted.
+    let mut r = step(&mut a, 1.2);
+    for _ in 0..7 {
+        r = step(&mut a, 1.2);
+    }
+    assert_eq!(reason(&r.trend), Some(Reason::OomPredicted));
+    // Growth slows: the estimate moves past 30 s; the prediction holds up to 1.2 × 30 s.
+    let mut in_band = 0;
+    for _ in 0..5 {
+        let r = step(&mut a, 0.5);
+        let eta = r.predicted_oom.unwrap();
+        let expected = (eta < 36.0).then_some(Reason::OomPredicted);
+        assert_eq!(reason(&r.trend), expected, "at eta {eta}");
+        in_band += usize::from(eta > 30.0 && eta < 36.0);
+    }
+    assert!(in_band > 0, "the scenario never reached the band");
+}
+
+#[test]
+fn flat_or_falling_memory_and_small_apps_are_not_predicted() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    for i in 0..8 {
+        let r = a.assess(&sample(t0, i * 250, 80 * MIB - i * MIB));
+        assert_eq!(r.trend, Observation::Success);
+        assert_eq!(r.predicted_oom, None);
+    }
+    let mut a = Assessor::new(thresholds());
+    for i in 0..8 {
+        // Fast start-up growth, far below the limit.
+        let r = a.assess(&sample(t0, i * 250, 10 * MIB + i * 4 * MIB));
+        assert_eq!(r.trend, Observation::Success, "sample {i}");
+        assert_eq!(
+            r.predicted_oom.is_some(),
+            i >= 2,
+            "an estimate from the third sample"
+        );
+    }
+}
+
+#[test]
+fn an_oom_kill_is_counted_once_and_cools_down() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut s = sample(t0, 0, 10 * MIB);
+    s.oom_kills = Some(3); // history from before sidewatch started
+    let r = a.assess(&s);
+    assert_eq!((r.new_oom_kills, r.oom), (0, Some(Observation::Success)));
+    s = sample(t0, 1000, 10 * MIB);
+    s.oom_kills = Some(5);
+    let r = a.assess(&s);
+    assert_eq!(r.new_oom_kills, 2);
+    assert_eq!(reason(r.oom.as_ref().unwrap()), Some(Reason::OomKilled));
+    assert_eq!(a.oom_until(), Some(t0 + Duration::from_millis(16_000)));
+    s = sample(t0, 15_999, 10 * MIB);
+    s.oom_kills = Some(5);
+    let r = a.assess(&s);
+    assert_eq!(
+        (r.new_oom_kills, reason(r.oom.as_ref().unwrap())),
+        (0, Some(Reason::OomKilled))
+    );
+    s.at = t0 + Duration::from_millis(16_000);
+    assert_eq!(a.assess(&s).oom, Some(Observation::Success));
+    // A new cgroup starts from 0 again: a new baseline, not a kill.
+    s.oom_kills = Some(0);
+    assert_eq!(a.assess(&s).new_oom_kills, 0);
+    s.oom_kills = Some(1);
+    assert_eq!(a.assess(&s).new_oom_kills, 1);
+}
+
+#[test]
+fn a_new_cgroup_counts_its_kills_from_zero() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut s = sample(t0, 0, 10 * MIB);
+    s.oom_kills = Some(4);
+    assert_eq!(a.assess(&s).new_oom_kills, 0, "history at start-up");
+    // The new cgroup had its first kill before it was sampled: below the old count, yet new.
+    a.new_cgroup();
+    s = sample(t0, 1000, 10 * MIB);
+    s.oom_kills = Some(1);
+    let r = a.assess(&s);
+    assert_eq!(r.new_oom_kills, 1);
+    assert_eq!(reason(r.oom.as_ref().unwrap()), Some(Reason::OomKilled));
+}
+
+#[test]
+fn pressure_full_is_on_by_default_and_some_only_when_set() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut s = sample(t0, 0, MIB);
+    s.pressure = Some(super::super::read::Pressure {
+        some_avg10: 90.0,
+        full_avg10: 5.0,
+    });
+    assert_eq!(a.assess(&s).pressure, Some(Observation::Success));
+    s.pressure = Some(super::super::read::Pressure {
+        some_avg10: 90.0,
+        full_avg10: 25.0,
+    });
+    let r = a.assess(&s);
+    assert_eq!(
+        reason(r.pressure.as_ref().unwrap()),
+        Some(Reason::MemoryPressure)
+    );
+    let mut a = Assessor::new(Thresholds {
+        pressure_some_above: Some(50.0),
+        ..thresholds()
+    });
+    s.pressure = Some(super::super::read::Pressure {
+        some_avg10: 60.0,
+        full_avg10: 0.0,
+    });
+    let r = a.assess(&s);
+    assert_eq!(
+        reason(r.pressure.as_ref().unwrap()),
+        Some(Reason::MemoryPressure)
+    );
+}

@@ -1,0 +1,89 @@
+//! Which memory source to read, chosen once at start-up.
+
+use super::cgroup::{self, CgroupDir};
+use super::config::{CgroupSetting, MemoryConfig, MemorySource};
+use crate::process;
+
+/// How the watcher finds the memory to read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// A cgroup directory fixed at start-up (`--cgroup PATH`, or the pod's cgroup).
+    Cgroup(CgroupDir),
+    /// Follow the app's process (matched by `process.match`, or the one other container's in a
+    /// shared process namespace), through the first way allowed that works: its cgroup as this
+    /// container's mounts show it (a hostPath of the node's tree), its cgroup as its own
+    /// container sees it (through `/proc/<pid>/root`), or the RSS of it and its children.
+    Process {
+        pattern: Option<String>,
+        cgroup: bool,
+        app_root: bool,
+        proc: bool,
+    },
+}
+
+/// Chooses the memory source at start-up, or says why there is none. An impossible explicit
+/// choice (a path that is no memory cgroup, `proc` without `process.match`) is an error.
+pub fn plan(
+    memory: &MemoryConfig,
+    pattern: Option<&str>,
+) -> Result<(Option<Plan>, String), String> {
+    use MemorySource::*;
+    let limit = memory.limit.map(|b| b.0);
+    let process = |pattern: Option<&str>, source: MemorySource| Plan::Process {
+        pattern: pattern.map(str::to_owned),
+        cgroup: matches!(source, Auto | Cgroup),
+        app_root: matches!(source, Auto | AppRoot),
+        proc: matches!(source, Auto | Proc),
+    };
+    match (memory.source, &memory.cgroup, pattern) {
+        (None, _, _) => Ok((Option::None, "memory.source is none".into())),
+        (_, CgroupSetting::None, _) => Ok((Option::None, "memory.cgroup is none".into())),
+        (Proc | AppRoot, CgroupSetting::Path(_), _) => Err(format!(
+            "memory.source is {} but memory.cgroup names a directory: choose one",
+            if memory.source == Proc { "proc" } else { "app-root" }
+        )),
+        (Auto | Cgroup, CgroupSetting::Path(path), _) => {
+            let dir = cgroup::explicit(path)?;
+            let why = format!("{} {} given by memory.cgroup", dir.version, dir.path.display());
+            Ok((Some(Plan::Cgroup(dir)), why))
+        }
+        (source, CgroupSetting::Auto, Some(pattern)) => {
+            let why = match source {
+                Cgroup => "the cgroup of the process matching process.match",
+                AppRoot => "the cgroup of the process matching process.match, through its container's root",
+                Proc => "the RSS of the process matching process.match (shared process namespace)",
+                _ => "the cgroup of the process matching process.match when reachable, through its container's root when not, else its RSS",
+            };
+            let mut why = format!("{why} ({pattern:?})");
+            if matches!(source, Auto | Proc) && limit.is_none() {
+                why.push_str("; without memory.limit the RSS source has no limit to compare with");
+            }
+            Ok((Some(process(Some(pattern), source)), why))
+        }
+        (Proc, CgroupSetting::Auto, Option::None) => {
+            Err("memory.source is proc, which needs process.match to find the app".into())
+        }
+        (AppRoot, CgroupSetting::Auto, Option::None) => Ok((
+            Some(process(Option::None, AppRoot)),
+            "the cgroup of the other container's process, through its container's root \
+             (shared process namespace)"
+                .into(),
+        )),
+        (source, CgroupSetting::Auto, Option::None) => match cgroup::of_own_pod() {
+            Some(dir) => {
+                let why = format!("{} {} (the pod's cgroup, parent of sidewatch's own)", dir.version, dir.path.display());
+                Ok((Some(Plan::Cgroup(dir)), why))
+            }
+            Option::None if source == Cgroup => Err(
+                "memory.source is cgroup but no pod cgroup is visible: set memory.cgroup (--cgroup) or process.match".into(),
+            ),
+            Option::None if process::shared_namespace() => Ok((
+                Some(process(Option::None, AppRoot)),
+                "the cgroup of the other container's process, through its container's root \
+                 (the pod shares its process namespace)"
+                    .into(),
+            )),
+            Option::None => Ok((Option::None, "no pod cgroup is visible, the pod shares no process namespace and process.match is not set".into())),
+        },
+    }
+}

@@ -1,0 +1,98 @@
+//! The memory watcher's metrics.
+
+use super::read;
+use crate::metrics::{self, Registry};
+
+/// A prediction further out than this is no prediction: flat memory with a tiny slope would
+/// give 10^7 s one sample and +Inf the next.
+pub(super) const PREDICTION_HORIZON: f64 = 24.0 * 60.0 * 60.0;
+
+/// The `source` label values of `sidewatch_memory_source`.
+const SOURCES: [&str; 4] = ["cgroup", "app-root", "proc", "none"];
+
+/// The memory watcher's metrics, only when it runs; PSI's only where the cgroup has PSI.
+#[derive(Clone)]
+pub struct MemoryMetrics {
+    registry: Registry,
+    pub(super) usage: prometheus::IntGauge,
+    pub(super) limit: prometheus::IntGauge,
+    pub(super) predicted: prometheus::Gauge,
+    pub(super) oom_kills: prometheus::IntCounter,
+    pub(super) read_errors: prometheus::IntCounterVec,
+    source: prometheus::IntGaugeVec,
+    pressure: std::sync::Arc<std::sync::Mutex<Option<prometheus::GaugeVec>>>,
+}
+
+impl MemoryMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        registry.feature("memory");
+        let read_errors = registry.register(metrics::counter_vec(
+            "sidewatch_memory_read_errors_total",
+            "Failed reads of the app's memory files, by kind (gone = the cgroup directory was removed, as at a container restart; missing, garbled, io); \
+             while they fail, memory signals do not veto readiness.",
+            &["kind"],
+        ));
+        for kind in ["gone", "missing", "garbled", "io"] {
+            read_errors.with_label_values(&[kind]);
+        }
+        let source = registry.register(metrics::gauge_vec(
+            "sidewatch_memory_source",
+            "1 for where the app's memory is read now: cgroup (a host path of the node's tree), app-root (the app container's own cgroup through its root), proc (its processes' RSS) or none (the app not found yet).",
+            &["source"],
+        ));
+        for s in SOURCES {
+            source.with_label_values(&[s]);
+        }
+        MemoryMetrics {
+            registry: registry.clone(),
+            usage: registry.register(metrics::gauge(
+                "sidewatch_memory_usage_bytes",
+                "The app's working set (usage minus inactive file cache, as the kubelet counts it). Compare with sidewatch_memory_limit_bytes.",
+            )),
+            limit: registry.register(metrics::gauge(
+                "sidewatch_memory_limit_bytes",
+                "The app's memory limit; 0 when there is none. Near the usage, raise the limit or fix the leak.",
+            )),
+            predicted: registry.register(metrics::float_gauge(
+                "sidewatch_memory_predicted_oom_seconds",
+                "Seconds until the memory limit at the current trend; +Inf when memory is not growing toward a limit within a day.",
+            )),
+            oom_kills: registry.register(metrics::counter(
+                "sidewatch_oom_kills_total",
+                "Processes the kernel OOM killer killed in the app's cgroup, workers included. Any rise means requests were dropped: raise the limit.",
+            )),
+            read_errors,
+            source,
+            pressure: Default::default(),
+        }
+    }
+
+    pub(super) fn source(&self, now: &str) {
+        for s in SOURCES {
+            self.source.with_label_values(&[s]).set(i64::from(s == now));
+        }
+    }
+
+    /// PSI's gauges exist while the watched cgroup has PSI: 0 then means no stall, not "no PSI".
+    pub(crate) fn pressure(&self, psi: Option<read::Pressure>) {
+        let mut gauges = self.pressure.lock().unwrap_or_else(|e| e.into_inner());
+        match (psi, gauges.as_ref()) {
+            (Some(p), _) => {
+                let g = gauges.get_or_insert_with(|| {
+                    self.registry.register(metrics::float_gauge_vec(
+                        "sidewatch_memory_pressure_avg10",
+                        "Percent of the last 10 s the app's tasks stalled on memory (PSI); full = all tasks stalled.",
+                        &["kind"],
+                    ))
+                });
+                g.with_label_values(&["some"]).set(p.some_avg10);
+                g.with_label_values(&["full"]).set(p.full_avg10);
+            }
+            (None, Some(g)) => {
+                self.registry.unregister(g);
+                *gauges = None;
+            }
+            (None, None) => {}
+        }
+    }
+}
