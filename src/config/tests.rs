@@ -246,5 +246,9 @@ fn none_turns_memory_off_in_the_file_as_on_the_command_line() {
     };
     apply_overrides(&mut c, &flags).unwrap();
     assert_eq!(c.memory.source, MemorySource::None);
-    assert!(render(&c).contains("\"cgroup\": \"none\""), "{}", render(&c));
+    assert!(
+        render(&c).contains("\"cgroup\": \"none\""),
+        "{}",
+        render(&c)
+    );
 }
