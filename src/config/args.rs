@@ -45,11 +45,15 @@ pub struct Overrides {
 
 impl Overrides {
     /// The variables these flags read (clap's `env`, from their definitions): not config keys.
-    pub fn env_names() -> Vec<String> {
-        Self::augment_args(clap::Command::new("run"))
-            .get_arguments()
-            .filter_map(|a| a.get_env())
-            .map(|e| e.to_string_lossy().into_owned())
-            .collect()
+    /// Built once: the webhook loads a sidecar's config at every admission.
+    pub fn env_names() -> &'static [String] {
+        static NAMES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            Overrides::augment_args(clap::Command::new("run"))
+                .get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+                .collect()
+        });
+        &NAMES
     }
 }

@@ -79,7 +79,7 @@ pub fn load(
         Some(path) => parse_file(path)?,
         None => Config::default(),
     };
-    config = apply_env(config, env, &Overrides::env_names())?;
+    config = apply_env(config, env, Overrides::env_names())?;
     apply_overrides(&mut config, overrides)?;
     config.memory.validate().map_err(ConfigError::Invalid)?;
     config.drain.validate().map_err(ConfigError::Invalid)?;

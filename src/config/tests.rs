@@ -160,7 +160,7 @@ fn env_overrides_file_and_flags_override_env() {
             ("SIDEWATCH_TARGET", "ignored: a flag"),
             ("PATH", "/bin"),
         ]),
-        &Overrides::env_names(),
+        Overrides::env_names(),
     )
     .unwrap();
     assert_eq!(c.drain.delay, Duration::from_secs(7));
@@ -192,7 +192,7 @@ fn text_that_looks_like_a_number_is_text_where_the_setting_is_text() {
             ("SIDEWATCH_PROCESS_MATCH", "8080"),
             ("SIDEWATCH_DRAIN_DELAY", "2s"),
         ]),
-        &Overrides::env_names(),
+        Overrides::env_names(),
     )
     .unwrap();
     assert_eq!(c.process.pattern.as_deref(), Some("8080"));
@@ -201,7 +201,7 @@ fn text_that_looks_like_a_number_is_text_where_the_setting_is_text() {
     let c = apply_env(
         Config::default(),
         env(&[("SIDEWATCH_DRAIN_PORT", "8080")]),
-        &Overrides::env_names(),
+        Overrides::env_names(),
     )
     .unwrap();
     assert_eq!(c.drain.port, Some(8080));
@@ -212,7 +212,7 @@ fn bad_or_unknown_env_is_named() {
     let err = apply_env(
         Config::default(),
         env(&[("SIDEWATCH_DRAIN_DELAY", "soon")]),
-        &Overrides::env_names(),
+        Overrides::env_names(),
     )
     .unwrap_err()
     .to_string();
@@ -223,7 +223,7 @@ fn bad_or_unknown_env_is_named() {
     let err = apply_env(
         Config::default(),
         env(&[("SIDEWATCH_DRAIN_DELAYY", "1s")]),
-        &Overrides::env_names(),
+        Overrides::env_names(),
     )
     .unwrap_err()
     .to_string();

@@ -155,11 +155,6 @@ impl Drain {
     }
 }
 
-/// The traffic watch was lost (its blocking look panicked).
-fn gone() -> std::io::Error {
-    std::io::Error::other("the traffic watch is gone")
-}
-
 /// What a waiter gets if the drain task is gone (it never returns early; this is for the type).
 fn abandoned() -> DrainEnd {
     let now = Instant::now();
@@ -266,8 +261,11 @@ impl DrainTask {
             // measure 0.9999 s of quiet and cost one more poll.
             let now = ticker.tick().await.into_std();
             if let Some(prev) = previous.as_ref() {
-                match self.snapshot().await.unwrap_or_else(|| Err(gone())) {
-                    Ok(next) => {
+                match self.snapshot().await {
+                    // The watch is lost: from here on, as without one (the drain ends after
+                    // `delay`), which the loss's own log says.
+                    None => previous = None,
+                    Some(Ok(next)) => {
                         let activity = compare(prev, &next);
                         if let Some(gauge) = &self.metrics.connections {
                             gauge.set(activity.open as i64);
@@ -281,7 +279,7 @@ impl DrainTask {
                         previous = Some(next);
                     }
                     // A failed look is no evidence of quiet.
-                    Err(e) => {
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "drain: cannot read the app port's sockets");
                         last_activity = now;
                     }
