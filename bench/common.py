@@ -141,13 +141,13 @@ class Admin:
                 if attempt:
                     raise
 
-    def wait_ready(self, want=200, timeout=10.0, every=0.002):
+    def wait_ready(self, want=200, timeout=10.0, every=0.002, path="/readyz"):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.get("/readyz")[0] == want:
+            if self.get(path)[0] == want:
                 return
             time.sleep(every)
-        raise RuntimeError(f"/readyz never answered {want} within {timeout}s")
+        raise RuntimeError(f"{path} never answered {want} within {timeout}s")
 
     def metric(self, name):
         """Sum of every sample of `name` in /metrics."""
@@ -156,6 +156,77 @@ class Admin:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+
+def blackbox(modules):
+    """Debian's prometheus-blackbox-exporter on a free loopback port with `modules` (YAML text
+    under `modules:`); returns (process, port). The peer most sidewatch users already run."""
+    exe = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
+    if not exe:
+        sys.exit("blackbox_exporter not found: apt-get install -y prometheus-blackbox-exporter")
+    d = tempfile.mkdtemp(prefix="sidewatch-bench-blackbox-")
+    conf = os.path.join(d, "blackbox.yml")
+    with open(conf, "w") as f:
+        f.write("modules:\n" + modules)
+    port = free_port()
+    p = spawn([exe, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}"],
+              log="blackbox.log")
+    wait_port(port, p)
+    return p, port
+
+
+def blackbox_cpu(bb, port, path, window, server_pid):
+    """CPU per probe of blackbox_exporter `bb`: `path` (a /probe?module=...&target=... request)
+    asked in a loop, one at a time over one kept-alive connection, for `window` seconds, less its
+    idle CPU over an equal window; the probed server's CPU per probe too."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def probe():
+        conn.request("GET", path)
+        return "probe_success 1" in conn.getresponse().read().decode()
+
+    for _ in range(50):  # warm up
+        probe()
+    i0 = cpu_seconds(bb.pid)
+    time.sleep(window)
+    idle = cpu_seconds(bb.pid) - i0
+    t0, c0, s0, n, ok = time.monotonic(), cpu_seconds(bb.pid), cpu_seconds(server_pid), 0, 0
+    while time.monotonic() - t0 < window:
+        ok += probe()
+        n += 1
+    t1, c1, s1 = time.monotonic(), cpu_seconds(bb.pid), cpu_seconds(server_pid)
+    return {"wall": t1 - t0, "cpu": c1 - c0, "idle": idle * (t1 - t0) / window, "probes": n,
+            "failed": n - ok, "server": s1 - s0,
+            "per_probe": (c1 - c0 - idle * (t1 - t0) / window) / n}
+
+
+def haproxy(config):
+    """Debian's haproxy in the foreground with `config` (its global section included)."""
+    exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.path.exists(exe):
+        sys.exit("haproxy not found: apt-get install -y haproxy")
+    d = tempfile.mkdtemp(prefix="sidewatch-bench-haproxy-")
+    conf = os.path.join(d, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(config)
+    return spawn([exe, "-db", "-f", conf], log="haproxy.log")
+
+
+def memory(pid):
+    """Resident memory of one process in MiB: RSS, its anonymous part, and PSS (its share of
+    pages it shares with others, from smaps_rollup), the figure a cgroup's limit is closest to."""
+    st = proc_status(pid, "VmRSS", "RssAnon", "RssFile", "VmHWM")
+    out = {k: int(v.split()[0]) / 1024 for k, v in st.items()}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                out["Pss"] = int(line.split()[1]) / 1024
+    return out
+
+
+def fmt_memory(m):
+    return (f"RSS {m['VmRSS']:.2f} MiB (anonymous {m['RssAnon']:.2f}, file {m['RssFile']:.2f}), "
+            f"PSS {m['Pss']:.2f} MiB, peak {m['VmHWM']:.2f} MiB")
 
 
 def cpu_seconds(pid):

@@ -54,9 +54,10 @@ WITHIN = 30.0  # how long to wait for the app, sidewatch, the connections
 
 # ---------------------------------------------------------------- the idle connections
 
-def hold(n, host):
+def hold(n, host, rps=0):
     """Opens n keep-alive connections to the app, one request each, prints "held" and keeps them
-    open until stdin closes."""
+    open until stdin closes; with `rps`, also sends that many requests a second over them in turn
+    (real traffic: segments arrive, so every poll of a drain dumps the sockets)."""
     netns.raise_nofile()
     held = []
     for _ in range(n):
@@ -65,7 +66,20 @@ def hold(n, host):
         netns.read_response(s)
         held.append(s)
     print("held", len(held), flush=True)
+    if rps:
+        threading.Thread(target=trickle, args=(held, rps), daemon=True).start()
     sys.stdin.read()
+
+
+def trickle(held, rps):
+    i, due = 0, time.monotonic()
+    while True:
+        s = held[i % len(held)]
+        i += 1
+        s.sendall(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        netns.read_response(s)
+        due += 1 / rps
+        time.sleep(max(0.0, due - time.monotonic()))
 
 
 # ---------------------------------------------------------------- /proc readings
@@ -208,13 +222,13 @@ class Kubelet(threading.Thread):
                 pass
 
 
-def run(bin_path, n, seconds, peer_ns, tag, kubelet_probe=False):
+def run(bin_path, n, seconds, peer_ns, tag, kubelet_probe=False, traffic=0):
     app, sw, log = netns.start_processes(HERE, bin_path, DRAIN_ENV, tag, WITHIN)
     holder = None
     kubelet = Kubelet()
     try:
         if n:
-            argv = [sys.executable, HERE, "--hold", str(n)]
+            argv = [sys.executable, HERE, "--hold", str(n), "--traffic", str(traffic)]
             if peer_ns:
                 argv = ["ip", "netns", "exec", peer_ns] + argv + ["--host", POD_ADDR]
             holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -239,6 +253,7 @@ def run(bin_path, n, seconds, peer_ns, tag, kubelet_probe=False):
             "connections": n,
             "peer_netns": bool(peer_ns),
             "kubelet_probe": kubelet_probe,
+            "traffic_rps": traffic,
             "app_connections_idle": idle_conns,
             "app_connections_draining": drain_conns,
             "drain_returned_early": drain.returned is not None,
@@ -266,6 +281,8 @@ def main():
     ap.add_argument("--peer", action="store_true", help="holder in a second namespace over veth")
     ap.add_argument("--kubelet-probe", action="store_true",
                     help="GET sidewatch's /readyz once a second in both windows, as a kubelet would")
+    ap.add_argument("--traffic", type=int, default=0, metavar="RPS",
+                    help="requests a second over the held connections in both windows")
     ap.add_argument("--bin", default=os.environ.get("BENCH_BIN", netns.DEFAULT_BIN))
     ap.add_argument("--dump-cost", type=int, metavar="ROUNDS", default=0,
                     help="instead: time ROUNDS sock_diag dumps (sidewatch's request, and with a "
@@ -279,15 +296,16 @@ def main():
     if args.app:
         return netns.run_app(args.app, host="0.0.0.0")
     if args.hold is not None:
-        return hold(args.hold, args.host)
+        return hold(args.hold, args.host, args.traffic)
     if args.inner and args.dump_cost:
         print(json.dumps(dump_cost(args.connections, args.dump_cost)), flush=True)
         return
     if args.inner:
         tag = (f"cpu-{args.connections}{'-peer' if args.peer_ns else ''}"
-               f"{'-kubelet' if args.kubelet_probe else ''}")
+               f"{'-kubelet' if args.kubelet_probe else ''}"
+               f"{'-%drps' % args.traffic if args.traffic else ''}")
         print(json.dumps(run(args.bin, args.connections, args.window, args.peer_ns, tag,
-                             args.kubelet_probe)), flush=True)
+                             args.kubelet_probe, args.traffic)), flush=True)
         return
     netns.outer(args.bin)
     pod = f"swbench-{os.getpid()}"
@@ -310,6 +328,8 @@ def main():
             argv += ["--dump-cost", str(args.dump_cost)]
         if args.kubelet_probe:
             argv += ["--kubelet-probe"]
+        if args.traffic:
+            argv += ["--traffic", str(args.traffic)]
         done = subprocess.run(["ip", "netns", "exec", pod] + argv, stdout=subprocess.PIPE,
                               text=True, timeout=4 * args.window + 120)
     r = netns.result(done)
@@ -328,6 +348,8 @@ def main():
              else "holder on the same loopback")
     if r["kubelet_probe"]:
         where += "; GET /readyz once a second"
+    if r["traffic_rps"]:
+        where += f"; {r['traffic_rps']} requests a second over them"
     print(f"drain cpu: {r['connections']} idle keep-alive connections ({where}), "
           f"window {args.window:g} s, traffic source {r['traffic_source']}")
     print(f"sidewatch_app_connections: idle {r['app_connections_idle']}, "
@@ -343,8 +365,9 @@ def main():
     print(f"sidewatch memory with the connections open: {r['status']}")
     print(f"target drain minus idle <= 1 % of one core: {'MET' if extra <= 1 else 'MISSED'}")
     os.makedirs(netns.OUT, exist_ok=True)
+    rps = r["traffic_rps"]
     name = (f"drain_cpu-{r['connections']}{'-peer' if r['peer_netns'] else ''}"
-            f"{'-kubelet' if r['kubelet_probe'] else ''}.json")
+            f"{'-kubelet' if r['kubelet_probe'] else ''}{f'-{rps}rps' if rps else ''}.json")
     with open(os.path.join(netns.OUT, name), "w") as f:
         json.dump(r, f, indent=1)
 

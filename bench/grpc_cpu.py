@@ -13,12 +13,9 @@ usage: bench/grpc_cpu.py [--window 15]
 """
 
 import argparse
-import http.client
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import common
@@ -59,46 +56,6 @@ def measure_sidewatch(port, interval, window, server_pid):
     return {"wall": t1 - t0, "cpu": c1 - c0, "probes": n1 - n0, "failed": failed, "server": s1 - s0}
 
 
-def blackbox(port):
-    exe = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
-    if not exe:
-        sys.exit("blackbox_exporter not found: apt-get install -y prometheus-blackbox-exporter")
-    d = tempfile.mkdtemp(prefix="sidewatch-bench-blackbox-")
-    conf = os.path.join(d, "blackbox.yml")
-    with open(conf, "w") as f:
-        f.write("modules:\n  grpc:\n    prober: grpc\n    timeout: 5s\n"
-                "    grpc:\n      tls: false\n      preferred_ip_protocol: ip4\n")
-    listen = common.free_port()
-    p = common.spawn([exe, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{listen}"],
-                     log="blackbox.log")
-    common.wait_port(listen, p)
-    return p, listen
-
-
-def measure_blackbox(bb, listen, target_port, window, server_pid):
-    conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
-    path = f"/probe?module=grpc&target=127.0.0.1:{target_port}"
-
-    def probe():
-        conn.request("GET", path)
-        body = conn.getresponse().read().decode()
-        return "probe_success 1" in body
-
-    for _ in range(50):  # warm up
-        probe()
-    # Idle: the same window with no requests.
-    i0 = common.cpu_seconds(bb.pid)
-    time.sleep(window)
-    idle = common.cpu_seconds(bb.pid) - i0
-    t0, c0, s0, n, ok = time.monotonic(), common.cpu_seconds(bb.pid), common.cpu_seconds(server_pid), 0, 0
-    while time.monotonic() - t0 < window:
-        ok += probe()
-        n += 1
-    t1, c1, s1 = time.monotonic(), common.cpu_seconds(bb.pid), common.cpu_seconds(server_pid)
-    return {"wall": t1 - t0, "cpu": c1 - c0, "idle": idle * (t1 - t0) / window, "probes": n,
-            "failed": n - ok, "server": s1 - s0}
-
-
 def run():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=float, default=15.0)
@@ -108,9 +65,11 @@ def run():
     idle = measure_sidewatch(port, "1s", args.window, server.pid)
     sw_cpu = busy["cpu"] - idle["cpu"] * busy["wall"] / idle["wall"]
     sw_per = sw_cpu / busy["probes"]
-    bb, listen = blackbox(port)
-    b = measure_blackbox(bb, listen, port, args.window, server.pid)
-    bb_per = (b["cpu"] - b["idle"]) / b["probes"]
+    bb, listen = common.blackbox("  grpc:\n    prober: grpc\n    timeout: 5s\n"
+                                 "    grpc:\n      tls: false\n      preferred_ip_protocol: ip4\n")
+    b = common.blackbox_cpu(bb, listen, f"/probe?module=grpc&target=127.0.0.1:{port}",
+                            args.window, server.pid)
+    bb_per = b["per_probe"]
     print(f"sidewatch: {busy['probes']:.0f} probes ({busy['probes'] / busy['wall']:.0f}/s, "
           f"{busy['failed']:.0f} failed) in {busy['wall']:.1f}s, CPU {busy['cpu']:.2f}s "
           f"(idle {idle['cpu']:.3f}s per {idle['wall']:.1f}s)")

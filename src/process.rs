@@ -8,7 +8,7 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use crate::engine::bus::Input;
-use crate::engine::Observation;
+use crate::engine::{Observation, Signal};
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
 
@@ -19,8 +19,6 @@ pub struct ProcessConfig {
     #[serde(rename = "match")]
     pub pattern: Option<String>,
 }
-
-pub const SIGNAL: &str = "process:app";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppProcess {
@@ -205,7 +203,7 @@ impl ProcessWatcher {
 
     async fn send(&self, observation: Observation) -> bool {
         let input = Input::Observe {
-            signal: SIGNAL.to_owned(),
+            signal: Signal::Process,
             observation,
         };
         self.inputs.send(input).await.is_ok()

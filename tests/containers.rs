@@ -168,9 +168,7 @@ impl Cluster {
     /// The value of a series of the sidecar's `/metrics`, scraped from outside the pod.
     async fn metric(&self, series: &str) -> f64 {
         let (_, text) = self.get(9102, "/metrics").await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        common::sample(&text, series).unwrap_or(0.0)
     }
 
     /// The reasons of the Events sidewatch posted about its pod.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use sidewatch::engine::{Engine, Observation, SignalSpec};
+use sidewatch::engine::{Engine, Observation, Signal, SignalSpec};
 use sidewatch::reason::Reason;
 
 const README: &str = include_str!("../README.md");
@@ -18,12 +18,12 @@ fn the_readyz_example_is_what_the_engine_serialises() {
         success_threshold: 1,
         critical: true,
     };
-    engine.register("probe:app", spec, at);
+    engine.register(Signal::probe("app"), spec, at);
     let refused = Observation::Failure {
         reason: Reason::Refused,
         message: "tcp connect error: Connection refused (os error 111)".into(),
     };
-    engine.observe("probe:app", refused, at);
+    engine.observe(&Signal::probe("app"), refused, at);
     let json = serde_json::to_string(engine.verdict()).unwrap();
     let block = ENDPOINTS
         .split("<!-- readyz-example: checked by tests/docs.rs -->\n```json\n")

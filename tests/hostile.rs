@@ -80,10 +80,7 @@ async fn metric(addr: SocketAddr, series: &str) -> f64 {
         b"GET /metrics HTTP/1.1\r\nHost: sidewatch\r\nConnection: close\r\n\r\n",
     )
     .await;
-    answer
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in {answer}"))
+    common::sample(&answer, series).unwrap_or_else(|| panic!("no {series} in {answer}"))
 }
 
 async fn wait_metric_at_least(addr: SocketAddr, series: &str, min: f64) {

@@ -1,6 +1,8 @@
 //! Every parser of outside input, fed arbitrary and mutated input with a fixed case budget: it
 //! answers or refuses, and never panics.
 
+mod common;
+
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -13,7 +15,7 @@ use sidewatch::config::{Bytes, Check, HostPort, HttpCheck, HttpUrl, ProbeConfig,
 use sidewatch::memory::read::{keyed, parse_limit, parse_pressure, vm_rss};
 use sidewatch::probe::{Failure, Prober};
 use sidewatch::reason::Reason;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const VALID_CONFIG: &str = "listen: 127.0.0.1:9102\nprobes:\n  - name: app\n    http: {url: http://127.0.0.1:8080/healthz, expect_status: [\"200-399\"]}\n    interval: 250ms\nmemory: {unready_above: 0.9, ready_below: 0.8}\ndrain: {delay: 2s, max: 10s}\n";
@@ -188,14 +190,8 @@ async fn probe(answer: Answer, body_contains: Option<&str>) -> Result<(), Failur
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await?;
-        let mut request = Vec::new();
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            request.extend_from_slice(&buf[..n]);
+        if !common::read_request(&mut s).await {
+            return Ok(());
         }
         match answer {
             Answer::Parts(parts) => {

@@ -43,9 +43,7 @@ const PHASE_REASONS: &[&str] = &[
 ];
 
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    common::sample(text, series).unwrap_or_else(|| panic!("no series {series} in /metrics"))
 }
 
 /// The soak's certificates in `dir`: a CA, a leaf for 127.0.0.1 it signed (what the tls probe

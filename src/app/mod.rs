@@ -14,7 +14,7 @@ use crate::config::{Config, DrainConfig};
 use crate::drain::{Access, Drain, DrainMetrics};
 use crate::engine::bus::{DrainEnd, Published};
 use crate::engine::task::{self, EngineMetrics};
-use crate::engine::{Engine, SignalSpec};
+use crate::engine::{Engine, Kube, Memory, Signal, SignalSpec};
 use crate::kubernetes::{self, KubeMetrics, KubeWatcher};
 use crate::liveness::{Liveness, Tasks};
 use crate::memory::{self, MemoryMetrics, MemoryWatcher};
@@ -30,11 +30,17 @@ pub enum StartError {
     #[error("nothing to watch: give --target URL, or a config file with probes, memory or process.match")]
     NothingToWatch,
     #[error("memory: {0}")]
-    Memory(String),
-    #[error("drain: {0}")]
-    Drain(String),
+    Memory(#[from] memory::PlanError),
+    #[error("drain: drain.traffic_source {traffic:?} on port {port}: {error}")]
+    Traffic {
+        traffic: TrafficSource,
+        port: u16,
+        error: std::io::Error,
+    },
+    #[error("drain: drain.token_env names {0}, which is unset or empty")]
+    NoDrainToken(String),
     #[error("kubernetes: {0}")]
-    Kubernetes(String),
+    Kubernetes(#[from] kubernetes::ConnectError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -60,8 +66,8 @@ pub struct Running {
 
 /// Starts everything; must be called inside a tokio runtime, which then serves the admin port.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let (memory_plan, memory_why) = memory::plan(&config.memory, config.process.pattern.as_deref())
-        .map_err(StartError::Memory)?;
+    let (memory_plan, memory_why) =
+        memory::plan(&config.memory, config.process.pattern.as_deref())?;
     match &memory_plan {
         Some(_) => tracing::info!(source = %memory_why, "memory: source chosen"),
         None => tracing::info!(why = %memory_why, "memory: no source, memory signals off"),
@@ -97,7 +103,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             success_threshold: probe.success_threshold,
             critical: probe.critical,
         };
-        engine.register(&probe.signal(), spec, now);
+        engine.register(probe.signal(), spec, now);
         probers.push((probe.clone(), Prober::new(probe)?));
     }
     // Memory and process signals flip on one observation: the kernel's numbers are not noisy the
@@ -108,21 +114,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         critical: true,
     };
     if memory_plan.is_some() {
-        for signal in memory::SIGNALS {
-            engine.register(signal, single, now);
+        for signal in Memory::ALL {
+            engine.register(Signal::Memory(signal), single, now);
         }
         reasons.extend(memory::REASONS);
     }
     if config.process.pattern.is_some() {
-        engine.register(process::SIGNAL, single, now);
+        engine.register(Signal::Process, single, now);
         reasons.push(Reason::ProcessExited);
     }
-    let identity = kubernetes::connect(&config.kubernetes)
-        .await
-        .map_err(StartError::Kubernetes)?;
+    let identity = kubernetes::connect(&config.kubernetes).await?;
     if identity.is_some() {
-        for signal in kubernetes::SIGNALS {
-            engine.register(signal, single, now);
+        for signal in Kube::ALL {
+            engine.register(Signal::Kube(signal), single, now);
         }
         reasons.extend(kubernetes::REASONS);
     }
@@ -157,7 +161,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
     // Probes stop when a drain starts: sidewatch then leaves the app alone.
     for (config, prober) in probers {
-        let name = config.signal();
+        let name = config.signal().to_string();
         let watcher = ProbeWatcher {
             config,
             prober,
@@ -194,7 +198,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             inputs: inputs_tx.clone(),
             exits: process::exits_metric(&registry),
         };
-        tasks.spawn(process::SIGNAL, &shutdown, watcher.run());
+        tasks.spawn(Signal::Process.to_string(), &shutdown, watcher.run());
     }
 
     let admin = Arc::new(Admin {
@@ -281,10 +285,11 @@ fn traffic_watcher(
             tracing::warn!(port, error = %e, "drain: cannot watch the app port: a drain ends after drain.delay");
             Ok(None)
         }
-        Err(e) => Err(StartError::Drain(format!(
-            "drain.traffic_source {:?} on port {port}: {e}",
-            d.traffic_source
-        ))),
+        Err(error) => Err(StartError::Traffic {
+            traffic: d.traffic_source,
+            port,
+            error,
+        }),
     }
 }
 
@@ -296,9 +301,7 @@ fn drain_token(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
     };
     match std::env::var(var) {
         Ok(token) if !token.is_empty() => Ok(Some(token.into_bytes())),
-        _ => Err(StartError::Drain(format!(
-            "drain.token_env names {var}, which is unset or empty"
-        ))),
+        _ => Err(StartError::NoDrainToken(var.clone())),
     }
 }
 

@@ -35,8 +35,15 @@ pub enum ConfigError {
     },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
-    #[error("{0}")]
-    Invalid(String),
+    /// A section's values are each well-formed but do not fit together (the message names them).
+    #[error("{message}")]
+    Invalid {
+        section: &'static str,
+        message: String,
+    },
+    /// The config's own tree did not round-trip through JSON: a bug of ours, not of the input.
+    #[error("internal: {0}")]
+    Internal(#[from] serde_json::Error),
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -81,9 +88,13 @@ pub fn load(
     };
     config = apply_env(config, env, Overrides::env_names())?;
     apply_overrides(&mut config, overrides)?;
-    config.memory.validate().map_err(ConfigError::Invalid)?;
-    config.drain.validate().map_err(ConfigError::Invalid)?;
+    config.memory.validate().map_err(invalid("memory"))?;
+    config.drain.validate().map_err(invalid("drain"))?;
     Ok(config)
+}
+
+fn invalid(section: &'static str) -> impl FnOnce(String) -> ConfigError {
+    move |message| ConfigError::Invalid { section, message }
 }
 
 fn parse_file(path: &Path) -> Result<Config, ConfigError> {
@@ -168,8 +179,7 @@ fn apply_env(
         return Ok(config);
     }
     vars.sort();
-    let base = serde_json::to_value(&config)
-        .map_err(|e| ConfigError::Invalid(format!("internal: {e}")))?;
+    let base = serde_json::to_value(&config)?;
     // All at once, one deserialisation: the sidecar's env has a dozen variables, and the webhook
     // loads every injected pod's before answering.
     let mut tree = base.clone();
@@ -213,7 +223,7 @@ fn apply_env(
             });
         }
     }
-    serde_json::from_value(tree).map_err(|e| ConfigError::Invalid(format!("internal: {e}")))
+    Ok(serde_json::from_value(tree)?)
 }
 
 /// Puts one variable's value where its name points in the config's tree; returns that path.
@@ -240,7 +250,7 @@ fn set_var(tree: &mut serde_json::Value, var: &str, raw: &str) -> Result<Vec<Str
     let slot = path
         .iter()
         .try_fold(tree, |node, key| node.get_mut(key))
-        .ok_or_else(|| ConfigError::Invalid("internal: env path vanished".into()))?;
+        .ok_or_else(|| env_error("internal: its path vanished from the tree".into()))?;
     *slot = value;
     Ok(path)
 }
@@ -303,7 +313,7 @@ fn apply_overrides(config: &mut Config, o: &Overrides) -> Result<(), ConfigError
         p.timeout = o.timeout.unwrap_or(p.timeout);
         p.failure_threshold = o.failure_threshold.unwrap_or(p.failure_threshold);
         p.success_threshold = o.success_threshold.unwrap_or(p.success_threshold);
-        p.validate().map_err(ConfigError::Invalid)?;
+        p.validate().map_err(invalid("probes"))?;
     }
     Ok(())
 }

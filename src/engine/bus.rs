@@ -7,11 +7,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{Observation, Verdict};
+use super::{Observation, Signal, Verdict};
 
 pub enum Input {
     Observe {
-        signal: String,
+        signal: Signal,
         observation: Observation,
     },
     Drain {

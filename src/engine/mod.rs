@@ -1,7 +1,7 @@
 //! The readiness engine: a pure, synchronous function from signal observations to one verdict.
 //!
-//! Watchers (probes now; memory, process and Kubernetes watchers later) register a named signal
-//! with its thresholds and report each observation. The engine owns no I/O and no clock: every
+//! Each input (probes, memory, the process, the pod) registers its signals with their thresholds
+//! and reports each observation. The engine owns no I/O and no clock: every
 //! call takes `now`, so tests drive it deterministically.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use serde::{Serialize, Serializer};
 
 use crate::reason::Reason;
+pub use signal::{Kube, Memory, Signal};
 
 /// How one signal turns observations into health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub enum Observation {
 /// One reason the pod is (or would be) not ready, as `/readyz` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Cause {
-    pub signal: String,
+    pub signal: Signal,
     pub reason: Reason,
     pub message: String,
     #[serde(serialize_with = "rfc3339")]
@@ -101,7 +102,7 @@ struct SignalState {
 
 #[derive(Debug)]
 pub struct Engine {
-    signals: BTreeMap<String, SignalState>,
+    signals: BTreeMap<Signal, SignalState>,
     drain: Option<Cause>,
     verdict: Verdict,
 }
@@ -126,9 +127,9 @@ impl Engine {
     }
 
     /// Adds a signal; it is unhealthy (reason `starting`) until its first success.
-    pub fn register(&mut self, signal: &str, spec: SignalSpec, now: SystemTime) -> Change {
+    pub fn register(&mut self, signal: Signal, spec: SignalSpec, now: SystemTime) -> Change {
         self.signals.insert(
-            signal.to_owned(),
+            signal,
             SignalState {
                 spec,
                 health: Health::Starting,
@@ -142,7 +143,12 @@ impl Engine {
     }
 
     /// Feeds one observation of a registered signal; unknown signals are ignored.
-    pub fn observe(&mut self, signal: &str, observation: Observation, now: SystemTime) -> Change {
+    pub fn observe(
+        &mut self,
+        signal: &Signal,
+        observation: Observation,
+        now: SystemTime,
+    ) -> Change {
         let Some(state) = self.signals.get_mut(signal) else {
             return Change::None;
         };
@@ -167,7 +173,7 @@ impl Engine {
                     _ => now,
                 };
                 state.failure = Some(Cause {
-                    signal: signal.to_owned(),
+                    signal: signal.clone(),
                     reason,
                     message,
                     since,
@@ -186,7 +192,7 @@ impl Engine {
             return Change::None;
         }
         self.drain = Some(Cause {
-            signal: "drain".to_owned(),
+            signal: Signal::Drain,
             reason: Reason::Draining,
             message: message.to_owned(),
             since: now,
@@ -241,6 +247,7 @@ fn rfc3339<S: Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 }
 
 pub mod bus;
+mod signal;
 pub mod task;
 
 #[cfg(test)]

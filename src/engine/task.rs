@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::bus::{Input, Published};
-use super::{Change, Engine, Verdict};
+use super::{Change, Engine, Signal, Verdict};
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
 use crate::util::sleep_until;
@@ -221,15 +221,12 @@ fn starting_ended(before: &Verdict, after: &Verdict) -> bool {
         && before
             .reasons
             .iter()
-            .filter(|c| !has.contains(&(c.signal.as_str(), c.reason.as_str())))
+            .filter(|c| !has.contains(&(&c.signal, c.reason)))
             .all(|c| c.reason == Reason::Starting)
 }
 
-fn labels(v: &Verdict) -> Vec<(&str, &str)> {
-    v.reasons
-        .iter()
-        .map(|c| (c.signal.as_str(), c.reason.as_str()))
-        .collect()
+fn labels(v: &Verdict) -> Vec<(&Signal, Reason)> {
+    v.reasons.iter().map(|c| (&c.signal, c.reason)).collect()
 }
 
 #[cfg(test)]
@@ -285,13 +282,13 @@ mod tests {
         assert!(l.admit(Logged::Transition, start + LOG_WINDOW));
     }
 
-    fn verdict(reasons: &[(&str, Reason)]) -> Verdict {
+    fn verdict(reasons: &[(Signal, Reason)]) -> Verdict {
         Verdict {
             ready: reasons.is_empty(),
             reasons: reasons
                 .iter()
                 .map(|(signal, reason)| crate::engine::Cause {
-                    signal: (*signal).to_owned(),
+                    signal: signal.clone(),
                     reason: *reason,
                     message: String::new(),
                     since: SystemTime::UNIX_EPOCH,
@@ -304,19 +301,19 @@ mod tests {
     #[test]
     fn only_signals_leaving_starting_is_start_up_progress() {
         let start = verdict(&[
-            ("memory:oom", Reason::Starting),
-            ("probe:app", Reason::Starting),
+            (Signal::Memory(crate::engine::Memory::Oom), Reason::Starting),
+            (Signal::probe("app"), Reason::Starting),
         ]);
-        let later = verdict(&[("probe:app", Reason::Starting)]);
+        let later = verdict(&[(Signal::probe("app"), Reason::Starting)]);
         assert!(starting_ended(&start, &later));
-        let failing = verdict(&[("probe:app", Reason::Refused)]);
+        let failing = verdict(&[(Signal::probe("app"), Reason::Refused)]);
         assert!(!starting_ended(&later, &failing));
         let other = verdict(&[
-            ("memory:oom", Reason::Starting),
-            ("probe:app", Reason::Refused),
+            (Signal::Memory(crate::engine::Memory::Oom), Reason::Starting),
+            (Signal::probe("app"), Reason::Refused),
         ]);
         assert!(!starting_ended(&failing, &other));
-        let fixed = verdict(&[("probe:app", Reason::Starting)]);
+        let fixed = verdict(&[(Signal::probe("app"), Reason::Starting)]);
         assert!(
             !starting_ended(&failing, &fixed),
             "a failure gone is no start-up"

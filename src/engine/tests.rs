@@ -19,28 +19,32 @@ fn fail(reason: Reason) -> Observation {
     }
 }
 
+fn probe(name: &str) -> Signal {
+    Signal::probe(name)
+}
+
 fn reasons(e: &Engine) -> Vec<(String, Reason)> {
     e.verdict()
         .reasons
         .iter()
-        .map(|c| (c.signal.clone(), c.reason))
+        .map(|c| (c.signal.to_string(), c.reason))
         .collect()
 }
 
 #[test]
 fn not_ready_until_the_first_success() {
     let mut e = Engine::new();
-    assert_eq!(e.register("probe:app", SPEC, t(0)), Change::Readiness);
+    assert_eq!(e.register(probe("app"), SPEC, t(0)), Change::Readiness);
     assert_eq!(reasons(&e), [("probe:app".into(), Reason::Starting)]);
     assert_eq!(e.verdict().reasons[0].since, t(0));
     assert_eq!(
-        e.observe("probe:app", fail(Reason::Refused), t(1)),
+        e.observe(&probe("app"), fail(Reason::Refused), t(1)),
         Change::Detail
     );
     assert_eq!(reasons(&e), [("probe:app".into(), Reason::Refused)]);
     // The first success is enough at start-up, whatever the success threshold.
     assert_eq!(
-        e.observe("probe:app", Observation::Success, t(2)),
+        e.observe(&probe("app"), Observation::Success, t(2)),
         Change::Readiness
     );
     assert!(e.verdict().ready);
@@ -50,21 +54,21 @@ fn not_ready_until_the_first_success() {
 #[test]
 fn failures_below_the_threshold_keep_the_pod_ready() {
     let mut e = Engine::new();
-    e.register("probe:app", SPEC, t(0));
-    e.observe("probe:app", Observation::Success, t(1));
+    e.register(probe("app"), SPEC, t(0));
+    e.observe(&probe("app"), Observation::Success, t(1));
     assert_eq!(
-        e.observe("probe:app", fail(Reason::Timeout), t(2)),
+        e.observe(&probe("app"), fail(Reason::Timeout), t(2)),
         Change::None
     );
     assert!(e.verdict().ready);
-    e.observe("probe:app", Observation::Success, t(3));
+    e.observe(&probe("app"), Observation::Success, t(3));
     // The count of failures restarts after a success.
     assert_eq!(
-        e.observe("probe:app", fail(Reason::Timeout), t(4)),
+        e.observe(&probe("app"), fail(Reason::Timeout), t(4)),
         Change::None
     );
     assert_eq!(
-        e.observe("probe:app", fail(Reason::Timeout), t(5)),
+        e.observe(&probe("app"), fail(Reason::Timeout), t(5)),
         Change::Readiness
     );
     assert!(!e.verdict().ready);
@@ -76,18 +80,18 @@ fn failures_below_the_threshold_keep_the_pod_ready() {
 #[test]
 fn recovery_needs_the_success_threshold() {
     let mut e = Engine::new();
-    e.register("probe:app", SPEC, t(0));
-    e.observe("probe:app", Observation::Success, t(1));
-    e.observe("probe:app", fail(Reason::Http5xx), t(2));
-    e.observe("probe:app", fail(Reason::Http5xx), t(3));
+    e.register(probe("app"), SPEC, t(0));
+    e.observe(&probe("app"), Observation::Success, t(1));
+    e.observe(&probe("app"), fail(Reason::Http5xx), t(2));
+    e.observe(&probe("app"), fail(Reason::Http5xx), t(3));
     assert!(!e.verdict().ready);
     assert_eq!(
-        e.observe("probe:app", Observation::Success, t(4)),
+        e.observe(&probe("app"), Observation::Success, t(4)),
         Change::None
     );
     assert!(!e.verdict().ready);
     assert_eq!(
-        e.observe("probe:app", Observation::Success, t(5)),
+        e.observe(&probe("app"), Observation::Success, t(5)),
         Change::Readiness
     );
     assert!(e.verdict().ready);
@@ -96,12 +100,12 @@ fn recovery_needs_the_success_threshold() {
 #[test]
 fn a_new_reason_restarts_since_and_the_same_reason_keeps_it() {
     let mut e = Engine::new();
-    e.register("probe:app", SPEC, t(0));
-    e.observe("probe:app", fail(Reason::Refused), t(1));
-    e.observe("probe:app", fail(Reason::Refused), t(2));
+    e.register(probe("app"), SPEC, t(0));
+    e.observe(&probe("app"), fail(Reason::Refused), t(1));
+    e.observe(&probe("app"), fail(Reason::Refused), t(2));
     assert_eq!(e.verdict().reasons[0].since, t(1));
     assert_eq!(
-        e.observe("probe:app", fail(Reason::Reset), t(3)),
+        e.observe(&probe("app"), fail(Reason::Reset), t(3)),
         Change::Detail
     );
     assert_eq!(e.verdict().reasons[0].reason, Reason::Reset);
@@ -115,33 +119,33 @@ fn a_non_critical_signal_warns_but_never_vetoes() {
         critical: false,
         ..SPEC
     };
-    e.register("probe:app", SPEC, t(0));
-    e.register("probe:extra", advisory, t(0));
-    e.observe("probe:app", Observation::Success, t(1));
+    e.register(probe("app"), SPEC, t(0));
+    e.register(probe("extra"), advisory, t(0));
+    e.observe(&probe("app"), Observation::Success, t(1));
     assert!(
         e.verdict().ready,
         "a starting non-critical signal does not block"
     );
-    e.observe("probe:extra", Observation::Success, t(1));
-    e.observe("probe:extra", fail(Reason::Refused), t(2));
-    e.observe("probe:extra", fail(Reason::Refused), t(3));
+    e.observe(&probe("extra"), Observation::Success, t(1));
+    e.observe(&probe("extra"), fail(Reason::Refused), t(2));
+    e.observe(&probe("extra"), fail(Reason::Refused), t(3));
     assert!(e.verdict().ready);
     assert_eq!(e.verdict().warnings.len(), 1);
-    assert_eq!(e.verdict().warnings[0].signal, "probe:extra");
+    assert_eq!(e.verdict().warnings[0].signal, probe("extra"));
 }
 
 #[test]
 fn every_failing_critical_signal_is_listed() {
     let mut e = Engine::new();
-    e.register("probe:a", SPEC, t(0));
-    e.register("probe:b", SPEC, t(0));
-    e.observe("probe:a", Observation::Success, t(1));
+    e.register(probe("a"), SPEC, t(0));
+    e.register(probe("b"), SPEC, t(0));
+    e.observe(&probe("a"), Observation::Success, t(1));
     assert!(!e.verdict().ready, "b has not succeeded yet");
-    e.observe("probe:b", Observation::Success, t(1));
+    e.observe(&probe("b"), Observation::Success, t(1));
     assert!(e.verdict().ready);
     for at in [2, 3] {
-        e.observe("probe:a", fail(Reason::Refused), t(at));
-        e.observe("probe:b", fail(Reason::Tls), t(at));
+        e.observe(&probe("a"), fail(Reason::Refused), t(at));
+        e.observe(&probe("b"), fail(Reason::Tls), t(at));
     }
     assert_eq!(
         reasons(&e),
@@ -155,14 +159,14 @@ fn every_failing_critical_signal_is_listed() {
 #[test]
 fn drain_is_not_ready_at_once_and_for_good() {
     let mut e = Engine::new();
-    e.register("probe:app", SPEC, t(0));
-    e.observe("probe:app", Observation::Success, t(1));
+    e.register(probe("app"), SPEC, t(0));
+    e.observe(&probe("app"), Observation::Success, t(1));
     assert_eq!(e.start_drain("SIGTERM", t(2)), Change::Readiness);
     assert_eq!(reasons(&e), [("drain".into(), Reason::Draining)]);
     assert_eq!(e.start_drain("again", t(3)), Change::None);
     assert_eq!(e.verdict().reasons[0].message, "SIGTERM");
     assert_eq!(
-        e.observe("probe:app", Observation::Success, t(4)),
+        e.observe(&probe("app"), Observation::Success, t(4)),
         Change::None
     );
     assert!(!e.verdict().ready);
@@ -171,15 +175,18 @@ fn drain_is_not_ready_at_once_and_for_good() {
 #[test]
 fn unknown_signals_change_nothing() {
     let mut e = Engine::new();
-    assert_eq!(e.observe("nope", fail(Reason::Refused), t(0)), Change::None);
+    assert_eq!(
+        e.observe(&probe("nope"), fail(Reason::Refused), t(0)),
+        Change::None
+    );
     assert!(e.verdict().ready);
 }
 
 #[test]
 fn verdict_serialises_as_design_md_shows() {
     let mut e = Engine::new();
-    e.register("probe:app", SPEC, t(0));
-    e.observe("probe:app", fail(Reason::Refused), t(1));
+    e.register(probe("app"), SPEC, t(0));
+    e.observe(&probe("app"), fail(Reason::Refused), t(1));
     let json = serde_json::to_value(e.verdict()).unwrap();
     assert_eq!(
         json,

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::bus::{Input, Notice, Published};
-use crate::engine::Observation;
+use crate::engine::{Kube, Observation, Signal};
 use crate::liveness::Tasks;
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
@@ -28,9 +28,6 @@ use config::KubernetesConfig;
 use pod::Tracker;
 use publish::Publisher;
 
-pub const APP: &str = "kube:app";
-pub const POD: &str = "kube:pod";
-pub const SIGNALS: [&str; 2] = [APP, POD];
 /// The reasons the Kubernetes signals give.
 pub const REASONS: [Reason; 2] = [Reason::ContainerRestarted, Reason::Terminating];
 
@@ -51,9 +48,22 @@ pub struct Identity {
     pub container: String,
 }
 
+/// `kubernetes.enabled: true` that cannot be met.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "kubernetes.enabled is true but POD_NAME and POD_NAMESPACE (downward API) are not both set"
+    )]
+    NoIdentity,
+    #[error("kubernetes.enabled is true but no config was found: {0}")]
+    NoConfig(kube::config::InferConfigError),
+    #[error("kubernetes client: {0}")]
+    Client(kube::Error),
+}
+
 /// Decides whether to talk to the API server, and says why. `enabled: true` that cannot be met
 /// is an error; `auto` quietly stays local.
-pub async fn connect(config: &KubernetesConfig) -> Result<Option<Identity>, String> {
+pub async fn connect(config: &KubernetesConfig) -> Result<Option<Identity>, ConnectError> {
     if config.enabled == Switch::Off {
         tracing::info!("kubernetes: off (kubernetes.enabled is false)");
         return Ok(None);
@@ -61,11 +71,13 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Option<Identity>, Stri
     let required = config.enabled == Switch::On;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (Some(pod), Some(namespace)) = (env("POD_NAME"), env("POD_NAMESPACE")) else {
-        let why = "POD_NAME and POD_NAMESPACE (downward API) are not both set";
         if required {
-            return Err(format!("kubernetes.enabled is true but {why}"));
+            return Err(ConnectError::NoIdentity);
         }
-        tracing::info!(why, "kubernetes: off");
+        tracing::info!(
+            why = "POD_NAME and POD_NAMESPACE (downward API) are not both set",
+            "kubernetes: off"
+        );
         return Ok(None);
     };
     crate::tls::install_crypto_provider();
@@ -74,17 +86,13 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Option<Identity>, Stri
             c.read_timeout = Some(READ_TIMEOUT);
             // From each request on, not from when its pooled connection went idle.
             c.reset_reader_on_write = true;
-            Client::try_from(c).map_err(|e| format!("kubernetes client: {e}"))?
+            Client::try_from(c).map_err(ConnectError::Client)?
         }
         Err(e) if !required => {
             tracing::info!(error = %e, "kubernetes: off: no in-cluster config and no kubeconfig");
             return Ok(None);
         }
-        Err(e) => {
-            return Err(format!(
-                "kubernetes.enabled is true but no config was found: {e}"
-            ))
-        }
+        Err(e) => return Err(ConnectError::NoConfig(e)),
     };
     let container = env("CONTAINER_NAME").unwrap_or_else(|| "sidewatch".into());
     tracing::info!(%namespace, %pod, %container, "kubernetes: on, watching the own pod");
@@ -217,7 +225,7 @@ struct PodWatcher {
 impl PodWatcher {
     async fn run(mut self) {
         // Until the API server has answered, the Kubernetes signals do not veto readiness.
-        for signal in SIGNALS {
+        for signal in Kube::ALL {
             self.send(signal, Observation::Success).await;
         }
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
@@ -253,7 +261,7 @@ impl PodWatcher {
                 }
                 _ = sleep_until(cooldown), if cooldown.is_some() => {
                     let app = self.tracker.app_observation(Instant::now());
-                    self.send(APP, app).await;
+                    self.send(Kube::App, app).await;
                 }
             }
         }
@@ -290,7 +298,7 @@ impl PodWatcher {
                 .inc_by(r.count);
             tracing::warn!(container = %r.container, reason = r.reason, count = r.count, "container restarted");
         }
-        self.send(APP, update.app).await;
+        self.send(Kube::App, update.app).await;
         if update.terminating {
             if !std::mem::replace(&mut self.terminating, true) {
                 tracing::info!("kubernetes: the pod is terminating; /drain is open to the kubelet");
@@ -300,7 +308,7 @@ impl PodWatcher {
                 reason: Reason::Terminating,
                 message,
             };
-            self.send(POD, failure).await;
+            self.send(Kube::Pod, failure).await;
         }
         let info = PodInfo {
             has_gate: update.has_gate,
@@ -322,9 +330,9 @@ impl PodWatcher {
         }
     }
 
-    async fn send(&self, signal: &str, observation: Observation) {
+    async fn send(&self, signal: Kube, observation: Observation) {
         let input = Input::Observe {
-            signal: signal.to_owned(),
+            signal: Signal::Kube(signal),
             observation,
         };
         let _ = self.inputs.send(input).await;

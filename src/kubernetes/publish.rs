@@ -16,7 +16,7 @@ use super::limit::{Bucket, GateLimit};
 use super::KubeMetrics;
 use super::{Identity, PodInfo};
 use crate::engine::bus::{DrainEnd, Notice, Published};
-use crate::engine::Verdict;
+use crate::engine::{Signal, Verdict};
 use crate::reason::Reason;
 use crate::util::{clip, sleep_until};
 
@@ -30,7 +30,7 @@ const EVENT_REFILL: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the gate last said: readiness, the reasons' labels, and the relist it followed.
-type GateKey = (bool, Vec<(String, Reason)>, u64);
+type GateKey = (bool, Vec<(Signal, Reason)>, u64);
 
 /// The gate's state between patches.
 struct GateState {

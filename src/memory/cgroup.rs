@@ -153,19 +153,17 @@ pub fn of_own_pod() -> Option<CgroupDir> {
     })
 }
 
-/// The version of an explicit `--cgroup` directory, from the files it holds.
-pub fn explicit(path: &Path) -> Result<CgroupDir, String> {
+/// The version of an explicit `--cgroup` directory, from the files it holds; `None` when it holds
+/// neither version's.
+pub fn explicit(path: &Path) -> Option<CgroupDir> {
     let version = if has_memory_files(path, Version::V2) {
         Version::V2
     } else if has_memory_files(path, Version::V1) {
         Version::V1
     } else {
-        return Err(format!(
-            "{} is not a memory cgroup: it has neither memory.current (v2) nor memory.usage_in_bytes (v1)",
-            path.display()
-        ));
+        return None;
     };
-    Ok(CgroupDir {
+    Some(CgroupDir {
         path: path.to_owned(),
         version,
         psi: None,
@@ -292,7 +290,6 @@ mod tests {
 
     #[test]
     fn an_explicit_directory_without_memory_files_is_refused() {
-        let err = explicit(Path::new("/proc")).unwrap_err();
-        assert!(err.contains("/proc is not a memory cgroup"), "{err}");
+        assert_eq!(explicit(Path::new("/proc")), None);
     }
 }

@@ -11,7 +11,7 @@ pub mod read;
 mod series;
 mod watched;
 
-pub use plan::{plan, Plan};
+pub use plan::{plan, Plan, PlanError};
 pub use series::MemoryMetrics;
 use series::PREDICTION_HORIZON;
 use watched::{dir_id, Armed, DirId, Presence};
@@ -19,7 +19,7 @@ use watched::{dir_id, Armed, DirId, Presence};
 use tokio::sync::mpsc;
 
 use crate::engine::bus::{Input, Notice};
-use crate::engine::Observation;
+use crate::engine::{Memory, Observation, Signal};
 use crate::process;
 use crate::reason::Reason;
 use crate::util::sleep_until;
@@ -28,11 +28,6 @@ use cgroup::{CgroupDir, Version};
 use config::MemoryConfig;
 use read::{ReadError, Sample};
 
-pub const USAGE: &str = "memory:usage";
-pub const PRESSURE: &str = "memory:pressure";
-pub const TREND: &str = "memory:trend";
-pub const OOM: &str = "memory:oom";
-pub const SIGNALS: [&str; 4] = [USAGE, PRESSURE, TREND, OOM];
 /// The reasons the memory signals give.
 pub const REASONS: [Reason; 4] = [
     Reason::MemoryHigh,
@@ -297,10 +292,10 @@ impl MemoryWatcher {
 
     async fn send_all(&self, a: Assessment) -> bool {
         let mut observations = [
-            (USAGE, a.usage),
-            (PRESSURE, a.pressure.unwrap_or(Observation::Success)),
-            (TREND, a.trend),
-            (OOM, a.oom.unwrap_or(Observation::Success)),
+            (Memory::Usage, a.usage),
+            (Memory::Pressure, a.pressure.unwrap_or(Observation::Success)),
+            (Memory::Trend, a.trend),
+            (Memory::Oom, a.oom.unwrap_or(Observation::Success)),
         ];
         // Failures first: when one signal recovers in the sample that another fails (memory_high
         // ends as the OOM kill frees memory), the engine never sees a moment with neither, which
@@ -308,7 +303,7 @@ impl MemoryWatcher {
         observations.sort_by_key(|(_, o)| matches!(o, Observation::Success));
         for (signal, observation) in observations {
             let input = Input::Observe {
-                signal: signal.to_owned(),
+                signal: Signal::Memory(signal),
                 observation,
             };
             if self.inputs.send(input).await.is_err() {

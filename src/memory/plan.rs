@@ -4,6 +4,20 @@ use super::cgroup::{self, CgroupDir};
 use super::config::{CgroupSetting, MemoryConfig, MemorySource};
 use crate::process;
 
+/// An explicit memory setting that cannot be met: sidewatch refuses to start rather than run
+/// without the signals it was asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("memory.source is {0} but memory.cgroup names a directory: choose one")]
+    SourceAndCgroup(&'static str),
+    #[error("{} is not a memory cgroup: it has neither memory.current (v2) nor memory.usage_in_bytes (v1)", .0.display())]
+    NotACgroup(std::path::PathBuf),
+    #[error("memory.source is proc, which needs process.match to find the app")]
+    ProcWithoutMatch,
+    #[error("memory.source is cgroup but no pod cgroup is visible: set memory.cgroup (--cgroup) or process.match")]
+    NoPodCgroup,
+}
+
 /// How the watcher finds the memory to read.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Plan {
@@ -26,7 +40,7 @@ pub enum Plan {
 pub fn plan(
     memory: &MemoryConfig,
     pattern: Option<&str>,
-) -> Result<(Option<Plan>, String), String> {
+) -> Result<(Option<Plan>, String), PlanError> {
     use MemorySource::*;
     let limit = memory.limit.map(|b| b.0);
     let process = |pattern: Option<&str>, source: MemorySource| Plan::Process {
@@ -38,12 +52,12 @@ pub fn plan(
     match (memory.source, &memory.cgroup, pattern) {
         (None, _, _) => Ok((Option::None, "memory.source is none".into())),
         (_, CgroupSetting::None, _) => Ok((Option::None, "memory.cgroup is none".into())),
-        (Proc | AppRoot, CgroupSetting::Path(_), _) => Err(format!(
-            "memory.source is {} but memory.cgroup names a directory: choose one",
-            if memory.source == Proc { "proc" } else { "app-root" }
+        (Proc | AppRoot, CgroupSetting::Path(_), _) => Err(PlanError::SourceAndCgroup(
+            if memory.source == Proc { "proc" } else { "app-root" },
         )),
         (Auto | Cgroup, CgroupSetting::Path(path), _) => {
-            let dir = cgroup::explicit(path)?;
+            let dir =
+                cgroup::explicit(path).ok_or_else(|| PlanError::NotACgroup(path.clone()))?;
             let why = format!("{} {} given by memory.cgroup", dir.version, dir.path.display());
             Ok((Some(Plan::Cgroup(dir)), why))
         }
@@ -61,7 +75,7 @@ pub fn plan(
             Ok((Some(process(Some(pattern), source)), why))
         }
         (Proc, CgroupSetting::Auto, Option::None) => {
-            Err("memory.source is proc, which needs process.match to find the app".into())
+            Err(PlanError::ProcWithoutMatch)
         }
         (AppRoot, CgroupSetting::Auto, Option::None) => Ok((
             Some(process(Option::None, AppRoot)),
@@ -74,9 +88,7 @@ pub fn plan(
                 let why = format!("{} {} (the pod's cgroup, parent of sidewatch's own)", dir.version, dir.path.display());
                 Ok((Some(Plan::Cgroup(dir)), why))
             }
-            Option::None if source == Cgroup => Err(
-                "memory.source is cgroup but no pod cgroup is visible: set memory.cgroup (--cgroup) or process.match".into(),
-            ),
+            Option::None if source == Cgroup => Err(PlanError::NoPodCgroup),
             Option::None if process::shared_namespace() => Ok((
                 Some(process(Option::None, AppRoot)),
                 "the cgroup of the other container's process, through its container's root \

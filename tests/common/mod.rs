@@ -356,8 +356,7 @@ impl Sidewatch {
     /// The value of one series in `/metrics`, e.g. `sidewatch_ready` or `x{a="b"}`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        sample(&text, series)
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
@@ -547,7 +546,8 @@ impl Drop for Upstream {
     }
 }
 
-async fn read_request(stream: &mut TcpStream) -> bool {
+/// Reads one request head (up to 8 KiB); false when the client went away or sent more.
+pub async fn read_request(stream: &mut TcpStream) -> bool {
     let mut buf = vec![0u8; 8192];
     let mut read = 0;
     while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -562,7 +562,8 @@ async fn read_request(stream: &mut TcpStream) -> bool {
     true
 }
 
-async fn answer(mut stream: TcpStream, b: Behaviour) {
+/// Answers one connection as `b` says, once its request has come.
+pub async fn answer(mut stream: TcpStream, b: Behaviour) {
     if !read_request(&mut stream).await {
         return;
     }
@@ -592,6 +593,13 @@ async fn answer(mut stream: TcpStream, b: Behaviour) {
             let _ = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await;
         }
     }
+}
+
+/// The value of one series, e.g. `sidewatch_ready` or `x{a="b"}`, in a text exposition.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 pub fn healthy() -> Behaviour {

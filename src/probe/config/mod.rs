@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::units::{duration, serde_via_str};
 
 mod values;
+use crate::engine::Signal;
 use crate::reason::Reason;
 pub use values::*;
 
@@ -71,8 +72,8 @@ impl ProbeConfig {
     }
 
     /// The engine's name for this probe's signal.
-    pub fn signal(&self) -> String {
-        format!("probe:{}", self.name)
+    pub fn signal(&self) -> Signal {
+        Signal::probe(&self.name)
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {

@@ -8,6 +8,7 @@ mod annotations;
 mod memory;
 mod patch;
 mod ports;
+mod refusal;
 mod sidecar;
 mod target;
 pub mod view;
@@ -18,9 +19,10 @@ use annotations::{Options, TargetSetting};
 pub use annotations::{INJECTED, INJECTION};
 use patch::Edits;
 use ports::{
-    first_tcp_port, has_port_named, ports_in_use, probes_port, target_port, unix_socket,
-    volume_holding,
+    choose_admin_port, first_tcp_port, has_port_named, ports_in_use, probes_port, target_port,
+    unix_socket, volume_holding,
 };
+pub use refusal::{Kind as RefusalKind, Refusal};
 pub use sidecar::{ADMIN_PORT, CONTAINER, GATE};
 use target::Derived;
 
@@ -59,7 +61,7 @@ pub enum Outcome {
     Untouched,
     /// Opted in but not injectable (a bad annotation, nothing to watch): admitted as it is, with
     /// this reason as a warning; a missing sidecar must not stop a deployment.
-    Refused(String),
+    Refused(Refusal),
     Patch {
         patch: json_patch::Patch,
         warnings: Vec<String>,
@@ -103,23 +105,27 @@ struct Said {
     warnings: Vec<String>,
 }
 
-fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>, String> {
+fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>, Refusal> {
     let spec = &pod["spec"];
     let containers = spec["containers"]
         .as_array()
         .filter(|c| !c.is_empty())
-        .ok_or("the pod has no containers")?;
+        .ok_or_else(|| Refusal::new(RefusalKind::Shape, "the pod has no containers"))?;
     let all = || {
         containers
             .iter()
             .chain(spec["initContainers"].as_array().into_iter().flatten())
     };
     if all().any(|c| c["name"] == CONTAINER) {
-        return Err(format!(
-            "a container named {CONTAINER:?} is there already (added by hand?): left as it is"
+        return Err(Refusal::new(
+            RefusalKind::Shape,
+            format!(
+                "a container named {CONTAINER:?} is there already (added by hand?): left as it is"
+            ),
         ));
     }
-    let options = Options::parse(pod["metadata"]["annotations"].as_object())?;
+    let options = Options::parse(pod["metadata"]["annotations"].as_object())
+        .map_err(Refusal::of(RefusalKind::Annotation))?;
     let native = options.plain.map_or(settings.native, |plain| !plain);
     refuse_dead_ends(spec, &options, native)?;
     let app_index = app_container(containers, &options)?;
@@ -144,7 +150,8 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         &mut edits,
         &mut said.notes,
         &mut said.warnings,
-    )?;
+    )
+    .map_err(Refusal::of(RefusalKind::Memory))?;
     let (kubernetes, gate) = api_access(spec, &options, &mut said);
     let plan = sidecar::Sidecar {
         settings,
@@ -178,8 +185,12 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         .flatten()
         .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
         .collect();
-    annotations::sidecar_accepts(&literal)
-        .map_err(|e| format!("the sidecar would refuse its settings: {e}"))?;
+    annotations::sidecar_accepts(&literal).map_err(|e| {
+        Refusal::new(
+            RefusalKind::Settings,
+            format!("the sidecar would refuse its settings: {e}"),
+        )
+    })?;
     if native {
         edits.prepend(&["spec", "initContainers"], container);
     } else {
@@ -196,36 +207,44 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
 
 /// The pods sidewatch would break: a plain sidecar that keeps a Job from completing, an admin
 /// port on the node.
-fn refuse_dead_ends(spec: &Value, options: &Options, native: bool) -> Result<(), String> {
+fn refuse_dead_ends(spec: &Value, options: &Options, native: bool) -> Result<(), Refusal> {
     if !native
         && spec["restartPolicy"]
             .as_str()
             .is_some_and(|p| p != "Always")
     {
-        return Err(format!(
-            "restartPolicy {}: a plain sidecar container would keep the pod from ever \
-             completing; use the native sidecar (Kubernetes 1.29+)",
-            spec["restartPolicy"]
+        return Err(Refusal::new(
+            RefusalKind::DeadEnd,
+            format!(
+                "restartPolicy {}: a plain sidecar container would keep the pod from ever \
+                 completing; use the native sidecar (Kubernetes 1.29+)",
+                spec["restartPolicy"]
+            ),
         ));
     }
     if spec["hostNetwork"] == true && !options.host_network {
-        return Err(
+        return Err(Refusal::new(
+            RefusalKind::DeadEnd,
             "hostNetwork pod: the sidecar's admin port would be a port of the node; annotate \
-             sidewatch.io/host-network: \"true\" (and sidewatch.io/admin-port) to inject anyway"
-                .into(),
-        );
+             sidewatch.io/host-network: \"true\" (and sidewatch.io/admin-port) to inject anyway",
+        ));
     }
     Ok(())
 }
 
 /// The index of the app container: the annotated one, else the first.
-fn app_container(containers: &[Value], options: &Options) -> Result<usize, String> {
+fn app_container(containers: &[Value], options: &Options) -> Result<usize, Refusal> {
     match &options.app_container {
         Some(name) => containers
             .iter()
             .position(|c| c["name"] == name.as_str())
             .ok_or_else(|| {
-                format!("sidewatch.io/app-container names {name:?}, which the pod does not have")
+                Refusal::new(
+                    RefusalKind::AppContainer,
+                    format!(
+                        "sidewatch.io/app-container names {name:?}, which the pod does not have"
+                    ),
+                )
             }),
         None => Ok(0),
     }
@@ -235,7 +254,7 @@ type TargetChoice = ((&'static str, String), Option<u16>, Option<String>);
 
 /// What the sidecar probes (the annotation, else what the kubelet probes), as its variable, the
 /// probed TCP port, and the Unix socket it connects to, if any.
-fn choose_target(options: &Options, app: &Value, said: &mut Said) -> Result<TargetChoice, String> {
+fn choose_target(options: &Options, app: &Value, said: &mut Said) -> Result<TargetChoice, Refusal> {
     Ok(match &options.target {
         Some(TargetSetting::Flag(text)) => {
             said.notes
@@ -258,38 +277,14 @@ fn choose_target(options: &Options, app: &Value, said: &mut Said) -> Result<Targ
                 described,
                 port,
                 notes: degraded,
-            } = target::derive(app)?;
+            } = target::derive(app).map_err(Refusal::of(RefusalKind::Target))?;
             said.notes.push(format!("target {described}"));
             said.warnings.extend(degraded);
-            let probes = serde_json::to_string(&[probe]).map_err(|e| e.to_string())?;
+            // A Value of strings and numbers: serializing it cannot fail.
+            let probes = serde_json::to_string(&[probe]).unwrap_or_default();
             (("SIDEWATCH_PROBES", probes), port, None)
         }
     })
-}
-
-/// The sidecar's own port: the annotated one, else `ADMIN_PORT`, else the next one the pod
-/// does not use.
-fn choose_admin_port(options: &Options, used: &[u16], said: &mut Said) -> Result<u16, String> {
-    let port = match options.admin_port {
-        Some(port) if used.contains(&port) => {
-            return Err(format!(
-                "sidewatch.io/admin-port {port} is a port of the pod already"
-            ))
-        }
-        Some(port) => port,
-        None if !used.contains(&ADMIN_PORT) => ADMIN_PORT,
-        None => {
-            let free = (ADMIN_PORT + 1..=u16::MAX)
-                .find(|p| !used.contains(p))
-                .ok_or("no free port for the sidecar")?;
-            said.warnings.push(format!(
-                "admin port {free}: {ADMIN_PORT} is a port of the pod already"
-            ));
-            free
-        }
-    };
-    said.notes.push(format!("admin port {port}"));
-    Ok(port)
 }
 
 /// Whether the sidecar has credentials for the API server, and so whether it gets the gate.

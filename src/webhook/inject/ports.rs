@@ -1,8 +1,10 @@
-//! What the pod's containers say about ports, sockets and volumes, read from the raw JSON.
+//! What the pod's containers say about ports, sockets and volumes, read from the raw JSON, and
+//! the sidecar's own port chosen among them.
 
 use serde_json::{json, Value};
 
-use super::target;
+use super::annotations::Options;
+use super::{target, Refusal, RefusalKind, Said, ADMIN_PORT};
 
 /// Every port a container of the pod declares or probes (a probe may use a port it does not
 /// declare): the sidecar's own must be none of them.
@@ -87,4 +89,36 @@ pub(super) fn volume_holding<'a>(
         })
         .max_by_key(|(_, dir)| dir.len())
         .map(|(name, dir)| json!({"name": name, "mountPath": dir, "readOnly": true}))
+}
+
+/// The sidecar's own port: the annotated one, else `ADMIN_PORT`, else the next one the pod
+/// does not use.
+pub(super) fn choose_admin_port(
+    options: &Options,
+    used: &[u16],
+    said: &mut Said,
+) -> Result<u16, Refusal> {
+    let port = match options.admin_port {
+        Some(port) if used.contains(&port) => {
+            return Err(Refusal::new(
+                RefusalKind::AdminPort,
+                format!("sidewatch.io/admin-port {port} is a port of the pod already"),
+            ))
+        }
+        Some(port) => port,
+        None if !used.contains(&ADMIN_PORT) => ADMIN_PORT,
+        None => {
+            let free = (ADMIN_PORT + 1..=u16::MAX)
+                .find(|p| !used.contains(p))
+                .ok_or_else(|| {
+                    Refusal::new(RefusalKind::AdminPort, "no free port for the sidecar")
+                })?;
+            said.warnings.push(format!(
+                "admin port {free}: {ADMIN_PORT} is a port of the pod already"
+            ));
+            free
+        }
+    };
+    said.notes.push(format!("admin port {port}"));
+    Ok(port)
 }

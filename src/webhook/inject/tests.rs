@@ -45,10 +45,11 @@ fn injected(p: &Value) -> (Value, Vec<String>) {
     }
 }
 
-fn refused(p: &Value) -> String {
+/// The refusal's message, once its kind is `kind`.
+fn refused(p: &Value, kind: RefusalKind) -> String {
     match mutated(p, Scope::Annotated, "t0ken") {
-        Outcome::Refused(why) => why,
-        other => panic!("not refused: {other:?}"),
+        Outcome::Refused(why) if why.kind == kind => why.message,
+        other => panic!("not refused as {kind:?}: {other:?}"),
     }
 }
 
@@ -145,14 +146,14 @@ fn the_admin_port_moves_off_a_port_the_pod_uses_or_probes() {
     assert!(warnings.iter().any(|w| w.contains("9104")), "{warnings:?}");
     let mut annotated = opted_in();
     annotated["sidewatch.io/admin-port"] = "8080".into();
-    assert!(refused(&pod(annotated, web())).contains("8080"));
+    assert!(refused(&pod(annotated, web()), RefusalKind::AdminPort).contains("8080"));
 }
 
 #[test]
 fn dead_ends_are_refused_or_degraded_with_a_reason() {
     let mut p = pod(opted_in(), web());
     p["spec"]["hostNetwork"] = true.into();
-    assert!(refused(&p).contains("hostNetwork"));
+    assert!(refused(&p, RefusalKind::DeadEnd).contains("hostNetwork"));
     p["metadata"]["annotations"]["sidewatch.io/host-network"] = "true".into();
     injected(&p);
 
@@ -179,7 +180,7 @@ fn dead_ends_are_refused_or_degraded_with_a_reason() {
         web(),
     );
     p["spec"]["restartPolicy"] = "Never".into();
-    assert!(refused(&p).contains("restartPolicy"));
+    assert!(refused(&p, RefusalKind::DeadEnd).contains("restartPolicy"));
     p["spec"]["restartPolicy"] = "Always".into();
     let (out, _) = injected(&p);
     assert_eq!(out["spec"]["containers"][1]["name"], "sidewatch");
@@ -190,11 +191,11 @@ fn dead_ends_are_refused_or_degraded_with_a_reason() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "sidewatch", "image": "mine"}));
-    assert!(refused(&p).contains("there already"));
+    assert!(refused(&p, RefusalKind::Shape).contains("there already"));
 
     let mut bad = opted_in();
     bad["sidewatch.io/app-container"] = "nope".into();
-    assert!(refused(&pod(bad, web())).contains("nope"));
+    assert!(refused(&pod(bad, web()), RefusalKind::AppContainer).contains("nope"));
 }
 
 #[test]
@@ -238,16 +239,16 @@ fn memory_modes_bring_what_they_need_and_respect_names() {
         web(),
     );
     p["spec"]["shareProcessNamespace"] = false.into();
-    assert!(refused(&p).contains("shareProcessNamespace"));
+    assert!(refused(&p, RefusalKind::Memory).contains("shareProcessNamespace"));
 }
 
 #[test]
 fn a_pod_with_nothing_to_watch_is_explained() {
     let app = json!({"name": "batch", "image": "example/batch"});
-    assert!(refused(&pod(opted_in(), app)).contains("sidewatch.io/target"));
+    assert!(refused(&pod(opted_in(), app), RefusalKind::Target).contains("sidewatch.io/target"));
     let app =
         json!({"name": "dns", "image": "x", "ports": [{"containerPort": 53, "protocol": "UDP"}]});
-    assert!(refused(&pod(opted_in(), app)).contains("no TCP containerPort"));
+    assert!(refused(&pod(opted_in(), app), RefusalKind::Target).contains("no TCP containerPort"));
     let mut annotated = opted_in();
     annotated["sidewatch.io/target"] = "tcp://${POD_IP}:53".into();
     let app =

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Idle memory with every feature on, as in a pod, beside blackbox_exporter doing the same work.
+
+sidewatch: one HTTP probe at 1 s of a healthy upstream (bench/upstream.py); memory from a cgroup
+v1 memory cgroup made for the run (the app upstream runs in it); the drain's traffic watcher on
+the probed port; Kubernetes on, against bench/fake_api.py (the pod listed and watched, the
+readiness gate patched). blackbox_exporter (Debian's): its http module, asked
+`/probe?module=http&target=...` of the same upstream once a second, as Prometheus would at a
+1 s scrape interval. After --settle seconds (default 30): RSS (anonymous and file-backed), PSS
+from smaps_rollup, and peak RSS of each; the figure is sidewatch's over blackbox_exporter's.
+Target: sidewatch RSS <= 8 MiB.
+
+Needs root and cgroup v1 at /sys/fs/cgroup/memory.
+
+usage: bench/idle_memory.py [--settle 30]
+"""
+
+import argparse
+import http.client
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import cgroup
+import common
+
+
+def fake_api():
+    port = common.free_port()
+    kubeconfig = os.path.join(tempfile.mkdtemp(prefix="sidewatch-bench-kube-"), "kubeconfig")
+    p = subprocess.Popen([sys.executable, os.path.join(common.BENCH, "fake_api.py"), str(port),
+                          kubeconfig], stdout=subprocess.PIPE, text=True)
+    common._procs.append(p)
+    line = p.stdout.readline()
+    if not line.startswith("listening"):
+        raise RuntimeError(f"the fake API said {line!r}")
+    return kubeconfig
+
+
+def scrape_every_second(port, path, stop):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while not stop.wait(1.0):
+        conn.request("GET", path)
+        conn.getresponse().read()
+
+
+def run():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--settle", type=float, default=30.0)
+    args = ap.parse_args()
+    cg = cgroup.Cgroup(limit_bytes=256 << 20)
+    try:
+        up_port, admin_port = common.free_port(), common.free_port()
+        up = common.upstream(up_port)
+        cg.write("cgroup.procs", str(up.pid))
+        kubeconfig = fake_api()
+        env = dict(os.environ, KUBECONFIG=kubeconfig, POD_NAME="web-1", POD_NAMESPACE="shop",
+                   CONTAINER_NAME="sidewatch", SIDEWATCH_KUBERNETES_ENABLED="true")
+        sw = common.spawn([common.binary(), "run", "--target", f"http://127.0.0.1:{up_port}/healthz",
+                           "--listen", f"127.0.0.1:{admin_port}", "--interval", "1s",
+                           "--cgroup", cg.path], log="idle_memory.log", env=env)
+        common.wait_port(admin_port, sw)
+        admin = common.Admin(admin_port)
+        admin.wait_ready(200)
+        features = [line for line in admin.get("/metrics")[1].decode().splitlines()
+                    if line.startswith("sidewatch_features{")]
+        bb, bb_port = common.blackbox("  http:\n    prober: http\n    timeout: 5s\n")
+        stop = threading.Event()
+        threading.Thread(target=scrape_every_second, daemon=True,
+                         args=(bb_port, f"/probe?module=http&target=http://127.0.0.1:{up_port}/healthz",
+                               stop)).start()
+        time.sleep(args.settle)
+        stop.set()
+        s, b = common.memory(sw.pid), common.memory(bb.pid)
+        print(f"sidewatch features: {' '.join(f.split('{')[1].split('}')[0] + '=' + f.split()[-1] for f in features)}")
+        print(f"sidewatch after {args.settle:g}s: {common.fmt_memory(s)}")
+        print(f"blackbox_exporter after {args.settle:g}s: {common.fmt_memory(b)}")
+        print(f"sidewatch / blackbox_exporter: RSS {s['VmRSS'] / b['VmRSS']:.2f}, "
+              f"anonymous {s['RssAnon'] / b['RssAnon']:.2f}, PSS {s['Pss'] / b['Pss']:.2f}  "
+              f"target sidewatch RSS <= 8 MiB  {'MET' if s['VmRSS'] <= 8 else 'MISSED'}")
+    finally:
+        common.stop_all()
+        cg.remove()
+
+
+if __name__ == "__main__":
+    common.main(run)
