@@ -5,7 +5,8 @@ What it measures. In a network namespace of its own (`ip netns add`, loopback up
 end even on failure): an HTTP/1.1 keep-alive app (http.server, ThreadingHTTPServer, its own
 process, listen backlog 4096, RLIMIT_NOFILE raised), sidewatch (`run --target
 http://127.0.0.1:8080/ --listen 127.0.0.1:9102 --cgroup none`, SIDEWATCH_DRAIN_QUIET=120s,
-SIDEWATCH_DRAIN_MAX=60s so that a drain polls the port every 100 ms for the whole window), and a
+SIDEWATCH_DRAIN_MAX=60s so that a drain polls the port every 100 ms for the whole window, and
+SIDEWATCH_DRAIN_GRACE_PERIOD=90s, which drain.max may not exceed), and a
 holder process that opens N (default 1,000) keep-alive connections to the app, sends one request
 on each and then leaves them idle (RLIMIT_NOFILE raised).
   1. idle: sidewatch's utime+stime (/proc/PID/stat) over --window (30) s with the connections open
@@ -47,7 +48,8 @@ import netns
 from netns import APP_PORT, SW_PORT, http_get, stop_process
 
 HERE = os.path.abspath(__file__)
-DRAIN_ENV = {"SIDEWATCH_DRAIN_QUIET": "120s", "SIDEWATCH_DRAIN_MAX": "60s"}
+DRAIN_ENV = {"SIDEWATCH_DRAIN_QUIET": "120s", "SIDEWATCH_DRAIN_MAX": "60s",
+             "SIDEWATCH_DRAIN_GRACE_PERIOD": "90s"}
 POD_ADDR, PEER_ADDR = "10.231.9.1", "10.231.9.2"
 WITHIN = 30.0  # how long to wait for the app, sidewatch, the connections
 
