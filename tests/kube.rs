@@ -280,6 +280,60 @@ async fn a_deletion_timestamp_is_terminating() {
     s.sw.wait_log("/drain is open to the kubelet").await;
 }
 
+/// A terminating pod's drain, as the kubelet runs it (the pod's deletion, then the preStop hook's
+/// GET /drain), under each `drain.readiness`: by default `/readyz` turns 503 and the gate False;
+/// serving while terminating, both stay as they were through the drain, which `/readyz` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_pod_drains_failing_or_serving_as_configured() {
+    for (readiness, status, gate) in [
+        ("fail", 503, "False"),
+        ("serve_while_terminating", 200, "True"),
+    ] {
+        let s = setup(
+            fake_api::pod(true),
+            &[
+                ("SIDEWATCH_DRAIN_READINESS", readiness),
+                ("SIDEWATCH_DRAIN_DELAY", "2s"),
+            ],
+        )
+        .await;
+        s.sw.wait_ready(WITHIN).await;
+        s.api.wait_gate("True", WITHIN).await;
+        let patches_before = s.api.gate_patches().len();
+        s.api.update_pod(|pod| {
+            pod["metadata"]["deletionTimestamp"] = rfc3339(SystemTime::now()).into()
+        });
+        s.sw.wait_log("/drain is open to the kubelet").await;
+        let url = s.sw.url("/drain");
+        let pre_stop = tokio::spawn(async move { common::client().get(url).send().await });
+        let body = eventually("/readyz to say draining", WITHIN, || async {
+            let (code, body) = s.sw.readyz().await;
+            (body["draining"] == true).then_some((code, body))
+        })
+        .await;
+        assert_eq!(body.0, status, "{readiness}: {}", body.1);
+        let said: Vec<&str> = body.1[if status == 200 { "warnings" } else { "reasons" }]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["reason"].as_str())
+            .collect();
+        assert_eq!(said, ["draining", "terminating"], "{readiness}: {}", body.1);
+        let answer = pre_stop.await.unwrap().expect("the preStop hook's /drain");
+        assert_eq!(answer.status().as_u16(), 200, "{readiness}");
+        s.api.wait_gate(gate, WITHIN).await;
+        let turned_false = s.api.gate_patches()[patches_before..]
+            .iter()
+            .any(|p| p.body.to_string().contains("\"status\":\"False\""));
+        assert_eq!(
+            turned_false,
+            gate == "False",
+            "{readiness}: the gate's patches"
+        );
+        assert_eq!(s.sw.metric("sidewatch_draining").await, Some(1.0));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_410_gone_forces_a_relist_and_the_gate_is_asserted_again() {
     let s = setup(fake_api::pod(true), &[]).await;

@@ -94,7 +94,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .iter()
         .flat_map(|p| p.check.reasons().iter().copied())
         .collect();
-    let mut engine = Engine::new();
+    let mut engine = Engine::with_drain_readiness(config.drain.readiness);
     let now = SystemTime::now();
     let mut probers = Vec::new();
     for probe in &config.probes.0 {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::DrainReadiness;
 use crate::traffic::TrafficSource;
 use crate::units::duration;
 
@@ -36,6 +37,9 @@ pub struct DrainConfig {
     /// Count the namespace's TCP PassiveOpens (minus sidewatch's own) as arrivals, to catch
     /// connections that open and close between two polls.
     pub passive_opens: bool,
+    /// `fail`: not ready from the drain's start; `serve_while_terminating`: ready while
+    /// Kubernetes terminates the pod, for terminating-but-serving endpoints.
+    pub readiness: DrainReadiness,
 }
 
 impl Default for DrainConfig {
@@ -48,6 +52,7 @@ impl Default for DrainConfig {
             grace_period: Duration::from_secs(30),
             token_env: None,
             port: None,
+            readiness: DrainReadiness::Fail,
             traffic_source: TrafficSource::Auto,
             passive_opens: true,
         }

@@ -39,10 +39,13 @@ pub struct Cause {
     pub since: SystemTime,
 }
 
-/// The engine's answer. `warnings` lists failing non-critical signals.
+/// The engine's answer. `warnings` lists failing non-critical signals, and the drain and the
+/// pod's termination when they do not veto (`DrainReadiness::ServeWhileTerminating`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     pub ready: bool,
+    /// A drain has started: its own state, whether or not it vetoes readiness.
+    pub draining: bool,
     pub reasons: Vec<Cause>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Cause>,
@@ -69,6 +72,20 @@ impl Verdict {
             .chain(&self.warnings)
             .any(|c| c.reason == Reason::Terminating)
     }
+}
+
+/// What a drain does to readiness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainReadiness {
+    /// Not ready from the drain's start: load balancers that only follow readiness stop sending.
+    #[default]
+    Fail,
+    /// While Kubernetes terminates the pod, neither the termination nor the drain vetoes: the
+    /// pod stays ready, so its endpoint stays `serving` and proxies that fall back to serving
+    /// terminating endpoints (KEP-1669) may still use it. A drain of a pod that is not
+    /// terminating still fails readiness.
+    ServeWhileTerminating,
 }
 
 /// What an input changed, so callers log and count only real transitions.
@@ -104,6 +121,7 @@ struct SignalState {
 pub struct Engine {
     signals: BTreeMap<Signal, SignalState>,
     drain: Option<Cause>,
+    drain_readiness: DrainReadiness,
     verdict: Verdict,
 }
 
@@ -115,11 +133,17 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new() -> Self {
+        Self::with_drain_readiness(DrainReadiness::Fail)
+    }
+
+    pub fn with_drain_readiness(drain_readiness: DrainReadiness) -> Self {
         Self {
             signals: BTreeMap::new(),
             drain: None,
+            drain_readiness,
             verdict: Verdict {
                 ready: true,
+                draining: false,
                 reasons: Vec::new(),
                 warnings: Vec::new(),
             },
@@ -205,7 +229,7 @@ impl Engine {
     }
 
     fn recompute(&mut self) -> Change {
-        let mut reasons: Vec<Cause> = self.drain.iter().cloned().collect();
+        let mut reasons = Vec::new();
         let mut warnings = Vec::new();
         for (name, state) in &self.signals {
             let cause = match (state.health, &state.failure) {
@@ -225,8 +249,21 @@ impl Engine {
                 warnings.push(cause);
             }
         }
+        // Serving while terminating: the termination and the drain are said, not vetoes.
+        let serving = self.drain_readiness == DrainReadiness::ServeWhileTerminating
+            && reasons.iter().any(|c| c.reason == Reason::Terminating);
+        if serving {
+            let (terminating, rest): (Vec<Cause>, Vec<Cause>) = reasons
+                .into_iter()
+                .partition(|c| c.reason == Reason::Terminating);
+            reasons = rest;
+            warnings.splice(0..0, self.drain.iter().cloned().chain(terminating));
+        } else {
+            reasons.splice(0..0, self.drain.iter().cloned());
+        }
         let next = Verdict {
             ready: reasons.is_empty(),
+            draining: self.drain.is_some(),
             reasons,
             warnings,
         };

@@ -285,6 +285,7 @@ mod tests {
     fn verdict(reasons: &[(Signal, Reason)]) -> Verdict {
         Verdict {
             ready: reasons.is_empty(),
+            draining: false,
             reasons: reasons
                 .iter()
                 .map(|(signal, reason)| crate::engine::Cause {

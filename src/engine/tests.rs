@@ -190,8 +190,73 @@ fn verdict_serialises_as_design_md_shows() {
     let json = serde_json::to_value(e.verdict()).unwrap();
     assert_eq!(
         json,
-        serde_json::json!({"ready": false, "reasons": [{
+        serde_json::json!({"ready": false, "draining": false, "reasons": [{
                 "signal": "probe:app", "reason": "refused", "message": "refused happened",
                 "since": "2023-11-14T22:13:21.000Z"}]})
     );
+}
+
+const SINGLE: SignalSpec = SignalSpec {
+    failure_threshold: 1,
+    success_threshold: 1,
+    critical: true,
+};
+
+fn terminating(e: &mut Engine, at: SystemTime) -> Change {
+    let pod = Signal::Kube(Kube::Pod);
+    e.observe(&pod, fail(Reason::Terminating), at)
+}
+
+/// A pod, its probe up, its pod signal registered; `readiness` decides what the drain does.
+fn pod_engine(readiness: DrainReadiness) -> Engine {
+    let mut e = Engine::with_drain_readiness(readiness);
+    e.register(probe("app"), SPEC, t(0));
+    e.register(Signal::Kube(Kube::Pod), SINGLE, t(0));
+    e.observe(&probe("app"), Observation::Success, t(1));
+    e.observe(&Signal::Kube(Kube::Pod), Observation::Success, t(1));
+    assert!(e.verdict().ready);
+    e
+}
+
+#[test]
+fn by_default_termination_and_drain_each_take_the_pod_out() {
+    let mut e = pod_engine(DrainReadiness::Fail);
+    assert_eq!(terminating(&mut e, t(2)), Change::Readiness);
+    assert_eq!(e.start_drain("kubelet preStop", t(3)), Change::Detail);
+    let v = e.verdict();
+    assert!(!v.ready && v.draining);
+    let reasons: Vec<Reason> = v.reasons.iter().map(|c| c.reason).collect();
+    assert_eq!(reasons, [Reason::Draining, Reason::Terminating]);
+    assert!(v.terminating());
+}
+
+#[test]
+fn serving_while_terminating_keeps_the_pod_ready_and_says_why() {
+    let mut e = pod_engine(DrainReadiness::ServeWhileTerminating);
+    assert_eq!(terminating(&mut e, t(2)), Change::Detail);
+    assert_eq!(e.start_drain("kubelet preStop", t(3)), Change::Detail);
+    let v = e.verdict();
+    assert!(v.ready && v.draining, "{v:?}");
+    let warnings: Vec<Reason> = v.warnings.iter().map(|c| c.reason).collect();
+    assert_eq!(warnings, [Reason::Draining, Reason::Terminating]);
+    assert!(
+        v.terminating(),
+        "the preStop hook may still drain without the token"
+    );
+    // A real failure still takes it out, with the drain said beside it.
+    e.observe(&probe("app"), fail(Reason::Refused), t(4));
+    assert_eq!(
+        e.observe(&probe("app"), fail(Reason::Refused), t(5)),
+        Change::Readiness
+    );
+    assert_eq!(e.verdict().reasons[0].reason, Reason::Refused);
+}
+
+#[test]
+fn serving_while_terminating_still_fails_a_drain_of_a_pod_kubernetes_keeps() {
+    let mut e = pod_engine(DrainReadiness::ServeWhileTerminating);
+    assert_eq!(e.start_drain("POST /drain", t(2)), Change::Readiness);
+    let v = e.verdict();
+    assert!(!v.ready && v.draining);
+    assert_eq!(v.reasons[0].reason, Reason::Draining);
 }

@@ -36,6 +36,7 @@ pub struct Options {
     pub memory: Option<Memory>,
     pub process_match: Option<String>,
     pub memory_unready_above: Option<String>,
+    pub drain_readiness: Option<String>,
     pub plain: Option<bool>,
     pub admin_port: Option<u16>,
     pub host_network: bool,
@@ -47,7 +48,7 @@ pub enum TargetSetting {
     Probe(String),
 }
 
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 11] = [
     "inject",
     "target",
     "app-container",
@@ -58,6 +59,7 @@ const KNOWN: [&str; 10] = [
     "mode",
     "admin-port",
     "host-network",
+    "drain-readiness",
 ];
 
 impl Options {
@@ -96,6 +98,10 @@ impl Options {
                 "memory-unready-above" => {
                     sidecar_accepts(&[("SIDEWATCH_MEMORY_UNREADY_ABOVE", text)]).map_err(bad)?;
                     o.memory_unready_above = Some(text.to_owned());
+                }
+                "drain-readiness" => {
+                    sidecar_accepts(&[("SIDEWATCH_DRAIN_READINESS", text)]).map_err(bad)?;
+                    o.drain_readiness = Some(text.to_owned());
                 }
                 "mode" => {
                     o.plain = Some(match text {
@@ -205,6 +211,13 @@ mod tests {
         );
         let err = parse(json!({"sidewatch.io/memory": "proc"})).unwrap_err();
         assert!(err.contains("process-match"), "{err}");
+        let err = parse(json!({"sidewatch.io/drain-readiness": "serve"})).unwrap_err();
+        assert!(err.contains("sidewatch.io/drain-readiness"), "{err}");
+        let ok = parse(json!({"sidewatch.io/drain-readiness": "serve_while_terminating"})).unwrap();
+        assert_eq!(
+            ok.drain_readiness.as_deref(),
+            Some("serve_while_terminating")
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub struct Sidecar<'a> {
     /// The pod mounts a service-account token: the Kubernetes watch, gate and Events can work.
     pub kubernetes: bool,
     pub memory_unready_above: Option<&'a str>,
+    pub drain_readiness: Option<&'a str>,
     pub memory: MemoryPlan,
     /// The app container sets `resources.limits.memory`.
     pub app_memory_limit: bool,
@@ -77,6 +78,9 @@ impl Sidecar<'_> {
         }
         if let Some(v) = self.memory_unready_above {
             env.push(value_env("SIDEWATCH_MEMORY_UNREADY_ABOVE", v));
+        }
+        if let Some(v) = self.drain_readiness {
+            env.push(value_env("SIDEWATCH_DRAIN_READINESS", v));
         }
         let source = match self.memory.source {
             Memory::AppRoot => "app-root",

@@ -282,3 +282,24 @@ fn a_label_of_the_pod_is_never_rewritten_and_a_clash_is_said() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn the_drain_readiness_annotation_reaches_the_sidecar() {
+    let (out, _) = injected(&pod(
+        json!({"sidewatch.io/inject": "true", "sidewatch.io/drain-readiness": "serve_while_terminating"}),
+        web(),
+    ));
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(
+        env(sidecar, "SIDEWATCH_DRAIN_READINESS"),
+        Some("serve_while_terminating")
+    );
+    let (out, _) = injected(&pod(opted_in(), web()));
+    assert_eq!(
+        env(
+            &out["spec"]["initContainers"][0],
+            "SIDEWATCH_DRAIN_READINESS"
+        ),
+        None
+    );
+}
