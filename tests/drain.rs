@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Sidewatch;
+use common::{eventually, Sidewatch};
 use netns::{in_netns, Netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -221,6 +221,48 @@ fn keep_alive_traffic_holds_the_drain_and_idle_connections_do_not() {
         assert!(body["bytes_in"].as_u64().unwrap() > 0, "{body}");
         // The idle ones are still open (the stopped client closed its own).
         assert_eq!(sw.metric("sidewatch_app_connections").await, Some(3.0));
+    });
+}
+
+/// Between drains the app port's sockets are dumped only when a connection that is not
+/// sidewatch's own opened (and every 10 s, for closes): 30 probes of the app, each a connection in
+/// the namespace, cost at most the one periodic dump; three foreign connections show at once, and
+/// their closing within the 10 s.
+#[test]
+fn between_drains_the_sockets_are_dumped_only_for_foreign_connections() {
+    let Some(ns) = Netns::create("dumps") else {
+        return;
+    };
+    ns.run(|ns| async move {
+        let app = app("127.0.0.1:0").await;
+        let sw = start_sidewatch(&ns, app, &[]);
+        sw.wait_ready(WITHIN).await;
+        const PROBES: &str = "sidewatch_probe_duration_seconds_count{probe=\"app\"}";
+        let count = |series: &'static str| {
+            let sw = &sw;
+            async move { sw.metric(series).await.unwrap_or(0.0) }
+        };
+        let (probes, dumps) = (
+            count(PROBES).await,
+            count("sidewatch_app_socket_dumps_total").await,
+        );
+        eventually("30 more probes", Duration::from_secs(30), || async {
+            (count(PROBES).await >= probes + 30.0).then_some(())
+        })
+        .await;
+        let idle_dumps = count("sidewatch_app_socket_dumps_total").await - dumps;
+        assert!(idle_dumps <= 1.0, "{idle_dumps} dumps for 30 probes");
+
+        let held = idle_connections(app, 3).await;
+        eventually("the foreign connections counted", WITHIN, || async {
+            (sw.metric("sidewatch_app_connections").await == Some(3.0)).then_some(())
+        })
+        .await;
+        drop(held);
+        eventually("their closing counted", Duration::from_secs(25), || async {
+            (sw.metric("sidewatch_app_connections").await == Some(0.0)).then_some(())
+        })
+        .await;
     });
 }
 

@@ -131,7 +131,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         reasons.extend(kubernetes::REASONS);
     }
     let accepted = Arc::new(AtomicU64::new(0));
-    let traffic = traffic_watcher(&config, accepted.clone())?;
+    let own_connects = Arc::new(AtomicU64::new(0));
+    let traffic = traffic_watcher(&config, accepted.clone(), own_connects.clone())?;
+    let watched_port = traffic.as_ref().map(TrafficWatcher::port);
     let traffic_on = traffic.is_some();
     let access = Access {
         token: drain_token(&config)?,
@@ -162,11 +164,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Probes stop when a drain starts: sidewatch then leaves the app alone.
     for (config, prober) in probers {
         let name = config.signal().to_string();
+        let on_watched_port = watched_port.is_some() && config.port() == watched_port;
         let watcher = ProbeWatcher {
             config,
             prober,
             metrics: probe_metrics.clone(),
             inputs: inputs_tx.clone(),
+            own_connects: on_watched_port.then(|| own_connects.clone()),
         };
         tasks.spawn(name, drain.draining(), watcher.run());
     }
@@ -262,6 +266,7 @@ fn spawn_watch_runtime(
 fn traffic_watcher(
     config: &Config,
     accepted: Arc<AtomicU64>,
+    own_connects: Arc<AtomicU64>,
 ) -> Result<Option<TrafficWatcher>, StartError> {
     let d = &config.drain;
     let port = d.port.or_else(|| {
@@ -276,7 +281,13 @@ fn traffic_watcher(
         tracing::info!("drain: no app port (drain.port, or a critical probe's port): a drain ends after drain.delay");
         return Ok(None);
     };
-    match TrafficWatcher::new(port, d.traffic_source, d.passive_opens, accepted) {
+    match TrafficWatcher::new(
+        port,
+        d.traffic_source,
+        d.passive_opens,
+        accepted,
+        own_connects,
+    ) {
         Ok(watcher) => {
             tracing::info!(port, source = %watcher.describe(), "drain: watching the app port's traffic");
             Ok(Some(watcher))

@@ -15,7 +15,7 @@ pub use crate::engine::bus::DrainEnd;
 use crate::engine::bus::{Input, Notice};
 use crate::liveness::Tasks;
 use crate::metrics::{self, Registry};
-use crate::traffic::{compare, Activity, Snapshot, TrafficWatcher};
+use crate::traffic::{compare, Activity, Need, Snapshot, TrafficWatcher};
 use config::DrainConfig;
 
 /// How often the port is looked at while draining; `quiet` is judged to this precision.
@@ -30,6 +30,7 @@ pub struct DrainMetrics {
     duration: prometheus::Histogram,
     draining: prometheus::IntGauge,
     connections: Option<prometheus::IntGauge>,
+    dumps: Option<prometheus::IntCounter>,
 }
 
 impl DrainMetrics {
@@ -58,11 +59,18 @@ impl DrainMetrics {
                 "Open TCP connections on the app port (drain.port). Those still open at the end of a drain were idle keep-alives.",
             ))
         });
+        let dumps = traffic.then(|| {
+            registry.register(metrics::counter(
+                "sidewatch_app_socket_dumps_total",
+                "Looks at the app port's sockets that dumped them (the rest reused the last, the namespace's counters showing nothing new): each walks the node's TCP hash.",
+            ))
+        });
         DrainMetrics {
             drains,
             duration,
             draining,
             connections,
+            dumps,
         }
     }
 }
@@ -231,16 +239,19 @@ impl DrainTask {
 
     /// A look at the port's sockets off the runtime's thread: a netlink dump may block (up to
     /// its 1 s bound), and the probes share that thread. `None` without a traffic watcher.
-    async fn snapshot(&mut self) -> Option<std::io::Result<Snapshot>> {
+    async fn snapshot(&mut self, need: Need) -> Option<std::io::Result<Snapshot>> {
         let mut traffic = self.traffic.take()?;
         let looked = tokio::task::spawn_blocking(move || {
-            let snapshot = traffic.snapshot();
+            let snapshot = traffic.snapshot(need);
             (traffic, snapshot)
         })
         .await;
         match looked {
             Ok((traffic, snapshot)) => {
                 self.traffic = Some(traffic);
+                if let (Ok(s), Some(dumps)) = (&snapshot, &self.metrics.dumps) {
+                    dumps.inc_by(u64::from(s.dumped));
+                }
                 Some(snapshot)
             }
             Err(e) => {
@@ -253,7 +264,7 @@ impl DrainTask {
     /// Polls the port until it has been quiet for `quiet` after at least `delay`, or `max`.
     async fn hold(&mut self, began: Instant) -> DrainEnd {
         let mut ticker = tokio::time::interval(DRAIN_POLL);
-        let mut previous = self.snapshot().await.and_then(Result::ok);
+        let mut previous = self.snapshot(Need::Bytes).await.and_then(Result::ok);
         let mut last_activity = began;
         let mut total = Activity::default();
         loop {
@@ -261,7 +272,7 @@ impl DrainTask {
             // measure 0.9999 s of quiet and cost one more poll.
             let now = ticker.tick().await.into_std();
             if let Some(prev) = previous.as_ref() {
-                match self.snapshot().await {
+                match self.snapshot(Need::Bytes).await {
                     // The watch is lost: from here on, as without one (the drain ends after
                     // `delay`), which the loss's own log says.
                     None => previous = None,
@@ -308,7 +319,7 @@ impl DrainTask {
 
     /// Refreshes the open-connections gauge outside a drain.
     async fn look(&mut self) {
-        match self.snapshot().await {
+        match self.snapshot(Need::Connections).await {
             Some(Ok(s)) => {
                 if let Some(gauge) = &self.metrics.connections {
                     gauge.set(s.sockets.values().filter(|s| s.open).count() as i64);

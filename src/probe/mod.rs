@@ -9,6 +9,8 @@ mod tcp;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -184,6 +186,9 @@ pub struct ProbeWatcher {
     pub prober: Prober,
     pub metrics: ProbeMetrics,
     pub inputs: mpsc::Sender<Input>,
+    /// Counts this probe's connections when they go to the port the drain watches, which sees
+    /// them arrive as the namespace's PassiveOpens: they are not app traffic.
+    pub own_connects: Option<Arc<AtomicU64>>,
 }
 
 impl ProbeWatcher {
@@ -196,6 +201,9 @@ impl ProbeWatcher {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            if let Some(own) = &self.own_connects {
+                own.fetch_add(1, Ordering::Relaxed);
+            }
             let start = Instant::now();
             let result = self.prober.check(self.config.timeout).await;
             duration.observe(start.elapsed().as_secs_f64());

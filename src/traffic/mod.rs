@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -46,6 +47,8 @@ pub struct Snapshot {
     pub sockets: HashMap<SockKey, Sock>,
     /// The namespace's TCP `PassiveOpens` minus the connections sidewatch accepted itself.
     pub passive_opens: Option<u64>,
+    /// This look dumped the sockets (else it reused the last dump's).
+    pub dumped: bool,
 }
 
 /// What changed between two polls.
@@ -86,16 +89,41 @@ pub fn compare(prev: &Snapshot, next: &Snapshot) -> Activity {
     activity
 }
 
+/// What a look must be able to tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// New connections and bytes in (a drain): the sockets are dumped whenever a segment came in.
+    Bytes,
+    /// The open connections only (the gauge between drains): dumped when a connection opened
+    /// that was not sidewatch's own (a probe's, or one its server accepted), and at least every
+    /// `CLOSES_SEEN_WITHIN` for the ones that closed, which no counter tells apart from
+    /// sidewatch's own.
+    Connections,
+}
+
 pub struct TrafficWatcher {
     port: u16,
     backend: Backend,
-    /// The last full look and the namespace's TCP `InSegs` then: with no segment received since,
-    /// there can be no new connection and no byte in, and the socket dump (a walk of the kernel's
-    /// whole TCP table, milliseconds) is skipped.
-    last: Option<(u64, HashMap<SockKey, Sock>)>,
-    /// Connections sidewatch's own server accepted: they raise PassiveOpens but are not app traffic.
+    /// The last full look, with the namespace's counters then. The socket dump walks the kernel's
+    /// whole TCP hash, node-wide (milliseconds, however few sockets the pod has), so it is skipped
+    /// when the counters say nothing it reports can have changed.
+    last: Option<Last>,
+    /// Sidewatch's own connections, which raise the namespace's PassiveOpens but are not app
+    /// traffic: those its server accepted, and its probes' connections to the app port.
     own_accepts: Arc<AtomicU64>,
+    own_connects: Arc<AtomicU64>,
     passive_opens: bool,
+}
+
+/// How stale the open connections may be for closes, between drains.
+pub const CLOSES_SEEN_WITHIN: Duration = Duration::from_secs(10);
+
+struct Last {
+    at: Instant,
+    in_segs: u64,
+    /// PassiveOpens less sidewatch's own.
+    foreign_opens: u64,
+    sockets: HashMap<SockKey, Sock>,
 }
 
 enum Backend {
@@ -110,6 +138,7 @@ impl TrafficWatcher {
         source: TrafficSource,
         passive_opens: bool,
         own_accepts: Arc<AtomicU64>,
+        own_connects: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
         let backend = match source {
             TrafficSource::Proc => Backend::Proc,
@@ -127,15 +156,16 @@ impl TrafficWatcher {
             backend,
             last: None,
             own_accepts,
+            own_connects,
             passive_opens,
         };
-        if let Err(e) = watcher.snapshot() {
+        if let Err(e) = watcher.snapshot(Need::Bytes) {
             if source != TrafficSource::Auto || matches!(watcher.backend, Backend::Proc) {
                 return Err(e);
             }
             tracing::info!(error = %e, "sock_diag dump failed; watching /proc/net/tcp");
             watcher.backend = Backend::Proc;
-            watcher.snapshot()?;
+            watcher.snapshot(Need::Bytes)?;
         }
         Ok(watcher)
     }
@@ -158,23 +188,36 @@ impl TrafficWatcher {
         format!("{sockets}{opens}")
     }
 
-    pub fn snapshot(&mut self) -> std::io::Result<Snapshot> {
+    pub fn snapshot(&mut self, need: Need) -> std::io::Result<Snapshot> {
         let snmp = procfs::net::snmp().map_err(std::io::Error::other)?;
-        let passive_opens = self.passive_opens.then(|| {
-            let own = self.own_accepts.load(Ordering::Relaxed);
-            snmp.tcp_passive_opens.saturating_sub(own)
+        let own =
+            self.own_accepts.load(Ordering::Relaxed) + self.own_connects.load(Ordering::Relaxed);
+        let foreign_opens = snmp.tcp_passive_opens.saturating_sub(own);
+        let unchanged = self.last.as_ref().is_some_and(|l| match need {
+            // No segment in: no new connection, no byte in.
+            Need::Bytes => l.in_segs == snmp.tcp_in_segs,
+            // Segments in (the probes' own, at least) do not matter here.
+            Need::Connections => {
+                l.foreign_opens == foreign_opens && l.at.elapsed() < CLOSES_SEEN_WITHIN
+            }
         });
         let sockets = match &self.last {
-            Some((in_segs, sockets)) if *in_segs == snmp.tcp_in_segs => sockets.clone(),
+            Some(last) if unchanged => last.sockets.clone(),
             _ => {
                 let sockets = self.sockets()?;
-                self.last = Some((snmp.tcp_in_segs, sockets.clone()));
+                self.last = Some(Last {
+                    at: Instant::now(),
+                    in_segs: snmp.tcp_in_segs,
+                    foreign_opens,
+                    sockets: sockets.clone(),
+                });
                 sockets
             }
         };
         Ok(Snapshot {
             sockets,
-            passive_opens,
+            passive_opens: self.passive_opens.then_some(foreign_opens),
+            dumped: !unchanged,
         })
     }
 
@@ -309,76 +352,4 @@ fn unmap(ip: IpAddr) -> IpAddr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(remote_port: u16) -> SockKey {
-        (
-            "127.0.0.1:8080".parse().unwrap(),
-            SocketAddr::new([127, 0, 0, 1].into(), remote_port),
-        )
-    }
-
-    fn snap(socks: &[(u16, bool, Option<u64>)], opens: Option<u64>) -> Snapshot {
-        Snapshot {
-            sockets: socks
-                .iter()
-                .map(|(p, open, bytes_in)| {
-                    (
-                        key(*p),
-                        Sock {
-                            open: *open,
-                            bytes_in: *bytes_in,
-                        },
-                    )
-                })
-                .collect(),
-            passive_opens: opens,
-        }
-    }
-
-    #[test]
-    fn idle_keep_alive_connections_are_quiet() {
-        let a = snap(&[(1000, true, Some(500)), (1001, true, Some(90))], Some(7));
-        let activity = compare(&a, &a.clone());
-        assert!(activity.is_quiet());
-        assert_eq!(activity.open, 2);
-    }
-
-    #[test]
-    fn bytes_on_a_kept_alive_connection_are_traffic() {
-        let a = snap(&[(1000, true, Some(500))], None);
-        let b = snap(&[(1000, true, Some(620))], None);
-        assert_eq!(compare(&a, &b).bytes_in, 120);
-    }
-
-    #[test]
-    fn a_new_socket_in_any_state_is_a_new_connection() {
-        let a = snap(&[(1000, true, Some(1))], None);
-        let b = snap(
-            &[
-                (1000, true, Some(1)),
-                (1001, false, None),
-                (1002, true, Some(0)),
-            ],
-            None,
-        );
-        let activity = compare(&a, &b);
-        assert_eq!((activity.new_connections, activity.open), (2, 2));
-        // A socket that went away is no arrival.
-        assert_eq!(compare(&b, &a).new_connections, 0);
-    }
-
-    #[test]
-    fn passive_opens_catch_connections_that_left_no_socket() {
-        let a = snap(&[], Some(100));
-        let b = snap(&[(1001, false, None)], Some(104));
-        assert_eq!(
-            compare(&a, &b).new_connections,
-            4,
-            "one seen, three gone between polls"
-        );
-        let c = snap(&[(1001, false, None)], Some(104));
-        assert!(compare(&b, &c).is_quiet());
-    }
-}
+mod tests;
