@@ -59,7 +59,10 @@ async fn ready_on_a_healthy_upstream() {
     sw.wait_ready(WITHIN).await;
     let (status, body) = sw.readyz().await;
     assert_eq!(status, 200);
-    assert_eq!(body, serde_json::json!({"ready": true, "reasons": []}));
+    assert_eq!(
+        body,
+        serde_json::json!({"ready": true, "draining": false, "reasons": []})
+    );
     assert_eq!(sw.metric("sidewatch_ready").await, Some(1.0));
     assert_eq!(sw.get("/livez").await.0, 200);
 }
