@@ -21,6 +21,10 @@ Variants: --peer puts the holder in a second namespace of its own joined by a ve
 (10.231.9.0/24), as in a pod whose clients are elsewhere: sidewatch's sock_diag dump then meets
 only the app's N sockets, not the clients' N as well. --kubelet-probe GETs sidewatch's /readyz
 once a second in both windows, as the kubelet's readinessProbe of the README's pod spec would.
+--traffic RPS sends that many requests a second over the held connections in both windows (every
+poll then has segments to see). --unrelated N adds N sockets that are not the app's: 45 % of N
+connections to another port held open (both ends in the namespace) and a tenth of N in TIME_WAIT,
+to see whether the cost follows the namespace's socket count or only the app's.
 --dump-cost ROUNDS measures instead what one poll's pieces cost in such a namespace: sidewatch's
 sock_diag dump request per family (and the same with the kernel-side source-port filter, and
 without the LISTEN state, which spares the kernel its walk of the listening hash), and
@@ -52,6 +56,7 @@ DRAIN_ENV = {"SIDEWATCH_DRAIN_QUIET": "120s", "SIDEWATCH_DRAIN_MAX": "60s",
              "SIDEWATCH_DRAIN_GRACE_PERIOD": "90s"}
 POD_ADDR, PEER_ADDR = "10.231.9.1", "10.231.9.2"
 WITHIN = 30.0  # how long to wait for the app, sidewatch, the connections
+UNRELATED_PORT = 9000
 
 
 # ---------------------------------------------------------------- the idle connections
@@ -70,6 +75,37 @@ def hold(n, host, rps=0):
     print("held", len(held), flush=True)
     if rps:
         threading.Thread(target=trickle, args=(held, rps), daemon=True).start()
+    sys.stdin.read()
+
+
+def unrelated(n, time_wait):
+    """Fills the namespace with sockets that are not the app's, as a busy node's neighbours or the
+    app's own outbound connections would: a listener on UNRELATED_PORT with n connections to it
+    held open (2n ESTABLISHED sockets), and time_wait more opened and closed by the client
+    (TIME_WAIT, which lasts 60 s); prints "held" and keeps them until stdin closes."""
+    netns.raise_nofile()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", UNRELATED_PORT))
+    listener.listen(4096)
+    accepted, seen = [], [0]
+
+    def accept():
+        while True:
+            conn = listener.accept()[0]
+            seen[0] += 1
+            if len(accepted) < n:
+                accepted.append(conn)  # the held ones' server ends
+            else:
+                conn.close()  # a TIME_WAIT one's: closing it spares a descriptor
+
+    threading.Thread(target=accept, daemon=True).start()
+    held = [socket.create_connection(("127.0.0.1", UNRELATED_PORT)) for _ in range(n)]
+    for _ in range(time_wait):
+        socket.create_connection(("127.0.0.1", UNRELATED_PORT)).close()
+    while seen[0] < n + time_wait:
+        time.sleep(0.01)  # the accept thread catching up, not a synchronisation with sidewatch
+    print("held", len(held), flush=True)
     sys.stdin.read()
 
 
@@ -224,11 +260,17 @@ class Kubelet(threading.Thread):
                 pass
 
 
-def run(bin_path, n, seconds, peer_ns, tag, kubelet_probe=False, traffic=0):
+def run(bin_path, n, seconds, peer_ns, tag, kubelet_probe=False, traffic=0, others=0):
     app, sw, log = netns.start_processes(HERE, bin_path, DRAIN_ENV, tag, WITHIN)
-    holder = None
+    holder = neighbours = None
     kubelet = Kubelet()
     try:
+        if others:
+            neighbours = subprocess.Popen([sys.executable, HERE, "--unrelated-serve", str(others)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            line = neighbours.stdout.readline()
+            if not line.startswith("held"):
+                raise RuntimeError(f"the unrelated sockets' holder failed: {line!r}")
         if n:
             argv = [sys.executable, HERE, "--hold", str(n), "--traffic", str(traffic)]
             if peer_ns:
@@ -256,6 +298,8 @@ def run(bin_path, n, seconds, peer_ns, tag, kubelet_probe=False, traffic=0):
             "peer_netns": bool(peer_ns),
             "kubelet_probe": kubelet_probe,
             "traffic_rps": traffic,
+            "unrelated_sockets": others,
+            "sockstat": open("/proc/net/sockstat").read().splitlines()[1],
             "app_connections_idle": idle_conns,
             "app_connections_draining": drain_conns,
             "drain_returned_early": drain.returned is not None,
@@ -267,9 +311,10 @@ def run(bin_path, n, seconds, peer_ns, tag, kubelet_probe=False, traffic=0):
         }
     finally:
         kubelet.stop.set()
-        if holder:
-            holder.stdin.close()
-            stop_process(holder)
+        for p in (holder, neighbours):
+            if p:
+                p.stdin.close()
+                stop_process(p)
         stop_process(sw)
         stop_process(app)
 
@@ -285,6 +330,10 @@ def main():
                     help="GET sidewatch's /readyz once a second in both windows, as a kubelet would")
     ap.add_argument("--traffic", type=int, default=0, metavar="RPS",
                     help="requests a second over the held connections in both windows")
+    ap.add_argument("--unrelated", type=int, default=0, metavar="N",
+                    help="also N sockets not the app's in the namespace (ESTABLISHED pairs to another "
+                         "port, and a tenth of N in TIME_WAIT)")
+    ap.add_argument("--unrelated-serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bin", default=os.environ.get("BENCH_BIN", netns.DEFAULT_BIN))
     ap.add_argument("--dump-cost", type=int, metavar="ROUNDS", default=0,
                     help="instead: time ROUNDS sock_diag dumps (sidewatch's request, and with a "
@@ -297,6 +346,9 @@ def main():
     args = ap.parse_args()
     if args.app:
         return netns.run_app(args.app, host="0.0.0.0")
+    if args.unrelated_serve is not None:
+        n = args.unrelated_serve
+        return unrelated(n * 9 // 20, n // 10)
     if args.hold is not None:
         return hold(args.hold, args.host, args.traffic)
     if args.inner and args.dump_cost:
@@ -305,9 +357,10 @@ def main():
     if args.inner:
         tag = (f"cpu-{args.connections}{'-peer' if args.peer_ns else ''}"
                f"{'-kubelet' if args.kubelet_probe else ''}"
-               f"{'-%drps' % args.traffic if args.traffic else ''}")
+               f"{'-%drps' % args.traffic if args.traffic else ''}"
+               f"{'-%dunrelated' % args.unrelated if args.unrelated else ''}")
         print(json.dumps(run(args.bin, args.connections, args.window, args.peer_ns, tag,
-                             args.kubelet_probe, args.traffic)), flush=True)
+                             args.kubelet_probe, args.traffic, args.unrelated)), flush=True)
         return
     netns.outer(args.bin)
     pod = f"swbench-{os.getpid()}"
@@ -332,6 +385,8 @@ def main():
             argv += ["--kubelet-probe"]
         if args.traffic:
             argv += ["--traffic", str(args.traffic)]
+        if args.unrelated:
+            argv += ["--unrelated", str(args.unrelated)]
         done = subprocess.run(["ip", "netns", "exec", pod] + argv, stdout=subprocess.PIPE,
                               text=True, timeout=4 * args.window + 120)
     r = netns.result(done)
@@ -352,6 +407,8 @@ def main():
         where += "; GET /readyz once a second"
     if r["traffic_rps"]:
         where += f"; {r['traffic_rps']} requests a second over them"
+    if r["unrelated_sockets"]:
+        where += f"; {r['unrelated_sockets']} unrelated sockets ({r['sockstat']})"
     print(f"drain cpu: {r['connections']} idle keep-alive connections ({where}), "
           f"window {args.window:g} s, traffic source {r['traffic_source']}")
     print(f"sidewatch_app_connections: idle {r['app_connections_idle']}, "
@@ -369,7 +426,8 @@ def main():
     os.makedirs(netns.OUT, exist_ok=True)
     rps = r["traffic_rps"]
     name = (f"drain_cpu-{r['connections']}{'-peer' if r['peer_netns'] else ''}"
-            f"{'-kubelet' if r['kubelet_probe'] else ''}{f'-{rps}rps' if rps else ''}.json")
+            f"{'-kubelet' if r['kubelet_probe'] else ''}{f'-{rps}rps' if rps else ''}"
+            f"{'-%dunrelated' % r['unrelated_sockets'] if r['unrelated_sockets'] else ''}.json")
     with open(os.path.join(netns.OUT, name), "w") as f:
         json.dump(r, f, indent=1)
 
