@@ -74,15 +74,26 @@ def upstream(port, arrivals=None, prio=False):
     return p
 
 
+def peer(package, *names):
+    """A peer run by hand: the path of its executable (the first of `names` found) and a temp dir
+    of its own for its config; exits naming the Debian `package` to install when none is found."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin"
+    exe = next(filter(None, (shutil.which(n, path=path) for n in names)), None)
+    if not exe:
+        sys.exit(f"{names[0]} not found: apt-get install -y {package}")
+    return exe, tempfile.mkdtemp(prefix=f"sidewatch-bench-{names[0]}-")
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def nginx(port):
     """nginx (Debian package) by hand on 127.0.0.1:port: one worker, `return 200` on /healthz."""
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.path.exists(exe):
-        sys.exit("nginx not found: apt-get install -y nginx")
-    d = tempfile.mkdtemp(prefix="sidewatch-bench-nginx-")
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+    exe, d = peer("nginx", "nginx")
+    conf = write(os.path.join(d, "nginx.conf"), f"""daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
@@ -161,13 +172,8 @@ class Admin:
 def blackbox(modules):
     """Debian's prometheus-blackbox-exporter on a free loopback port with `modules` (YAML text
     under `modules:`); returns (process, port). The peer most sidewatch users already run."""
-    exe = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
-    if not exe:
-        sys.exit("blackbox_exporter not found: apt-get install -y prometheus-blackbox-exporter")
-    d = tempfile.mkdtemp(prefix="sidewatch-bench-blackbox-")
-    conf = os.path.join(d, "blackbox.yml")
-    with open(conf, "w") as f:
-        f.write("modules:\n" + modules)
+    exe, d = peer("prometheus-blackbox-exporter", "prometheus-blackbox-exporter", "blackbox_exporter")
+    conf = write(os.path.join(d, "blackbox.yml"), "modules:\n" + modules)
     port = free_port()
     p = spawn([exe, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}"],
               log="blackbox.log")
@@ -202,13 +208,8 @@ def blackbox_cpu(bb, port, path, window, server_pid):
 
 def haproxy(config):
     """Debian's haproxy in the foreground with `config` (its global section included)."""
-    exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    if not os.path.exists(exe):
-        sys.exit("haproxy not found: apt-get install -y haproxy")
-    d = tempfile.mkdtemp(prefix="sidewatch-bench-haproxy-")
-    conf = os.path.join(d, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(config)
+    exe, d = peer("haproxy", "haproxy")
+    conf = write(os.path.join(d, "haproxy.cfg"), config)
     return spawn([exe, "-db", "-f", conf], log="haproxy.log")
 
 

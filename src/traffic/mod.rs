@@ -45,7 +45,8 @@ pub type SockKey = (SocketAddr, SocketAddr);
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     pub sockets: HashMap<SockKey, Sock>,
-    /// The namespace's TCP `PassiveOpens` minus the connections sidewatch accepted itself.
+    /// The namespace's TCP `PassiveOpens` less sidewatch's own (its server's accepts, its probes'
+    /// connections to the port).
     pub passive_opens: Option<u64>,
     /// This look dumped the sockets (else it reused the last dump's).
     pub dumped: bool,

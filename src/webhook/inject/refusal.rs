@@ -1,5 +1,5 @@
-//! Why an opted-in pod is admitted without the sidecar: a kind, whose fixed label the logs and
-//! metrics can count by, and the sentence the pod's creator reads as a warning.
+//! Why an opted-in pod is admitted without the sidecar: a kind, for callers and tests to tell
+//! refusals apart, and the sentence the pod's creator reads as a warning.
 
 use std::fmt;
 
@@ -21,32 +21,6 @@ pub enum Kind {
     Memory,
     /// The sidecar would refuse the settings it was given: a combination no check above caught.
     Settings,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 8] = [
-        Kind::Shape,
-        Kind::Annotation,
-        Kind::DeadEnd,
-        Kind::AppContainer,
-        Kind::Target,
-        Kind::AdminPort,
-        Kind::Memory,
-        Kind::Settings,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Shape => "shape",
-            Kind::Annotation => "annotation",
-            Kind::DeadEnd => "dead_end",
-            Kind::AppContainer => "app_container",
-            Kind::Target => "target",
-            Kind::AdminPort => "admin_port",
-            Kind::Memory => "memory",
-            Kind::Settings => "settings",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,5 +48,3 @@ impl fmt::Display for Refusal {
         f.write_str(&self.message)
     }
 }
-
-impl std::error::Error for Refusal {}
