@@ -214,7 +214,7 @@ async fn probe(answer: Answer, body_contains: Option<&str>) -> Result<(), Failur
     let mut check = HttpCheck::new(url);
     check.body_contains = body_contains.map(str::to_owned);
     let prober = Prober::new(&ProbeConfig::new("fuzz", Check::Http(check))).expect("prober");
-    let result = prober.check(PROBE_TIMEOUT).await;
+    let result = prober.check(PROBE_TIMEOUT, None).await;
     server.abort();
     result
 }

@@ -23,7 +23,7 @@ use crate::probe::{ProbeMetrics, ProbeSetupError, ProbeWatcher, Prober};
 use crate::process::{self, ProcessWatcher};
 use crate::reason::Reason;
 use crate::server::{self, Admin, AdminMetrics};
-use crate::traffic::{TrafficSource, TrafficWatcher};
+use crate::traffic::{OwnSockets, TrafficSource, TrafficWatcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -131,8 +131,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         reasons.extend(kubernetes::REASONS);
     }
     let accepted = Arc::new(AtomicU64::new(0));
-    let own_connects = Arc::new(AtomicU64::new(0));
-    let traffic = traffic_watcher(&config, accepted.clone(), own_connects.clone())?;
+    let own = Arc::new(OwnSockets::default());
+    let traffic = traffic_watcher(&config, accepted.clone(), own.clone())?;
     let watched_port = traffic.as_ref().map(TrafficWatcher::port);
     let traffic_on = traffic.is_some();
     let access = Access {
@@ -170,7 +170,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             prober,
             metrics: probe_metrics.clone(),
             inputs: inputs_tx.clone(),
-            own_connects: on_watched_port.then(|| own_connects.clone()),
+            own: on_watched_port.then(|| own.clone()),
         };
         tasks.spawn(name, drain.draining(), watcher.run());
     }
@@ -266,7 +266,7 @@ fn spawn_watch_runtime(
 fn traffic_watcher(
     config: &Config,
     accepted: Arc<AtomicU64>,
-    own_connects: Arc<AtomicU64>,
+    own: Arc<OwnSockets>,
 ) -> Result<Option<TrafficWatcher>, StartError> {
     let d = &config.drain;
     let port = d.port.or_else(|| {
@@ -281,13 +281,7 @@ fn traffic_watcher(
         tracing::info!("drain: no app port (drain.port, or a critical probe's port): a drain ends after drain.delay");
         return Ok(None);
     };
-    match TrafficWatcher::new(
-        port,
-        d.traffic_source,
-        d.passive_opens,
-        accepted,
-        own_connects,
-    ) {
+    match TrafficWatcher::new(port, d.traffic_source, d.passive_opens, accepted, own) {
         Ok(watcher) => {
             tracing::info!(port, source = %watcher.describe(), "drain: watching the app port's traffic");
             Ok(Some(watcher))

@@ -12,10 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -23,15 +19,16 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::config::{GrpcAddress, GrpcCheck};
-use super::{classify, read_ca_file, tcp, Failure, ProbeSetupError};
+use super::{classify, tcp, tls, Failure, ProbeSetupError};
 use crate::reason::Reason;
+use crate::traffic::OwnSockets;
 
 pub struct GrpcProber {
     address: GrpcAddress,
     service: String,
     /// `http://host:port` or `https://…`: the `:scheme` and `:authority` of each call.
     origin: http::Uri,
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    tls: Option<tls::Connector>,
 }
 
 impl GrpcProber {
@@ -46,7 +43,17 @@ impl GrpcProber {
             .parse()
             .unwrap_or_else(|_| http::Uri::from_static("http://localhost"));
         let tls = if check.tls {
-            Some(tls_connector(probe, check)?)
+            let name = match (&check.server_name, &check.address) {
+                (Some(name), _) => name.clone(),
+                (None, GrpcAddress::Tcp(address)) => address.host.clone(),
+                (None, GrpcAddress::Unix(_)) => "localhost".to_owned(),
+            };
+            let settings = tls::Settings {
+                ca_file: check.ca_file.as_deref(),
+                insecure_skip_verify: check.insecure_skip_verify,
+                alpn: &[b"h2"],
+            };
+            Some(tls::connector(probe, &settings, name)?)
         } else {
             None
         };
@@ -58,10 +65,10 @@ impl GrpcProber {
         })
     }
 
-    pub async fn check(&self) -> Result<(), Failure> {
+    pub async fn check(&self, own: Option<&Arc<OwnSockets>>) -> Result<(), Failure> {
         match &self.address {
             GrpcAddress::Tcp(address) => {
-                let tcp = tcp::connect(address).await?;
+                let (tcp, _mark) = tcp::connect(address, own).await?;
                 self.over(tcp).await
             }
             GrpcAddress::Unix(path) => {
@@ -207,100 +214,5 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Call {
             }
             Ok(response)
         })
-    }
-}
-
-fn tls_connector(
-    probe: &str,
-    check: &GrpcCheck,
-) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), ProbeSetupError> {
-    let tls_error = |source| ProbeSetupError::Tls {
-        probe: probe.to_owned(),
-        source,
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(tls_error)?;
-    let mut config = if check.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
-    } else if let Some(path) = &check.ca_file {
-        let mut roots = rustls::RootCertStore::empty();
-        for der in read_ca_file(probe, path)? {
-            roots.add(der).map_err(tls_error)?;
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        let verifier = rustls_platform_verifier::Verifier::new(provider).map_err(tls_error)?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth()
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let name = match (&check.server_name, &check.address) {
-        (Some(name), _) => name.clone(),
-        (None, GrpcAddress::Tcp(address)) => address.host.clone(),
-        (None, GrpcAddress::Unix(_)) => "localhost".to_owned(),
-    };
-    // Checked with the config; a name that still fails is an error, never a panic.
-    let name = ServerName::try_from(name).map_err(|_| {
-        tls_error(rustls::Error::General(
-            "the server name is not a DNS name or IP address".into(),
-        ))
-    })?;
-    Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
-}
-
-/// `insecure_skip_verify`: any certificate is taken, as the kubelet takes any for HTTPS; the
-/// handshake's signatures are still checked, so the peer holds the certificate's key.
-#[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

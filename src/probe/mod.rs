@@ -6,10 +6,10 @@ pub mod config;
 mod grpc;
 mod http;
 mod tcp;
+mod tls;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use crate::engine::bus::Input;
 use crate::engine::Observation;
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
+use crate::traffic::OwnSockets;
 use config::{Check, ProbeConfig};
 
 const MAX_MESSAGE: usize = 240;
@@ -38,11 +39,6 @@ pub enum ProbeSetupError {
         probe: String,
         path: PathBuf,
         detail: String,
-    },
-    #[error("probe {probe}: cannot build the HTTP client: {source}")]
-    Client {
-        probe: String,
-        source: reqwest::Error,
     },
     #[error("probe {probe}: cannot set up TLS: {source}")]
     Tls {
@@ -70,7 +66,7 @@ impl Failure {
 /// One probe's client, built once at start-up; every check opens a fresh connection, as the
 /// kubelet does, since a pooled one would hide an app that no longer accepts.
 pub enum Prober {
-    Http(http::HttpProber),
+    Http(Box<http::HttpProber>),
     Grpc(grpc::GrpcProber),
     Tcp(tcp::TcpProber),
 }
@@ -78,19 +74,26 @@ pub enum Prober {
 impl Prober {
     pub fn new(probe: &ProbeConfig) -> Result<Self, ProbeSetupError> {
         Ok(match &probe.check {
-            Check::Http(check) => Prober::Http(http::HttpProber::new(&probe.name, check)?),
+            Check::Http(check) => {
+                Prober::Http(Box::new(http::HttpProber::new(&probe.name, check)?))
+            }
             Check::Grpc(check) => Prober::Grpc(grpc::GrpcProber::new(&probe.name, check)?),
             Check::Tcp(check) => Prober::Tcp(tcp::TcpProber::new(check)),
         })
     }
 
-    /// One check, bounded by `timeout` as a whole (connect, handshake, response and body).
-    pub async fn check(&self, timeout: Duration) -> Result<(), Failure> {
+    /// One check, bounded by `timeout` as a whole (connect, handshake, response and body). With
+    /// `own`, its TCP connection is marked as sidewatch's for the traffic watch.
+    pub async fn check(
+        &self,
+        timeout: Duration,
+        own: Option<&Arc<OwnSockets>>,
+    ) -> Result<(), Failure> {
         let attempt = async {
             match self {
-                Prober::Http(p) => p.check().await,
-                Prober::Grpc(p) => p.check().await,
-                Prober::Tcp(p) => p.check().await,
+                Prober::Http(p) => p.check(own).await,
+                Prober::Grpc(p) => p.check(own).await,
+                Prober::Tcp(p) => p.check(own).await,
             }
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -186,9 +189,9 @@ pub struct ProbeWatcher {
     pub prober: Prober,
     pub metrics: ProbeMetrics,
     pub inputs: mpsc::Sender<Input>,
-    /// Counts this probe's connections when they go to the port the drain watches, which sees
-    /// them arrive as the namespace's PassiveOpens: they are not app traffic.
-    pub own_connects: Option<Arc<AtomicU64>>,
+    /// Set when the probe's connections go to the port the drain watches, which would otherwise
+    /// see them as app traffic.
+    pub own: Option<Arc<OwnSockets>>,
 }
 
 impl ProbeWatcher {
@@ -201,11 +204,11 @@ impl ProbeWatcher {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            if let Some(own) = &self.own_connects {
-                own.fetch_add(1, Ordering::Relaxed);
-            }
             let start = Instant::now();
-            let result = self.prober.check(self.config.timeout).await;
+            let result = self
+                .prober
+                .check(self.config.timeout, self.own.as_ref())
+                .await;
             duration.observe(start.elapsed().as_secs_f64());
             let observation = match result {
                 Ok(()) => {

@@ -18,6 +18,9 @@ use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use serde::{Deserialize, Serialize};
 
+mod own;
+pub use own::{OwnSocket, OwnSockets};
+
 const TCP_LISTEN: u8 = 10;
 const TCP_TIME_WAIT: u8 = 6;
 
@@ -110,9 +113,10 @@ pub struct TrafficWatcher {
     /// when the counters say nothing it reports can have changed.
     last: Option<Last>,
     /// Sidewatch's own connections, which raise the namespace's PassiveOpens but are not app
-    /// traffic: those its server accepted, and its probes' connections to the app port.
+    /// traffic: those its server accepted, and its probes' connections to the app port (taken
+    /// out of the dumps too).
     own_accepts: Arc<AtomicU64>,
-    own_connects: Arc<AtomicU64>,
+    own: Arc<OwnSockets>,
     passive_opens: bool,
 }
 
@@ -139,7 +143,7 @@ impl TrafficWatcher {
         source: TrafficSource,
         passive_opens: bool,
         own_accepts: Arc<AtomicU64>,
-        own_connects: Arc<AtomicU64>,
+        own: Arc<OwnSockets>,
     ) -> std::io::Result<Self> {
         let backend = match source {
             TrafficSource::Proc => Backend::Proc,
@@ -157,7 +161,7 @@ impl TrafficWatcher {
             backend,
             last: None,
             own_accepts,
-            own_connects,
+            own,
             passive_opens,
         };
         if let Err(e) = watcher.snapshot(Need::Bytes) {
@@ -191,18 +195,18 @@ impl TrafficWatcher {
 
     pub fn snapshot(&mut self, need: Need) -> std::io::Result<Snapshot> {
         let snmp = procfs::net::snmp().map_err(std::io::Error::other)?;
-        let own =
-            self.own_accepts.load(Ordering::Relaxed) + self.own_connects.load(Ordering::Relaxed);
+        let own = self.own_accepts.load(Ordering::Relaxed) + self.own.connects();
         let foreign_opens = snmp.tcp_passive_opens.saturating_sub(own);
         let unchanged = self.last.as_ref().is_some_and(|l| match need {
             // No segment in: no new connection, no byte in.
             Need::Bytes => l.in_segs == snmp.tcp_in_segs,
-            // Segments in (the probes' own, at least) do not matter here.
+            // Segments in (the probes' own, at least) do not matter here; nor does a fall of the
+            // foreign opens, which is our own connect counted before the kernel's.
             Need::Connections => {
-                l.foreign_opens == foreign_opens && l.at.elapsed() < CLOSES_SEEN_WITHIN
+                foreign_opens <= l.foreign_opens && l.at.elapsed() < CLOSES_SEEN_WITHIN
             }
         });
-        let sockets = match &self.last {
+        let mut sockets = match &self.last {
             Some(last) if unchanged => last.sockets.clone(),
             _ => {
                 let sockets = self.sockets()?;
@@ -215,6 +219,7 @@ impl TrafficWatcher {
                 sockets
             }
         };
+        self.own.remove_from(&mut sockets, !unchanged);
         Ok(Snapshot {
             sockets,
             passive_opens: self.passive_opens.then_some(foreign_opens),
@@ -243,7 +248,8 @@ impl TrafficWatcher {
                         open: e.state != TcpState::TimeWait,
                         bytes_in: None,
                     };
-                    sockets.insert((e.local_address, e.remote_address), sock);
+                    let plain = |a: SocketAddr| SocketAddr::new(unmap(a.ip()), a.port());
+                    sockets.insert((plain(e.local_address), plain(e.remote_address)), sock);
                 }
             }
         }

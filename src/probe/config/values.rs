@@ -41,13 +41,13 @@ pub(super) fn expand(text: &str) -> Result<String, String> {
 
 /// An `http://` or `https://` URL with a host.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl(pub reqwest::Url);
+pub struct HttpUrl(pub url::Url);
 
 impl FromStr for HttpUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = &expand(s)?;
-        let url = reqwest::Url::parse(s).map_err(|e| format!("bad URL {s:?}: {e}"))?;
+        let url = url::Url::parse(s).map_err(|e| format!("bad URL {s:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!(
                 "bad URL {s:?}: want http://host[:port]/path or https://…"
