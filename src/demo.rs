@@ -117,6 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..MemoryConfig::default()
         },
         process: ProcessConfig::default(),
+        overload: Default::default(),
         kubernetes: KubernetesConfig {
             enabled: Switch::Off,
             ..KubernetesConfig::default()

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod net;
+pub mod overload;
 pub mod probe;
 pub mod process;
 pub mod reason;

@@ -33,6 +33,8 @@ pub enum Reason {
     OomKilled,
     /// The app's main process (`process.match`) is gone.
     ProcessExited,
+    /// The app port's accept queue is full, or connections to it overflow (`overload.signal`).
+    Overloaded,
     /// The kubelet restarted the app container (or it is in CrashLoopBackOff).
     ContainerRestarted,
     /// The pod has a deletionTimestamp.
@@ -89,6 +91,7 @@ impl Reason {
             Reason::OomPredicted => "oom_predicted",
             Reason::OomKilled => "oom_killed",
             Reason::ProcessExited => "process_exited",
+            Reason::Overloaded => "overloaded",
             Reason::ContainerRestarted => "container_restarted",
             Reason::Terminating => "terminating",
             Reason::Starting => "starting",

@@ -21,7 +21,7 @@ fn the_readyz_example_is_what_the_engine_serialises() {
     engine.register(Signal::probe("app"), spec, at);
     let refused = Observation::Failure {
         reason: Reason::Refused,
-        message: "tcp connect error: Connection refused (os error 111)".into(),
+        message: "127.0.0.1:8080: Connection refused (os error 111)".into(),
     };
     engine.observe(&Signal::probe("app"), refused, at);
     let json = serde_json::to_string(engine.verdict()).unwrap();

@@ -9,8 +9,8 @@
 //! in a real 128 MiB cgroup (OOM predicted, near the limit, a worker OOM-killed), a drain that
 //! traffic holds to drain.max, a sidecar that is down, an app sidewatch cannot find the memory
 //! of, an app whose page cache thrashes under its limit in a real cgroup (PSI on the v2
-//! hierarchy), a readiness gate the API server refuses to patch (and an OOMKilled restart), a
-//! watch the API server refuses.
+//! hierarchy), an app whose accept queue is full, a readiness gate the API server refuses to
+//! patch (and an OOMKilled restart), a watch the API server refuses.
 
 mod common;
 #[path = "common/fake_api.rs"]
@@ -331,6 +331,26 @@ async fn the_alerts_fire_in_a_real_prometheus_and_the_dashboard_has_data() {
         })
     };
 
+    // An app that stopped accepting: two connections fill its backlog of 1 and wait there.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let stuck = socket.local_addr().unwrap();
+    let _listener = socket.listen(1).unwrap();
+    let mut _queued = Vec::new();
+    for _ in 0..2 {
+        _queued.push(tokio::net::TcpStream::connect(stuck).await.unwrap());
+    }
+    let port = stuck.port().to_string();
+    let sw = start(
+        &probe_args(&ok.url()),
+        &[
+            ("SIDEWATCH_DRAIN_PORT", &port),
+            ("SIDEWATCH_OVERLOAD_HOLD", "1s"),
+        ],
+    );
+    targets.push((sw.addr.to_string(), "overloaded"));
+    keep.push(sw);
+
     targets.push((free_port().to_string(), "down"));
 
     let sw = start(
@@ -400,7 +420,7 @@ async fn the_alerts_fire_in_a_real_prometheus_and_the_dashboard_has_data() {
     cgroup.add(killer.pid());
     killer.go();
 
-    let expected: [(&str, &[(&str, &str)]); 14] = [
+    let expected: [(&str, &[(&str, &str)]); 15] = [
         ("SidewatchPodNotReady", &[("pod", "not-ready")]),
         ("SidewatchPodMostlyOutOfRotation", &[("pod", "crash-loop")]),
         ("SidewatchFlapping", &[("pod", "flapping")]),
@@ -415,6 +435,7 @@ async fn the_alerts_fire_in_a_real_prometheus_and_the_dashboard_has_data() {
         ("SidewatchOOMKills", &[("pod", "gate")]),
         ("SidewatchDrainEndedAtMax", &[("namespace", "shop")]),
         ("SidewatchSidecarDown", &[("pod", "down")]),
+        ("SidewatchAppOverloaded", &[("pod", "overloaded")]),
         ("SidewatchMemorySignalsBlind", &[("pod", "blind")]),
         ("SidewatchReadinessGateNotSet", &[("pod", "gate")]),
         (

@@ -19,11 +19,12 @@ use crate::kubernetes::{self, KubeMetrics, KubeWatcher};
 use crate::liveness::{Liveness, Tasks};
 use crate::memory::{self, MemoryMetrics, MemoryWatcher};
 use crate::metrics::Registry;
+use crate::overload::{OverloadMetrics, OverloadWatcher};
 use crate::probe::{ProbeMetrics, ProbeSetupError, ProbeWatcher, Prober};
 use crate::process::{self, ProcessWatcher};
 use crate::reason::Reason;
 use crate::server::{self, Admin, AdminMetrics};
-use crate::traffic::{OwnSockets, TrafficSource, TrafficWatcher};
+use crate::traffic::{ListenWatch, OwnSockets, TrafficSource, TrafficWatcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -123,6 +124,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         engine.register(Signal::Process, single, now);
         reasons.push(Reason::ProcessExited);
     }
+    // The judge holds and turns back with hysteresis itself.
+    if config.overload.signal {
+        engine.register(Signal::Overload, single, now);
+        reasons.push(Reason::Overloaded);
+    }
     let identity = kubernetes::connect(&config.kubernetes).await?;
     if identity.is_some() {
         for signal in Kube::ALL {
@@ -183,6 +189,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             notices: identity.is_some().then(|| notices_tx.clone()),
         };
         tasks.spawn("memory", &shutdown, watcher.run());
+    }
+    if let Some(port) = config.app_port() {
+        let watcher = OverloadWatcher {
+            watch: ListenWatch::new(port),
+            config: config.overload.clone(),
+            metrics: OverloadMetrics::new(&registry),
+            inputs: config.overload.signal.then(|| inputs_tx.clone()),
+        };
+        tasks.spawn("overload", &shutdown, watcher.run());
     }
     if let Some(identity) = identity {
         let watcher = KubeWatcher {
@@ -269,15 +284,7 @@ fn traffic_watcher(
     own: Arc<OwnSockets>,
 ) -> Result<Option<TrafficWatcher>, StartError> {
     let d = &config.drain;
-    let port = d.port.or_else(|| {
-        config
-            .probes
-            .0
-            .iter()
-            .filter(|p| p.critical)
-            .find_map(|p| p.port())
-    });
-    let Some(port) = port else {
+    let Some(port) = config.app_port() else {
         tracing::info!("drain: no app port (drain.port, or a critical probe's port): a drain ends after drain.delay");
         return Ok(None);
     };

@@ -44,7 +44,7 @@ fn the_metric_table_lists_exactly_the_registered_metrics() {
         always(r, false);
         MemoryMetrics::new(r);
     });
-    let parts: [(&str, BTreeSet<String>, &BTreeSet<String>); 7] = [
+    let parts: [(&str, BTreeSet<String>, &BTreeSet<String>); 8] = [
         ("always", base.clone(), &BTreeSet::new()),
         (
             "probes",
@@ -80,6 +80,14 @@ fn the_metric_table_lists_exactly_the_registered_metrics() {
             &base,
         ),
         ("drain traffic", names(|r| always(r, true)), &base),
+        (
+            "app port",
+            names(|r| {
+                always(r, false);
+                crate::overload::OverloadMetrics::new(r);
+            }),
+            &base,
+        ),
     ];
     let expected: BTreeSet<(String, String)> = parts
         .iter()

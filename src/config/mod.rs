@@ -10,6 +10,7 @@ mod args;
 pub use crate::drain::config::DrainConfig;
 pub use crate::kubernetes::config::KubernetesConfig;
 pub use crate::memory::config::{CgroupSetting, MemoryConfig, MemorySource};
+pub use crate::overload::OverloadConfig;
 pub use crate::process::ProcessConfig;
 pub use crate::traffic::TrafficSource;
 pub use crate::units::{duration, Bytes, Fraction, Switch};
@@ -55,6 +56,7 @@ pub struct Config {
     pub process: ProcessConfig,
     pub kubernetes: KubernetesConfig,
     pub drain: DrainConfig,
+    pub overload: OverloadConfig,
 }
 
 impl Default for Config {
@@ -66,7 +68,21 @@ impl Default for Config {
             process: ProcessConfig::default(),
             kubernetes: KubernetesConfig::default(),
             drain: DrainConfig::default(),
+            overload: OverloadConfig::default(),
         }
+    }
+}
+
+impl Config {
+    /// The app port whose traffic is watched: `drain.port`, or the first critical probe's port.
+    pub fn app_port(&self) -> Option<u16> {
+        self.drain.port.or_else(|| {
+            self.probes
+                .0
+                .iter()
+                .filter(|p| p.critical)
+                .find_map(|p| p.port())
+        })
     }
 }
 
@@ -90,6 +106,14 @@ pub fn load(
     apply_overrides(&mut config, overrides)?;
     config.memory.validate().map_err(invalid("memory"))?;
     config.drain.validate().map_err(invalid("drain"))?;
+    if config.overload.signal && config.app_port().is_none() {
+        return Err(ConfigError::Invalid {
+            section: "overload",
+            message: "overload.signal watches the app port: set drain.port, or give a critical \
+                      probe a TCP port"
+                .into(),
+        });
+    }
     Ok(config)
 }
 

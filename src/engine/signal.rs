@@ -12,6 +12,8 @@ use serde::{Serialize, Serializer};
 pub enum Signal {
     Kube(Kube),
     Memory(Memory),
+    /// The app port's accept queue and listen overflows (`overload.signal`).
+    Overload,
     /// A configured probe, by its name.
     Probe(Arc<str>),
     /// The app's main process, found by its command line.
@@ -63,6 +65,7 @@ impl fmt::Display for Signal {
                 Memory::Trend => "memory:trend",
                 Memory::Usage => "memory:usage",
             }),
+            Signal::Overload => f.write_str("overload"),
             Signal::Probe(name) => write!(f, "probe:{name}"),
             Signal::Process => f.write_str("process:app"),
             Signal::Drain => f.write_str("drain"),
@@ -86,7 +89,12 @@ mod tests {
             .map(Signal::Kube)
             .into_iter()
             .chain(Memory::ALL.map(Signal::Memory))
-            .chain([Signal::probe("a"), Signal::probe("b"), Signal::Process])
+            .chain([
+                Signal::Overload,
+                Signal::probe("a"),
+                Signal::probe("b"),
+                Signal::Process,
+            ])
             .collect();
         signals.sort();
         let names: Vec<String> = signals.iter().map(Signal::to_string).collect();

@@ -13,12 +13,16 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use netlink_packet_sock_diag::inet::nlas::Nla;
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::inet::{
+    ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags,
+};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use serde::{Deserialize, Serialize};
 
+mod listen;
 mod own;
+pub use listen::{counters as listen_counters, ListenCounters, ListenQueue, ListenWatch};
 pub use own::{OwnSocket, OwnSockets};
 
 const TCP_LISTEN: u8 = 10;
@@ -231,8 +235,11 @@ impl TrafficWatcher {
         let mut sockets = HashMap::new();
         match &mut self.backend {
             Backend::SockDiag(socket) => {
+                let states = StateFlags::all() - StateFlags::LISTEN;
                 for family in [AF_INET, AF_INET6] {
-                    dump(socket, family, self.port, &mut sockets)?;
+                    dump(socket, family, self.port, &states, |r| {
+                        connection(r, &mut sockets)
+                    })?;
                 }
             }
             Backend::Proc => {
@@ -271,12 +278,13 @@ fn netlink_socket() -> std::io::Result<netlink_sys::Socket> {
     Ok(socket)
 }
 
-/// One sock_diag dump of a family's TCP sockets, keeping those on `port`.
+/// One sock_diag dump of a family's TCP sockets on `port` in `states`, each answer to `each`.
 fn dump(
     socket: &mut netlink_sys::Socket,
     family: u8,
     port: u16,
-    out: &mut HashMap<SockKey, Sock>,
+    states: &StateFlags,
+    mut each: impl FnMut(&InetResponse),
 ) -> std::io::Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
@@ -287,15 +295,21 @@ fn dump(
     };
     // The kernel compares a dump's source port with each socket's before it builds an answer for
     // it: only the app port's sockets cross to user space, however many the namespace (or, for
-    // the walk, the node) holds. LISTEN sockets are never traffic, so their table is not walked.
+    // the walk, the node) holds. The LISTEN table is walked only when LISTEN is asked for, and
+    // the connections' only when another state is.
     socket_id.source_port = port;
     let mut request = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
-            states: StateFlags::all() - StateFlags::LISTEN,
+            // A listener's drops are in its memory info; a connection's bytes in its tcp_info.
+            extensions: if states.contains(StateFlags::LISTEN) {
+                ExtensionFlags::SKMEMINFO
+            } else {
+                ExtensionFlags::INFO
+            },
+            states: StateFlags::from_bits_retain(states.bits()),
             socket_id,
         })
         .into(),
@@ -317,26 +331,10 @@ fn dump(
             })?;
             let length = message.header.length as usize;
             match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    let id = &response.header.socket_id;
-                    let state = response.header.state;
-                    if id.source_port == port && state != TCP_LISTEN {
-                        let bytes_in = response.nlas.iter().find_map(|nla| match nla {
-                            Nla::TcpInfo(info) => Some(info.bytes_received),
-                            _ => None,
-                        });
-                        let key = (
-                            SocketAddr::new(unmap(id.source_address), id.source_port),
-                            SocketAddr::new(unmap(id.destination_address), id.destination_port),
-                        );
-                        out.insert(
-                            key,
-                            Sock {
-                                open: state != TCP_TIME_WAIT,
-                                bytes_in,
-                            },
-                        );
-                    }
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
+                    if response.header.socket_id.source_port == port =>
+                {
+                    each(&response)
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => return Err(std::io::Error::other(e.to_string())),
@@ -348,6 +346,30 @@ fn dump(
             offset += length;
         }
     }
+}
+
+/// The connections in a dump's answer (not the listener), by their two ends.
+fn connection(response: &InetResponse, out: &mut HashMap<SockKey, Sock>) {
+    let id = &response.header.socket_id;
+    let state = response.header.state;
+    if state == TCP_LISTEN {
+        return;
+    }
+    let bytes_in = response.nlas.iter().find_map(|nla| match nla {
+        Nla::TcpInfo(info) => Some(info.bytes_received),
+        _ => None,
+    });
+    let key = (
+        SocketAddr::new(unmap(id.source_address), id.source_port),
+        SocketAddr::new(unmap(id.destination_address), id.destination_port),
+    );
+    out.insert(
+        key,
+        Sock {
+            open: state != TCP_TIME_WAIT,
+            bytes_in,
+        },
+    );
 }
 
 /// Dual-stack sockets report IPv4 peers as `::ffff:a.b.c.d`; keys use the plain form.

@@ -37,6 +37,7 @@ pub struct Options {
     pub process_match: Option<String>,
     pub memory_unready_above: Option<String>,
     pub drain_readiness: Option<String>,
+    pub overload_signal: bool,
     pub plain: Option<bool>,
     pub admin_port: Option<u16>,
     pub host_network: bool,
@@ -48,7 +49,7 @@ pub enum TargetSetting {
     Probe(String),
 }
 
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 12] = [
     "inject",
     "target",
     "app-container",
@@ -60,6 +61,7 @@ const KNOWN: [&str; 11] = [
     "admin-port",
     "host-network",
     "drain-readiness",
+    "overload-signal",
 ];
 
 impl Options {
@@ -80,6 +82,7 @@ impl Options {
                 "target" => o.target = Some(target(text).map_err(bad)?),
                 "app-container" if !text.is_empty() => o.app_container = Some(text.to_owned()),
                 "readiness-gate" => o.readiness_gate = boolean(text).map_err(bad)?,
+                "overload-signal" => o.overload_signal = boolean(text).map_err(bad)?,
                 "memory" => {
                     o.memory = Some(match text {
                         "auto" => Memory::Auto,

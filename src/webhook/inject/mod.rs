@@ -166,6 +166,7 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         kubernetes,
         memory_unready_above: options.memory_unready_above.as_deref(),
         drain_readiness: options.drain_readiness.as_deref(),
+        overload_signal: options.overload_signal,
         memory,
         app_memory_limit: !app["resources"]["limits"]["memory"].is_null(),
     };

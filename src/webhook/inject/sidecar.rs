@@ -40,6 +40,7 @@ pub struct Sidecar<'a> {
     pub kubernetes: bool,
     pub memory_unready_above: Option<&'a str>,
     pub drain_readiness: Option<&'a str>,
+    pub overload_signal: bool,
     pub memory: MemoryPlan,
     /// The app container sets `resources.limits.memory`.
     pub app_memory_limit: bool,
@@ -81,6 +82,9 @@ impl Sidecar<'_> {
         }
         if let Some(v) = self.drain_readiness {
             env.push(value_env("SIDEWATCH_DRAIN_READINESS", v));
+        }
+        if self.overload_signal {
+            env.push(value_env("SIDEWATCH_OVERLOAD_SIGNAL", "true"));
         }
         let source = match self.memory.source {
             Memory::AppRoot => "app-root",

@@ -284,6 +284,19 @@ fn a_label_of_the_pod_is_never_rewritten_and_a_clash_is_said() {
 }
 
 #[test]
+fn the_overload_annotation_reaches_the_sidecar() {
+    let (out, _) = injected(&pod(
+        json!({"sidewatch.io/inject": "true", "sidewatch.io/overload-signal": "true"}),
+        web(),
+    ));
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(env(sidecar, "SIDEWATCH_OVERLOAD_SIGNAL"), Some("true"));
+    let (out, _) = injected(&pod(opted_in(), web()));
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(env(sidecar, "SIDEWATCH_OVERLOAD_SIGNAL"), None);
+}
+
+#[test]
 fn the_drain_readiness_annotation_reaches_the_sidecar() {
     let (out, _) = injected(&pod(
         json!({"sidewatch.io/inject": "true", "sidewatch.io/drain-readiness": "serve_while_terminating"}),
