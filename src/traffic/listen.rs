@@ -39,7 +39,7 @@ pub struct ListenWatch {
 impl ListenWatch {
     /// Without sock_diag the queues are unknown and only the counters are read.
     pub fn new(port: u16) -> Self {
-        let socket = super::netlink_socket()
+        let socket = super::diag::netlink_socket()
             .inspect_err(|e| tracing::info!(error = %e, "sock_diag unavailable: the app port's accept queue is not watched"))
             .ok();
         ListenWatch { port, socket }
@@ -54,7 +54,7 @@ impl ListenWatch {
         let socket = self.socket.as_mut()?;
         let mut queue = ListenQueue::default();
         for family in [AF_INET, AF_INET6] {
-            let looked = super::dump(socket, family, self.port, &StateFlags::LISTEN, |r| {
+            let looked = super::diag::dump(socket, family, self.port, &StateFlags::LISTEN, |r| {
                 let (queued, backlog) = (r.header.recv_queue, r.header.send_queue);
                 queue.listeners += 1;
                 queue.queued += u64::from(queued);

@@ -3,30 +3,20 @@
 //! `/proc/net/tcp{,6}` (connections only) as the fallback. The drain asks it "quiet yet?".
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::nlas::Nla;
-use netlink_packet_sock_diag::inet::{
-    ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags,
-};
-use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6};
+use netlink_packet_sock_diag::inet::StateFlags;
 use serde::{Deserialize, Serialize};
 
+mod diag;
 mod listen;
 mod own;
 pub use listen::{counters as listen_counters, ListenCounters, ListenQueue, ListenWatch};
 pub use own::{OwnSocket, OwnSockets};
-
-const TCP_LISTEN: u8 = 10;
-const TCP_TIME_WAIT: u8 = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,21 +90,43 @@ pub fn compare(prev: &Snapshot, next: &Snapshot) -> Activity {
 /// What a look must be able to tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
-    /// New connections and bytes in (a drain): the sockets are dumped whenever a segment came in.
+    /// New connections and bytes in, every poll (a drain).
     Bytes,
-    /// The open connections only (the gauge between drains): dumped when a connection opened
-    /// that was not sidewatch's own (a probe's, or one its server accepted), and at least every
-    /// `CLOSES_SEEN_WITHIN` for the ones that closed, which no counter tells apart from
-    /// sidewatch's own.
+    /// The open connections, within `CONNECTIONS_SEEN_WITHIN` (the gauge between drains).
     Connections,
+}
+
+/// How a look gets the app port's sockets. A dump walks the kernel's whole TCP hash, node-wide
+/// (milliseconds, however few sockets the pod has); a lookup asks for each known socket by its
+/// id (a hash lookup each); the counters of `/proc/net/snmp` say when neither is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Look {
+    Reuse,
+    Lookup,
+    Dump,
+}
+
+/// The choice, from the counters: `opens` are the namespace's PassiveOpens less sidewatch's own;
+/// `exact` says lookups can be trusted to see everything (sock_diag, with the opens counted).
+fn plan(need: Need, last: &Last, in_segs: u64, opens: u64, exact: bool) -> Look {
+    // Arrivals since the last dump: sockets it does not know.
+    let unknown = opens > last.dumped_opens;
+    match need {
+        // No segment in: no new connection, no byte in.
+        Need::Bytes if in_segs == last.in_segs => Look::Reuse,
+        // Arrivals now: the opens say there was traffic; the new sockets are learnt once the
+        // arrivals stop, by the one dump then.
+        Need::Bytes if exact && opens > last.opens => Look::Reuse,
+        Need::Connections if last.at.elapsed() < CONNECTIONS_SEEN_WITHIN => Look::Reuse,
+        _ if exact && !unknown => Look::Lookup,
+        _ => Look::Dump,
+    }
 }
 
 pub struct TrafficWatcher {
     port: u16,
     backend: Backend,
-    /// The last full look, with the namespace's counters then. The socket dump walks the kernel's
-    /// whole TCP hash, node-wide (milliseconds, however few sockets the pod has), so it is skipped
-    /// when the counters say nothing it reports can have changed.
+    /// The sockets as last seen, with the namespace's counters then.
     last: Option<Last>,
     /// Sidewatch's own connections, which raise the namespace's PassiveOpens but are not app
     /// traffic: those its server accepted, and its probes' connections to the app port (taken
@@ -124,15 +136,20 @@ pub struct TrafficWatcher {
     passive_opens: bool,
 }
 
-/// How stale the open connections may be for closes, between drains.
-pub const CLOSES_SEEN_WITHIN: Duration = Duration::from_secs(10);
+/// How stale `sidewatch_app_connections` may be between drains: one dump or lookup at most as
+/// often, whatever the app's traffic.
+pub const CONNECTIONS_SEEN_WITHIN: Duration = Duration::from_secs(10);
 
 struct Last {
+    /// Of the last dump or lookup.
     at: Instant,
+    /// The counters at the previous look, whatever it did.
     in_segs: u64,
-    /// PassiveOpens less sidewatch's own.
-    foreign_opens: u64,
+    opens: u64,
+    /// The opens at the last dump.
+    dumped_opens: u64,
     sockets: HashMap<SockKey, Sock>,
+    known: HashMap<SockKey, diag::Known>,
 }
 
 enum Backend {
@@ -151,8 +168,8 @@ impl TrafficWatcher {
     ) -> std::io::Result<Self> {
         let backend = match source {
             TrafficSource::Proc => Backend::Proc,
-            TrafficSource::SockDiag => Backend::SockDiag(netlink_socket()?),
-            TrafficSource::Auto => match netlink_socket() {
+            TrafficSource::SockDiag => Backend::SockDiag(diag::netlink_socket()?),
+            TrafficSource::Auto => match diag::netlink_socket() {
                 Ok(socket) => Backend::SockDiag(socket),
                 Err(e) => {
                     tracing::info!(error = %e, "sock_diag unavailable; watching /proc/net/tcp");
@@ -200,45 +217,76 @@ impl TrafficWatcher {
     pub fn snapshot(&mut self, need: Need) -> std::io::Result<Snapshot> {
         let snmp = procfs::net::snmp().map_err(std::io::Error::other)?;
         let own = self.own_accepts.load(Ordering::Relaxed) + self.own.connects();
-        let foreign_opens = snmp.tcp_passive_opens.saturating_sub(own);
-        let unchanged = self.last.as_ref().is_some_and(|l| match need {
-            // No segment in: no new connection, no byte in.
-            Need::Bytes => l.in_segs == snmp.tcp_in_segs,
-            // Segments in (the probes' own, at least) do not matter here; nor does a fall of the
-            // foreign opens, which is our own connect counted before the kernel's.
-            Need::Connections => {
-                foreign_opens <= l.foreign_opens && l.at.elapsed() < CLOSES_SEEN_WITHIN
-            }
+        let opens = snmp.tcp_passive_opens.saturating_sub(own);
+        let exact = self.passive_opens && matches!(self.backend, Backend::SockDiag(_));
+        let look = self.last.as_ref().map_or(Look::Dump, |last| {
+            plan(need, last, snmp.tcp_in_segs, opens, exact)
         });
-        let mut sockets = match &self.last {
-            Some(last) if unchanged => last.sockets.clone(),
+        let now = Instant::now();
+        // Taken out: a look that fails leaves none, and the next one dumps.
+        let mut last = match (look, self.last.take()) {
+            (Look::Reuse, Some(last)) => last,
+            (Look::Lookup, Some(last)) => {
+                let (sockets, known) = self.lookup(&last)?;
+                Last {
+                    at: now,
+                    sockets,
+                    known,
+                    ..last
+                }
+            }
             _ => {
-                let sockets = self.sockets()?;
-                self.last = Some(Last {
-                    at: Instant::now(),
-                    in_segs: snmp.tcp_in_segs,
-                    foreign_opens,
-                    sockets: sockets.clone(),
-                });
-                sockets
+                let (sockets, known) = self.dump()?;
+                Last {
+                    at: now,
+                    in_segs: 0,
+                    opens: 0,
+                    dumped_opens: opens,
+                    sockets,
+                    known,
+                }
             }
         };
-        self.own.remove_from(&mut sockets, !unchanged);
+        last.in_segs = snmp.tcp_in_segs;
+        last.opens = opens;
+        let mut sockets = last.sockets.clone();
+        self.own.remove_from(&mut sockets, now);
+        self.last = Some(last);
         Ok(Snapshot {
             sockets,
-            passive_opens: self.passive_opens.then_some(foreign_opens),
-            dumped: !unchanged,
+            passive_opens: self.passive_opens.then_some(opens),
+            dumped: look == Look::Dump,
         })
     }
 
-    fn sockets(&mut self) -> std::io::Result<HashMap<SockKey, Sock>> {
-        let mut sockets = HashMap::new();
+    /// Every socket on the port, with what a lookup of each needs.
+    fn dump(&mut self) -> std::io::Result<(Sockets, Knowns)> {
+        let (mut sockets, mut known) = (HashMap::new(), HashMap::new());
         match &mut self.backend {
             Backend::SockDiag(socket) => {
-                let states = StateFlags::all() - StateFlags::LISTEN;
+                // Only the listeners' families hold the port's connections (a dual-stack
+                // listener's IPv4 peers are IPv6 sockets): a walk of the hash each spared. The
+                // listen table's walk is some tens of microseconds.
+                let mut families = Vec::new();
                 for family in [AF_INET, AF_INET6] {
-                    dump(socket, family, self.port, &states, |r| {
-                        connection(r, &mut sockets)
+                    let mut listening = false;
+                    diag::dump(socket, family, self.port, &StateFlags::LISTEN, |_| {
+                        listening = true
+                    })?;
+                    if listening {
+                        families.push(family);
+                    }
+                }
+                if families.is_empty() {
+                    families = vec![AF_INET, AF_INET6];
+                }
+                let states = StateFlags::all() - StateFlags::LISTEN;
+                for family in families {
+                    diag::dump(socket, family, self.port, &states, |r| {
+                        if let Some((key, sock, id)) = diag::connection(r) {
+                            sockets.insert(key, sock);
+                            known.insert(key, id);
+                        }
                     })?;
                 }
             }
@@ -255,130 +303,46 @@ impl TrafficWatcher {
                         open: e.state != TcpState::TimeWait,
                         bytes_in: None,
                     };
-                    let plain = |a: SocketAddr| SocketAddr::new(unmap(a.ip()), a.port());
+                    let plain = |a: SocketAddr| SocketAddr::new(diag::unmap(a.ip()), a.port());
                     sockets.insert((plain(e.local_address), plain(e.remote_address)), sock);
                 }
             }
         }
-        Ok(sockets)
+        Ok((sockets, known))
     }
-}
 
-fn netlink_socket() -> std::io::Result<netlink_sys::Socket> {
-    let mut socket = netlink_sys::Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-    // The kernel answers a dump at once; the bound keeps a wedged answer from stalling the
-    // watch runtime, which runs the probes too.
-    rustix::net::sockopt::set_socket_timeout(
-        &socket,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(std::time::Duration::from_secs(1)),
-    )?;
-    Ok(socket)
-}
-
-/// One sock_diag dump of a family's TCP sockets on `port` in `states`, each answer to `each`.
-fn dump(
-    socket: &mut netlink_sys::Socket,
-    family: u8,
-    port: u16,
-    states: &StateFlags,
-    mut each: impl FnMut(&InetResponse),
-) -> std::io::Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut socket_id = if family == AF_INET {
-        SocketId::new_v4()
-    } else {
-        SocketId::new_v6()
-    };
-    // The kernel compares a dump's source port with each socket's before it builds an answer for
-    // it: only the app port's sockets cross to user space, however many the namespace (or, for
-    // the walk, the node) holds. The LISTEN table is walked only when LISTEN is asked for, and
-    // the connections' only when another state is.
-    socket_id.source_port = port;
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            // A listener's drops are in its memory info; a connection's bytes in its tcp_info.
-            extensions: if states.contains(StateFlags::LISTEN) {
-                ExtensionFlags::SKMEMINFO
-            } else {
-                ExtensionFlags::INFO
-            },
-            states: StateFlags::from_bits_retain(states.bits()),
-            socket_id,
-        })
-        .into(),
-    );
-    request.finalize();
-    let mut buf = vec![0; request.buffer_len()];
-    request.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-
-    let mut received = Vec::with_capacity(64 * 1024);
-    loop {
-        received.clear();
-        let size = socket.recv(&mut received, 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&received[offset..size])
-                .map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-            })?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
-                    if response.header.socket_id.source_port == port =>
-                {
-                    each(&response)
+    /// The last look's open sockets asked for again: those gone are left out, no new one can
+    /// show. The closed ones (TIME_WAIT) are kept as they were, so that a later dump does not
+    /// count them as arrivals again.
+    fn lookup(&mut self, last: &Last) -> std::io::Result<(Sockets, Knowns)> {
+        let Backend::SockDiag(socket) = &mut self.backend else {
+            return self.dump();
+        };
+        let mut ids = Vec::new();
+        let (mut sockets, mut known) = (HashMap::new(), HashMap::new());
+        for (key, sock) in &last.sockets {
+            match (sock.open, last.known.get(key)) {
+                (true, Some(id)) => ids.push(id),
+                (_, id) => {
+                    sockets.insert(*key, *sock);
+                    if let Some(id) = id {
+                        known.insert(*key, id.clone());
+                    }
                 }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => return Err(std::io::Error::other(e.to_string())),
-                _ => {}
             }
-            if length == 0 {
-                break;
-            }
-            offset += length;
         }
+        diag::lookup(socket, &ids, |r| {
+            if let Some((key, sock, id)) = diag::connection(r) {
+                sockets.insert(key, sock);
+                known.insert(key, id);
+            }
+        })?;
+        Ok((sockets, known))
     }
 }
 
-/// The connections in a dump's answer (not the listener), by their two ends.
-fn connection(response: &InetResponse, out: &mut HashMap<SockKey, Sock>) {
-    let id = &response.header.socket_id;
-    let state = response.header.state;
-    if state == TCP_LISTEN {
-        return;
-    }
-    let bytes_in = response.nlas.iter().find_map(|nla| match nla {
-        Nla::TcpInfo(info) => Some(info.bytes_received),
-        _ => None,
-    });
-    let key = (
-        SocketAddr::new(unmap(id.source_address), id.source_port),
-        SocketAddr::new(unmap(id.destination_address), id.destination_port),
-    );
-    out.insert(
-        key,
-        Sock {
-            open: state != TCP_TIME_WAIT,
-            bytes_in,
-        },
-    );
-}
-
-/// Dual-stack sockets report IPv4 peers as `::ffff:a.b.c.d`; keys use the plain form.
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
+type Sockets = HashMap<SockKey, Sock>;
+type Knowns = HashMap<SockKey, diag::Known>;
 
 #[cfg(test)]
 mod tests;

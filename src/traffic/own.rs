@@ -5,18 +5,22 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::{Sock, SockKey};
+
+/// Linux holds a TCP socket in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN, not tunable).
+const LINGER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct OwnSockets {
     /// Connects begun and not refused: each raises the namespace's PassiveOpens, though maybe
     /// only after it is counted here (so that the foreign opens never seem to rise for it).
     connects: AtomicU64,
-    /// The local addresses of our connections, and whether our end is still open. The app's end
-    /// of a closed one can outlive ours (CLOSE_WAIT, TIME_WAIT), so one is forgotten only once a
-    /// dump no longer shows it.
-    ends: Mutex<HashMap<SocketAddr, bool>>,
+    /// The local addresses of our connections, and when our end closed. The app's end of a
+    /// closed one can outlive ours (TIME_WAIT, when the app closed first), so one is forgotten
+    /// only once that cannot be.
+    ends: Mutex<HashMap<SocketAddr, Option<Instant>>>,
 }
 
 impl OwnSockets {
@@ -29,8 +33,8 @@ impl OwnSockets {
     /// ran while it connected may hold it unmarked; each look takes ours out again, so such a
     /// dump miscounts one look at most.
     pub fn mark(self: &Arc<Self>, local: SocketAddr) -> OwnSocket {
-        let local = SocketAddr::new(super::unmap(local.ip()), local.port());
-        self.lock().insert(local, true);
+        let local = SocketAddr::new(super::diag::unmap(local.ip()), local.port());
+        self.lock().insert(local, None);
         OwnSocket {
             own: self.clone(),
             local,
@@ -46,27 +50,16 @@ impl OwnSockets {
         self.connects.load(Ordering::Relaxed)
     }
 
-    /// Takes ours out of the app port's sockets (those whose peer is one of our ends); after a
-    /// fresh dump, forgets the closed ends it no longer holds.
-    pub(super) fn remove_from(&self, sockets: &mut HashMap<SockKey, Sock>, dumped: bool) {
+    /// Takes ours out of the app port's sockets (those whose peer is one of our ends).
+    pub(super) fn remove_from(&self, sockets: &mut HashMap<SockKey, Sock>, now: Instant) {
         let mut ends = self.lock();
-        if ends.is_empty() {
-            return;
-        }
-        let mut seen = Vec::new();
-        sockets.retain(|(_, remote), _| {
-            let ours = ends.contains_key(remote);
-            if ours {
-                seen.push(*remote);
-            }
-            !ours
-        });
-        if dumped {
-            ends.retain(|end, open| *open || seen.contains(end));
+        ends.retain(|_, closed| closed.is_none_or(|at| now.saturating_duration_since(at) < LINGER));
+        if !ends.is_empty() {
+            sockets.retain(|(_, remote), _| !ends.contains_key(remote));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Option<Instant>>> {
         // The map holds no invariant a panic could break halfway.
         self.ends.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -81,8 +74,8 @@ pub struct OwnSocket {
 
 impl Drop for OwnSocket {
     fn drop(&mut self) {
-        if let Some(open) = self.own.lock().get_mut(&self.local) {
-            *open = false;
+        if let Some(closed) = self.own.lock().get_mut(&self.local) {
+            *closed = Some(Instant::now());
         }
     }
 }
@@ -103,12 +96,12 @@ mod tests {
     }
 
     #[test]
-    fn ours_are_removed_and_forgotten_once_gone() {
+    fn ours_are_removed_until_their_app_end_cannot_linger() {
         let own = Arc::new(OwnSockets::default());
         own.connecting();
         let guard = own.mark("127.0.0.1:40000".parse().unwrap());
         assert_eq!(own.connects(), 1);
-        let mut dump: HashMap<_, _> = [
+        let dump: HashMap<_, _> = [
             (key("127.0.0.1:40000"), sock()),
             (key("10.0.0.5:40001"), sock()),
             // The same port from another address: not ours.
@@ -116,26 +109,19 @@ mod tests {
             (key("127.0.0.6:40000"), sock()),
         ]
         .into();
-        own.remove_from(&mut dump.clone(), true);
-        let mut once = dump.clone();
-        own.remove_from(&mut once, true);
-        assert_eq!(once.len(), 3);
-        assert!(!once.contains_key(&key("127.0.0.1:40000")));
-
-        // Our end closed, the app's still shown: still ours.
+        let now = Instant::now();
+        let look = |at: Instant| {
+            let mut sockets = dump.clone();
+            own.remove_from(&mut sockets, at);
+            sockets
+        };
+        assert_eq!(look(now).len(), 3);
+        assert!(!look(now).contains_key(&key("127.0.0.1:40000")));
+        // Our end closed: the app's may still be there for a minute, and is still ours.
         drop(guard);
-        let mut again = dump.clone();
-        own.remove_from(&mut again, true);
-        assert_eq!(again.len(), 3);
-        // Gone from a dump: forgotten (not from a reused one), and a later socket on the port is
-        // not taken for ours.
-        dump.remove(&key("127.0.0.1:40000"));
-        own.remove_from(&mut dump.clone(), false);
-        assert_eq!(own.lock().len(), 1);
-        own.remove_from(&mut dump.clone(), true);
+        assert_eq!(look(Instant::now() + Duration::from_secs(59)).len(), 3);
+        // Then forgotten: a later socket on that address is not taken for ours.
+        assert_eq!(look(Instant::now() + Duration::from_secs(61)).len(), 4);
         assert!(own.lock().is_empty());
-        let mut later: HashMap<_, _> = [(key("127.0.0.1:40000"), sock())].into();
-        own.remove_from(&mut later, true);
-        assert_eq!(later.len(), 1);
     }
 }

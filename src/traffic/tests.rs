@@ -70,3 +70,47 @@ fn passive_opens_catch_connections_that_left_no_socket() {
     let c = snap(&[(1001, false, None)], Some(104));
     assert!(compare(&b, &c).is_quiet());
 }
+
+fn last(in_segs: u64, opens: u64, dumped_opens: u64, ago: Duration) -> Last {
+    Last {
+        at: Instant::now() - ago,
+        in_segs,
+        opens,
+        dumped_opens,
+        sockets: HashMap::new(),
+        known: HashMap::new(),
+    }
+}
+
+#[test]
+fn a_drain_dumps_only_once_arrivals_stop() {
+    let fresh = Duration::ZERO;
+    let known = last(50, 7, 7, fresh);
+    // No segment in: nothing to look at.
+    assert_eq!(plan(Need::Bytes, &known, 50, 7, true), Look::Reuse);
+    // Segments, no arrival since the last dump: only the known sockets can have had bytes.
+    assert_eq!(plan(Need::Bytes, &known, 60, 7, true), Look::Lookup);
+    // Arrivals now: they are the activity; no look at the sockets is needed.
+    assert_eq!(plan(Need::Bytes, &known, 60, 9, true), Look::Reuse);
+    // Arrivals before, none now: the sockets they left are learnt.
+    let after = last(60, 9, 7, fresh);
+    assert_eq!(plan(Need::Bytes, &after, 70, 9, true), Look::Dump);
+    // Without the opens counted, or from /proc, every segment means a dump.
+    assert_eq!(plan(Need::Bytes, &known, 60, 7, false), Look::Dump);
+    // A fall of the opens (sidewatch's own connect counted before the kernel's) is no arrival.
+    assert_eq!(plan(Need::Bytes, &known, 60, 6, true), Look::Lookup);
+}
+
+#[test]
+fn between_drains_the_sockets_are_looked_at_once_in_a_while() {
+    let recent = last(50, 7, 7, Duration::from_secs(3));
+    let due = last(50, 7, 7, CONNECTIONS_SEEN_WITHIN);
+    let due_with_arrivals = last(50, 9, 7, CONNECTIONS_SEEN_WITHIN);
+    assert_eq!(plan(Need::Connections, &recent, 90, 12, true), Look::Reuse);
+    assert_eq!(plan(Need::Connections, &due, 90, 7, true), Look::Lookup);
+    assert_eq!(
+        plan(Need::Connections, &due_with_arrivals, 90, 9, true),
+        Look::Dump
+    );
+    assert_eq!(plan(Need::Connections, &due, 90, 7, false), Look::Dump);
+}
