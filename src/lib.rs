@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod overload;
+pub mod page;
 pub mod probe;
 pub mod process;
 pub mod reason;

@@ -294,19 +294,29 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
             let end = admin.drain.start(&format!("/drain from {peer}")).await;
             json(StatusCode::OK, serde_json::to_vec(&end).unwrap_or_default())
         }
-        path @ ("/readyz" | "/livez" | "/metrics") => {
+        path @ ("/readyz" | "/livez" | "/metrics" | "/") => {
             if method != Method::GET && method != Method::HEAD {
                 return not_allowed("GET, HEAD");
             }
             match path {
-                "/readyz" => {
+                "/readyz" | "/" => {
                     let published = admin.verdict.borrow().clone();
                     let status = if published.verdict.ready {
                         StatusCode::OK
                     } else {
                         StatusCode::SERVICE_UNAVAILABLE
                     };
-                    json(status, published.body.clone())
+                    let verbose = req.uri().query().is_some_and(|q| {
+                        q.split('&').any(|p| p.split('=').next() == Some("verbose"))
+                    });
+                    if path == "/" {
+                        let page = crate::page::render(&published, std::time::SystemTime::now());
+                        with_type(status, page.into(), "text/html; charset=utf-8")
+                    } else if verbose {
+                        json(status, published.verbose())
+                    } else {
+                        json(status, published.body.clone())
+                    }
                 }
                 "/livez" => {
                     let dead = admin.liveness.dead();
@@ -331,7 +341,7 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /readyz, /livez, /metrics, /drain\n",
+            "not found: try /, /readyz, /livez, /metrics, /drain\n",
         ),
     }
 }

@@ -72,7 +72,10 @@ async fn not_ready_until_the_first_success() {
     let up = Upstream::start(Behaviour::Status(503, "")).await;
     let sw = start(&fast(&up.url()));
     let body = sw.wait_reason("http_5xx", WITHIN).await;
-    assert_eq!(body["reasons"][0]["message"], "HTTP 503");
+    assert_eq!(
+        body["reasons"][0]["message"],
+        "HTTP/1.1 503 Service Unavailable"
+    );
     up.set(healthy());
     sw.wait_ready(WITHIN).await;
 }
@@ -214,4 +217,28 @@ async fn thresholds_and_recovery_follow_the_config() {
         .metric("sidewatch_probe_failures_total{probe=\"app\",reason=\"http_5xx\"}")
         .await;
     assert_eq!(failures, Some(8.0));
+}
+
+/// The evidence of a failing answer: its status line and its body's first bytes, on one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_answer_is_shown_with_its_status_line_and_first_bytes() {
+    let body =
+        "upstream connect error or disconnect/reset before headers.\r\n\treset reason: overflow";
+    let up = Upstream::start(Behaviour::Status(503, body)).await;
+    let sw = start(&fast(&up.url()));
+    let readyz = sw.wait_reason("http_5xx", WITHIN).await;
+    assert_eq!(
+        readyz["reasons"][0]["message"],
+        "HTTP/1.1 503 Service Unavailable: \"upstream connect error or disconnect/reset before headers. reset reason: overflow\""
+    );
+    let long = "x".repeat(10_000);
+    up.set(Behaviour::Status(404, Box::leak(long.into_boxed_str())));
+    let readyz = sw.wait_reason("unexpected_status", WITHIN).await;
+    let message = readyz["reasons"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("HTTP/1.1 404 Not Found: \"xxx")
+            && message.ends_with("\", want 200-399"),
+        "{message}"
+    );
+    assert!(message.len() < 200, "{message}");
 }

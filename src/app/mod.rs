@@ -146,7 +146,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
 
     // Nothing fails from here: every input, the engine and the outputs are started.
-    let (publish, verdict) = watch::channel(Published::new(engine.verdict()));
+    let (publish, verdict) = watch::channel(Published::new(&engine, Arc::from([])));
     let (inputs_tx, inputs_rx) = mpsc::channel(256);
     let liveness = Liveness::default();
     let shutdown = CancellationToken::new();

@@ -7,7 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{Observation, Signal, Verdict};
+use super::history::Transition;
+use super::{Engine, Observation, Signal, SignalView, Verdict};
 
 pub enum Input {
     Observe {
@@ -19,20 +20,43 @@ pub enum Input {
     },
 }
 
-/// A verdict as the HTTP server serves it: reading it never waits on the engine.
+/// A verdict as the HTTP server serves it: reading it never waits on the engine. With every
+/// signal as it stands and the last transitions, for `/readyz?verbose` and the status page.
 #[derive(Debug)]
 pub struct Published {
     pub verdict: Verdict,
     pub body: Bytes,
+    pub signals: Vec<SignalView>,
+    pub history: Arc<[Transition]>,
 }
 
 impl Published {
-    pub fn new(verdict: &Verdict) -> Arc<Self> {
+    pub fn new(engine: &Engine, history: Arc<[Transition]>) -> Arc<Self> {
+        let verdict = engine.verdict();
         let body = serde_json::to_vec(verdict).unwrap_or_else(|_| b"{\"ready\":false}".to_vec());
         Arc::new(Published {
             verdict: verdict.clone(),
             body: Bytes::from(body),
+            signals: engine.signals(),
+            history,
         })
+    }
+
+    /// `/readyz?verbose`: the verdict, every signal, the last transitions (newest first).
+    pub fn verbose(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Verbose<'a> {
+            #[serde(flatten)]
+            verdict: &'a Verdict,
+            signals: &'a [SignalView],
+            history: &'a [Transition],
+        }
+        let verbose = Verbose {
+            verdict: &self.verdict,
+            signals: &self.signals,
+            history: &self.history,
+        };
+        serde_json::to_vec(&verbose).unwrap_or_default()
     }
 }
 

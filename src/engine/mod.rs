@@ -74,6 +74,16 @@ impl Verdict {
     }
 }
 
+/// One signal on the status page: `failing` is up with failures below its threshold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SignalView {
+    pub signal: Signal,
+    pub state: &'static str,
+    pub critical: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Cause>,
+}
+
 /// What a drain does to readiness.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -228,6 +238,24 @@ impl Engine {
         &self.verdict
     }
 
+    /// Every registered signal as it stands, for the status page.
+    pub fn signals(&self) -> Vec<SignalView> {
+        self.signals
+            .iter()
+            .map(|(signal, state)| SignalView {
+                signal: signal.clone(),
+                state: match state.health {
+                    Health::Starting => "starting",
+                    Health::Up if state.failure.is_some() => "failing",
+                    Health::Up => "up",
+                    Health::Down => "down",
+                },
+                critical: state.spec.critical,
+                failure: state.failure.clone(),
+            })
+            .collect()
+    }
+
     fn recompute(&mut self) -> Change {
         let mut reasons = Vec::new();
         let mut warnings = Vec::new();
@@ -284,6 +312,7 @@ fn rfc3339<S: Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 }
 
 pub mod bus;
+pub mod history;
 mod signal;
 pub mod task;
 

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::bus::{Input, Published};
+use super::history::History;
 use super::{Change, Engine, Signal, Verdict};
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
@@ -76,6 +77,7 @@ pub async fn run_engine(
     stop: CancellationToken,
 ) {
     metrics.verdict(engine.verdict());
+    let mut history = History::new(SystemTime::now());
     let mut limiter = LogLimiter::default();
     loop {
         let due = limiter.due();
@@ -105,7 +107,10 @@ pub async fn run_engine(
             continue;
         }
         let verdict = engine.verdict();
-        publish.send_replace(Published::new(verdict));
+        if change == Change::Readiness {
+            history.record(&before, verdict, now);
+        }
+        publish.send_replace(Published::new(&engine, history.latest()));
         metrics.verdict(verdict);
         let what = if change == Change::Readiness {
             let to = if verdict.ready { "ready" } else { "not_ready" };

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -225,14 +226,25 @@ async fn judge(
 ) -> Result<(), Failure> {
     let mut response = response.map_err(|e| classify::chain(&e, Reason::InvalidResponse))?;
     let status = response.status().as_u16();
-    if (500..=599).contains(&status) && !accepts(&check.expect_status, status) {
-        return Err(Failure::new(Reason::Http5xx, format!("HTTP {status}")));
-    }
     if !accepts(&check.expect_status, status) {
+        // The evidence, as the app gave it: the status line and the first bytes of the body.
+        let line = format!(
+            "{:?} {status} {}",
+            response.version(),
+            response.status().canonical_reason().unwrap_or("")
+        );
+        let line = line.trim_end();
+        let evidence = match first_bytes(response.body_mut()).await {
+            Some(body) if !body.is_empty() => format!("{line}: {body:?}"),
+            _ => line.to_owned(),
+        };
+        if (500..=599).contains(&status) {
+            return Err(Failure::new(Reason::Http5xx, evidence));
+        }
         let want: Vec<String> = check.expect_status.iter().map(|r| r.to_string()).collect();
         return Err(Failure::new(
             Reason::UnexpectedStatus,
-            format!("HTTP {status}, want {}", want.join(",")),
+            format!("{evidence}, want {}", want.join(",")),
         ));
     }
     let Some(needle) = &check.body_contains else {
@@ -274,6 +286,29 @@ async fn judge(
             String::from_utf8_lossy(needle)
         ),
     ))
+}
+
+/// How much of a failing answer's body is kept as evidence, and how long it is waited for: the
+/// first frame that comes, no more, so that a body that stalls does not turn a 503 into a timeout.
+const EVIDENCE_BYTES: usize = 120;
+const EVIDENCE_WAIT: Duration = Duration::from_millis(100);
+
+async fn first_bytes(body: &mut Incoming) -> Option<String> {
+    let frame = tokio::time::timeout(EVIDENCE_WAIT, body.frame())
+        .await
+        .ok()??
+        .ok()?;
+    let data = frame.into_data().ok()?;
+    let text = String::from_utf8_lossy(&data[..data.len().min(EVIDENCE_BYTES)]);
+    // One line of printable text: the page, the log line and the Event show it as it is.
+    let text: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    Some(text)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

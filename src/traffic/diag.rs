@@ -133,19 +133,25 @@ pub struct Known {
 const LOOKUPS_AT_ONCE: usize = 64;
 
 /// Asks the kernel for each of `known` by its id (a hash lookup each, however many sockets the
-/// node holds); `each` gets the answers of those that still exist.
+/// node holds), a batch at a time until `enough` says so; `each` gets each one's index in
+/// `known` and its answer, `None` once it is gone.
 pub fn lookup(
     socket: &mut netlink_sys::Socket,
     known: &[&Known],
-    mut each: impl FnMut(&InetResponse),
+    mut each: impl FnMut(usize, Option<&InetResponse>),
+    mut enough: impl FnMut() -> bool,
 ) -> std::io::Result<()> {
     let mut received = Vec::with_capacity(64 * 1024);
-    for batch in known.chunks(LOOKUPS_AT_ONCE) {
+    for (n, batch) in known.chunks(LOOKUPS_AT_ONCE).enumerate() {
+        if n > 0 && enough() {
+            break;
+        }
+        let first = n * LOOKUPS_AT_ONCE;
         let mut buf = Vec::new();
         for (i, k) in batch.iter().enumerate() {
             let mut header = NetlinkHeader::default();
             header.flags = NLM_F_REQUEST;
-            header.sequence_number = i as u32;
+            header.sequence_number = (first + i) as u32;
             let mut request = NetlinkMessage::new(
                 header,
                 SockDiagMessage::InetRequest(InetRequest {
@@ -169,10 +175,14 @@ pub fn lookup(
             received.clear();
             let size = socket.recv(&mut received, 0)?;
             for message in messages(&received[..size])? {
+                let index = message.header.sequence_number as usize;
+                if !(first..first + batch.len()).contains(&index) {
+                    continue; // a late answer to an earlier request
+                }
                 match message.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                         answered += 1;
-                        each(&response);
+                        each(index, Some(&response));
                     }
                     NetlinkPayload::Error(e) => {
                         answered += 1;
@@ -181,6 +191,7 @@ pub fn lookup(
                         if errno != Errno::NOENT && errno != Errno::STALE {
                             return Err(errno.into());
                         }
+                        each(index, None);
                     }
                     _ => {}
                 }

@@ -150,6 +150,7 @@ struct Last {
     dumped_opens: u64,
     sockets: HashMap<SockKey, Sock>,
     known: HashMap<SockKey, diag::Known>,
+    hot: Hot,
 }
 
 enum Backend {
@@ -227,11 +228,12 @@ impl TrafficWatcher {
         let mut last = match (look, self.last.take()) {
             (Look::Reuse, Some(last)) => last,
             (Look::Lookup, Some(last)) => {
-                let (sockets, known) = self.lookup(&last)?;
+                let (sockets, known, hot) = self.lookup(&last, need)?;
                 Last {
                     at: now,
                     sockets,
                     known,
+                    hot,
                     ..last
                 }
             }
@@ -244,6 +246,7 @@ impl TrafficWatcher {
                     dumped_opens: opens,
                     sockets,
                     known,
+                    hot: Vec::new(),
                 }
             }
         };
@@ -313,34 +316,60 @@ impl TrafficWatcher {
 
     /// The last look's open sockets asked for again: those gone are left out, no new one can
     /// show. The closed ones (TIME_WAIT) are kept as they were, so that a later dump does not
-    /// count them as arrivals again.
-    fn lookup(&mut self, last: &Last) -> std::io::Result<(Sockets, Knowns)> {
+    /// count them as arrivals again. For `Need::Bytes` it stops at the first batch that shows
+    /// bytes in, the sockets that had them last asked first: the rest keep their last counts,
+    /// and their bytes show at a later look, so none is lost from the drain's total.
+    fn lookup(&mut self, last: &Last, need: Need) -> std::io::Result<(Sockets, Knowns, Hot)> {
         let Backend::SockDiag(socket) = &mut self.backend else {
-            return self.dump();
+            let (sockets, known) = self.dump()?;
+            return Ok((sockets, known, Vec::new()));
         };
-        let mut ids = Vec::new();
-        let (mut sockets, mut known) = (HashMap::new(), HashMap::new());
-        for (key, sock) in &last.sockets {
-            match (sock.open, last.known.get(key)) {
-                (true, Some(id)) => ids.push(id),
-                (_, id) => {
-                    sockets.insert(*key, *sock);
-                    if let Some(id) = id {
-                        known.insert(*key, id.clone());
+        let (mut sockets, mut known) = (last.sockets.clone(), last.known.clone());
+        let mut keys: Vec<SockKey> = last
+            .hot
+            .iter()
+            .filter(|k| last.sockets.contains_key(k))
+            .copied()
+            .collect();
+        keys.extend(
+            last.sockets
+                .iter()
+                .filter(|(key, sock)| sock.open && !last.hot.contains(key))
+                .map(|(key, _)| *key),
+        );
+        keys.retain(|key| last.known.contains_key(key));
+        let ids: Vec<&diag::Known> = keys.iter().filter_map(|key| last.known.get(key)).collect();
+        let mut hot = Vec::new();
+        let found = std::cell::Cell::new(false);
+        diag::lookup(
+            socket,
+            &ids,
+            |i, answer| {
+                let key = keys[i];
+                match answer.and_then(diag::connection) {
+                    Some((_, sock, id)) => {
+                        let before = last.sockets.get(&key).and_then(|s| s.bytes_in);
+                        if sock.bytes_in.is_some() && sock.bytes_in != before {
+                            hot.push(key);
+                            found.set(true);
+                        }
+                        sockets.insert(key, sock);
+                        known.insert(key, id);
+                    }
+                    None => {
+                        sockets.remove(&key);
+                        known.remove(&key);
                     }
                 }
-            }
-        }
-        diag::lookup(socket, &ids, |r| {
-            if let Some((key, sock, id)) = diag::connection(r) {
-                sockets.insert(key, sock);
-                known.insert(key, id);
-            }
-        })?;
-        Ok((sockets, known))
+            },
+            || need == Need::Bytes && found.get(),
+        )?;
+        Ok((sockets, known, hot))
     }
 }
 
+/// The sockets that had bytes in at the last lookup.
+type Hot = Vec<SockKey>;
 type Sockets = HashMap<SockKey, Sock>;
 type Knowns = HashMap<SockKey, diag::Known>;
 

@@ -79,6 +79,7 @@ fn last(in_segs: u64, opens: u64, dumped_opens: u64, ago: Duration) -> Last {
         dumped_opens,
         sockets: HashMap::new(),
         known: HashMap::new(),
+        hot: Vec::new(),
     }
 }
 
