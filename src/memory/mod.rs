@@ -73,6 +73,7 @@ impl MemoryWatcher {
         let mut target = Target::Nothing;
         let mut reported = false;
         let mut last_error: Option<String> = None;
+        let mut sent = Sent::default();
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -105,7 +106,10 @@ impl MemoryWatcher {
                         armed.gone();
                         armed.watch_parent(&dir, &wake_tx);
                         let gone = ReadError::Gone { path: dir.path };
-                        if !self.read_failed(gone, &mut last_error, &mut target).await {
+                        if !self
+                            .read_failed(gone, &mut last_error, &mut target, &mut sent)
+                            .await
+                        {
                             return;
                         }
                         continue;
@@ -149,9 +153,12 @@ impl MemoryWatcher {
                     }
                     let assessment = assessor.assess(&sample);
                     self.publish(&sample, &assessment);
-                    self.send_all(assessment).await
+                    self.send_all(assessment, &mut sent).await
                 }
-                Err(e) => self.read_failed(e, &mut last_error, &mut target).await,
+                Err(e) => {
+                    self.read_failed(e, &mut last_error, &mut target, &mut sent)
+                        .await
+                }
             };
             if !ok {
                 return;
@@ -290,7 +297,9 @@ impl MemoryWatcher {
         }
     }
 
-    async fn send_all(&self, a: Assessment) -> bool {
+    /// Sends the signals whose observation differs from the one sent last: they flip on one
+    /// observation, so a repeat changes nothing but costs the engine a look, four times a second.
+    async fn send_all(&self, a: Assessment, sent: &mut Sent) -> bool {
         let mut observations = [
             (Memory::Usage, a.usage),
             (Memory::Pressure, a.pressure.unwrap_or(Observation::Success)),
@@ -302,6 +311,11 @@ impl MemoryWatcher {
         // would be a false "ready" between two reasons (a transition, a gate patch, an Event).
         observations.sort_by_key(|(_, o)| matches!(o, Observation::Success));
         for (signal, observation) in observations {
+            let last = &mut sent[signal as usize];
+            if last.as_ref() == Some(&observation) {
+                continue;
+            }
+            *last = Some(observation.clone());
             let input = Input::Observe {
                 signal: Signal::Memory(signal),
                 observation,
@@ -320,6 +334,7 @@ impl MemoryWatcher {
         e: ReadError,
         last: &mut Option<String>,
         target: &mut Target,
+        sent: &mut Sent,
     ) -> bool {
         self.metrics
             .read_errors
@@ -333,14 +348,20 @@ impl MemoryWatcher {
         if matches!(e, ReadError::Missing { .. }) && matches!(self.plan, Plan::Process { .. }) {
             *target = Target::Nothing;
         }
-        self.send_all(Assessment {
-            usage: Observation::Success,
-            pressure: None,
-            trend: Observation::Success,
-            predicted_oom: None,
-            oom: None,
-            new_oom_kills: 0,
-        })
+        self.send_all(
+            Assessment {
+                usage: Observation::Success,
+                pressure: None,
+                trend: Observation::Success,
+                predicted_oom: None,
+                oom: None,
+                new_oom_kills: 0,
+            },
+            sent,
+        )
         .await
     }
 }
+
+/// The last observation sent per memory signal, by `Memory as usize`.
+type Sent = [Option<Observation>; 4];
