@@ -65,6 +65,7 @@ fn a_full_accept_queue_is_overload_and_fails_readiness_only_when_opted_in() {
             (signal.metric("sidewatch_app_accept_queue").await == Some(2.0)).then_some(())
         })
         .await;
+        // The namespace's counters are read once in 10 s.
         for (series, what) in [
             ("sidewatch_app_accept_drops_total", "the listener's drops"),
             (
@@ -72,7 +73,7 @@ fn a_full_accept_queue_is_overload_and_fails_readiness_only_when_opted_in() {
                 "the namespace's overflows",
             ),
         ] {
-            eventually(what, WITHIN, || async {
+            eventually(what, Duration::from_secs(30), || async {
                 let n = signal.metric(series).await;
                 n.is_some_and(|n| n > 0.0).then_some(())
             })
