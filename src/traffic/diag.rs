@@ -137,7 +137,7 @@ const LOOKUPS_AT_ONCE: usize = 64;
 /// `known` and its answer, `None` once it is gone.
 pub fn lookup(
     socket: &mut netlink_sys::Socket,
-    known: &[&Known],
+    known: &[Known],
     mut each: impl FnMut(usize, Option<&InetResponse>),
     mut enough: impl FnMut() -> bool,
 ) -> std::io::Result<()> {

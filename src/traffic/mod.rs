@@ -227,15 +227,10 @@ impl TrafficWatcher {
         // Taken out: a look that fails leaves none, and the next one dumps.
         let mut last = match (look, self.last.take()) {
             (Look::Reuse, Some(last)) => last,
-            (Look::Lookup, Some(last)) => {
-                let (sockets, known, hot) = self.lookup(&last, need)?;
-                Last {
-                    at: now,
-                    sockets,
-                    known,
-                    hot,
-                    ..last
-                }
+            (Look::Lookup, Some(mut last)) => {
+                self.lookup(&mut last, need)?;
+                last.at = now;
+                last
             }
             _ => {
                 let (sockets, known) = self.dump()?;
@@ -319,12 +314,12 @@ impl TrafficWatcher {
     /// count them as arrivals again. For `Need::Bytes` it stops at the first batch that shows
     /// bytes in, the sockets that had them last asked first: the rest keep their last counts,
     /// and their bytes show at a later look, so none is lost from the drain's total.
-    fn lookup(&mut self, last: &Last, need: Need) -> std::io::Result<(Sockets, Knowns, Hot)> {
+    fn lookup(&mut self, last: &mut Last, need: Need) -> std::io::Result<()> {
         let Backend::SockDiag(socket) = &mut self.backend else {
-            let (sockets, known) = self.dump()?;
-            return Ok((sockets, known, Vec::new()));
+            (last.sockets, last.known) = self.dump()?;
+            last.hot.clear();
+            return Ok(());
         };
-        let (mut sockets, mut known) = (last.sockets.clone(), last.known.clone());
         let mut keys: Vec<SockKey> = last
             .hot
             .iter()
@@ -337,24 +332,26 @@ impl TrafficWatcher {
                 .filter(|(key, sock)| sock.open && !last.hot.contains(key))
                 .map(|(key, _)| *key),
         );
-        keys.retain(|key| last.known.contains_key(key));
-        let ids: Vec<&diag::Known> = keys.iter().filter_map(|key| last.known.get(key)).collect();
+        let (keys, ids): (Vec<SockKey>, Vec<diag::Known>) = keys
+            .into_iter()
+            .filter_map(|key| Some((key, last.known.get(&key)?.clone())))
+            .unzip();
         let mut hot = Vec::new();
         let found = std::cell::Cell::new(false);
+        let (sockets, known) = (&mut last.sockets, &mut last.known);
         diag::lookup(
             socket,
             &ids,
             |i, answer| {
                 let key = keys[i];
                 match answer.and_then(diag::connection) {
-                    Some((_, sock, id)) => {
-                        let before = last.sockets.get(&key).and_then(|s| s.bytes_in);
+                    Some((_, sock, _)) => {
+                        let before = sockets.get(&key).and_then(|s| s.bytes_in);
                         if sock.bytes_in.is_some() && sock.bytes_in != before {
                             hot.push(key);
                             found.set(true);
                         }
                         sockets.insert(key, sock);
-                        known.insert(key, id);
                     }
                     None => {
                         sockets.remove(&key);
@@ -364,7 +361,8 @@ impl TrafficWatcher {
             },
             || need == Need::Bytes && found.get(),
         )?;
-        Ok((sockets, known, hot))
+        last.hot = hot;
+        Ok(())
     }
 }
 
