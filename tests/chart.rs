@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{chart, kubernetes_validate, output_text, run_tool, tempdir};
+use common::{chart, kubernetes_validate_for, output_text, run_tool, tempdir};
 use serde_json::Value;
 
 /// Checks skipped on purpose; docs/hardening.md "Security scan" says why for each.
@@ -61,7 +61,7 @@ fn the_chart_lints_strictly_and_rejects_unknown_values() {
 }
 
 #[test]
-fn every_option_renders_and_validates_for_1_29_and_1_35() {
+fn every_option_renders_and_validates_for_1_29_1_30_and_1_35() {
     let Some(default) = chart::render(&[]) else {
         return;
     };
@@ -75,6 +75,8 @@ fn every_option_renders_and_validates_for_1_29_and_1_35() {
         "PodDisruptionBudget",
         "MutatingWebhookConfiguration",
         "Secret",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ] {
         assert!(
             default_kinds.iter().any(|k| k == kind),
@@ -88,24 +90,41 @@ fn every_option_renders_and_validates_for_1_29_and_1_35() {
             "{kind} missing with every option on"
         );
     }
+    // Rendered for each version, as helm does for the cluster it installs into: the own-pod
+    // policy (admissionregistration.k8s.io/v1) only from 1.30.
     let dir = tempdir::Dir::new();
-    for (name, yaml) in [("default", &default), ("all", &all)] {
-        let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, yaml).unwrap();
-        let Some(reports) = kubernetes_validate(&file) else {
-            return;
-        };
-        for (version, passed, report) in reports {
-            assert!(passed, "{name} {version}: {report}");
-            let builtin = kinds(yaml)
+    for version in ["1.29.0", "1.30.0", "1.35.0"] {
+        for (name, args) in [("default", vec![]), ("all", vec!["-f", chart::ALL_ON])] {
+            let mut args = args;
+            args.extend(["--kube-version", version]);
+            let Some(yaml) = chart::render(&args) else {
+                return;
+            };
+            let policy = kinds(&yaml)
                 .iter()
-                .filter(|k| !CRDS.contains(&k.as_str()))
-                .count();
+                .any(|k| k == "ValidatingAdmissionPolicy");
             assert_eq!(
-                report.matches(" passed for resource ").count(),
-                builtin,
-                "{name} {version}: {report}"
+                policy,
+                version != "1.29.0",
+                "{name} {version}: the own-pod policy"
             );
+            let file = dir.path().join(format!("{name}-{version}.yaml"));
+            std::fs::write(&file, &yaml).unwrap();
+            let Some(reports) = kubernetes_validate_for(&file, &[version]) else {
+                return;
+            };
+            for (version, passed, report) in reports {
+                assert!(passed, "{name} {version}: {report}");
+                let builtin = kinds(&yaml)
+                    .iter()
+                    .filter(|k| !CRDS.contains(&k.as_str()))
+                    .count();
+                assert_eq!(
+                    report.matches(" passed for resource ").count(),
+                    builtin,
+                    "{name} {version}: {report}"
+                );
+            }
         }
     }
 }

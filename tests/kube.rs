@@ -11,6 +11,7 @@ mod netns;
 
 use std::time::{Duration, Instant, SystemTime};
 
+use common::policy::{self, Verdict};
 use common::{eventually, healthy, tempdir, Behaviour, Sidewatch, Upstream};
 use fake_api::FakeApi;
 
@@ -221,6 +222,49 @@ async fn events_are_posted_for_transitions_and_rate_limited() {
         first.path
     );
     assert_eq!(first.body["regarding"]["name"], "web-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_own_pod_policy_admits_the_sidecars_writes_and_stops_another_pods_token() {
+    let s = setup(fake_api::pod(true), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    s.api.wait_gate("True", WITHIN).await;
+    s.up.set(Behaviour::Status(503, ""));
+    s.api.wait_gate("False", WITHIN).await;
+    let event = |v: &[(String, Verdict)]| v.iter().any(|(r, _)| r.contains("/events"));
+    eventually("an Event judged by the policy", WITHIN, || async {
+        event(&s.api.verdicts()).then_some(())
+    })
+    .await;
+    let verdicts = s.api.verdicts();
+    assert!(verdicts.len() >= 3, "{verdicts:?}");
+    for (request, verdict) in &verdicts {
+        assert_eq!(*verdict, Verdict::Allowed, "{request}");
+        // Only the writes the trimmed Role grants.
+        assert!(
+            request == "PATCH /api/v1/namespaces/shop/pods/web-1/status"
+                || request.starts_with("POST /apis/events.k8s.io/v1/namespaces/shop/events")
+                || request.starts_with("PATCH /apis/events.k8s.io/v1/namespaces/shop/events/"),
+            "{request}"
+        );
+    }
+    // The same sidecar holding the token of another pod (web-1's token taken to web-0, or
+    // web-0's used on web-1): its writes about web-1 are refused and counted, and the gate stays.
+    let other = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    s.api
+        .set_caller(policy::pod_token("shop", "sidewatch", "web-0", other));
+    s.up.set(healthy());
+    s.sw.wait_ready(WITHIN).await;
+    s.sw.wait_metric_at_least("sidewatch_kube_errors_total{op=\"patch_status\"}", 1.0)
+        .await;
+    let denied: Vec<_> = s.api.verdicts().into_iter().skip(verdicts.len()).collect();
+    assert!(
+        denied
+            .iter()
+            .any(|(r, v)| r.ends_with("/pods/web-1/status") && matches!(v, Verdict::Denied(_))),
+        "{denied:?}"
+    );
+    assert_eq!(s.api.gate().map(|(st, _)| st), Some("False".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,11 @@
 //! of `pods/{name}/status` (recorded and applied), POST and PATCH of Events (events.k8s.io/v1
 //! and core/v1), and failure modes (an error status for everything or for status patches only,
 //! dropped watches, slowness, and going down: every connection closed at once, new ones accepted
-//! and closed unanswered, and counted). Its waits poll with `common::eventually`: a test crate
-//! that includes it includes `common` too.
+//! and closed unanswered, and counted). Every write passes the own-pod ValidatingAdmissionPolicy
+//! shipped in deploy/policy first, evaluated on the caller's token (by default the projected
+//! token of the fake's pod for the `sidewatch` service account; `set_caller` changes it), and is
+//! refused with 403 as the API server does when it denies. Its waits poll with
+//! `common::eventually`: a test crate that includes it includes `common` too.
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::convert::Infallible;
@@ -21,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::common::eventually;
+use crate::common::policy::{self, Policy, Verdict};
 
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -50,6 +54,12 @@ struct State {
     refused: usize,
     /// Bumped to cut every open watch.
     generation: u64,
+    /// Who the requests come from: the userInfo the API server takes from the caller's token.
+    caller: Value,
+    /// Events posted so far, by name, for a patch to be judged on the Event it makes.
+    events: std::collections::HashMap<String, Value>,
+    /// The policy's verdict on each write it was asked about: (method path, verdict).
+    verdicts: Vec<(String, Verdict)>,
 }
 
 #[derive(Clone)]
@@ -59,6 +69,7 @@ pub struct FakeApi {
     changed: Arc<Notify>,
     /// Bumped to close every open connection (going down).
     cut: Arc<tokio::sync::watch::Sender<u64>>,
+    policy: Arc<Policy>,
 }
 
 impl FakeApi {
@@ -82,6 +93,12 @@ impl FakeApi {
         let addr = listener.local_addr().unwrap();
         let mut pod = pod;
         pod["metadata"]["resourceVersion"] = "1".into();
+        let caller = policy::pod_token(
+            pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+            "sidewatch",
+            pod["metadata"]["name"].as_str().unwrap_or_default(),
+            pod["metadata"]["uid"].as_str().unwrap_or_default(),
+        );
         let api = FakeApi {
             addr,
             state: Arc::new(Mutex::new(State {
@@ -96,9 +113,13 @@ impl FakeApi {
                 down: false,
                 refused: 0,
                 generation: 0,
+                caller,
+                events: Default::default(),
+                verdicts: Vec::new(),
             })),
             changed: Arc::new(Notify::new()),
             cut: Arc::new(tokio::sync::watch::channel(0).0),
+            policy: Arc::new(Policy::shipped()),
         };
         let server = api.clone();
         tokio::spawn(async move {
@@ -141,6 +162,50 @@ impl FakeApi {
     /// Connections closed unanswered while down, so far.
     pub fn refused(&self) -> usize {
         self.state.lock().unwrap().refused
+    }
+
+    /// The requests come from this userInfo from now on (`policy::pod_token` of another pod…).
+    pub fn set_caller(&self, caller: Value) {
+        self.state.lock().unwrap().caller = caller;
+    }
+
+    /// The own-pod policy's verdict on each write so far: ("PATCH /api/v1/…", verdict).
+    pub fn verdicts(&self) -> Vec<(String, Verdict)> {
+        self.state.lock().unwrap().verdicts.clone()
+    }
+
+    /// Asks the policy about a write whose result is `object`; the refusal to answer if denied.
+    fn admit(
+        &self,
+        s: &mut State,
+        (method, path): (&Method, &str),
+        operation: &str,
+        resource: (&str, &str, &str),
+        object: &Value,
+    ) -> Option<Response<BoxBody<Bytes, Infallible>>> {
+        // /api/v1/namespaces/{ns}/{resource}/{name}[/{sub}] or /apis/{group}/v1/namespaces/…
+        let parts: Vec<&str> = path.split('/').collect();
+        let at = parts.iter().position(|p| *p == "namespaces")?;
+        let namespace = parts.get(at + 1).copied().unwrap_or_default();
+        let name = match parts.get(at + 3) {
+            Some(name) => (*name).to_owned(),
+            None => object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let request = policy::request(&s.caller, operation, resource, namespace, &name, object);
+        let verdict = self.policy.admit(&request);
+        s.verdicts
+            .push((format!("{method} {path}"), verdict.clone()));
+        let Verdict::Denied(message) = verdict else {
+            return None;
+        };
+        let message = format!(
+            "{} \"{name}\" is forbidden: ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {message}",
+            resource.1, self.policy.name, self.policy.name
+        );
+        Some(json_response(403, status_body(403, &message)))
     }
 
     /// PATCH of pods/status answers this status until `None`; everything else works.
@@ -290,9 +355,15 @@ impl FakeApi {
             }
             (&Method::PATCH, p) if p.ends_with("/status") && p.contains("/pods/") => {
                 let mut s = self.state.lock().unwrap();
+                let mut pod = s.pod.clone();
                 if content_type.starts_with("application/strategic-merge-patch+json") {
-                    merge_conditions(&mut s.pod, &body);
+                    merge_conditions(&mut pod, &body);
                 }
+                let resource = ("", "pods", "status");
+                if let Some(denied) = self.admit(&mut s, (&method, p), "UPDATE", resource, &pod) {
+                    return denied;
+                }
+                s.pod = pod;
                 bump(&mut s, "MODIFIED");
                 let pod = s.pod.clone();
                 drop(s);
@@ -304,9 +375,34 @@ impl FakeApi {
                 if event["metadata"]["name"].is_null() {
                     event["metadata"]["name"] = "event-1".into();
                 }
+                let mut s = self.state.lock().unwrap();
+                if let Some(denied) =
+                    self.admit(&mut s, (&method, p), "CREATE", event_resource(p), &event)
+                {
+                    return denied;
+                }
+                let name = event["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                s.events.insert(name, event.clone());
                 json_response(201, event)
             }
-            (&Method::PATCH, p) if p.contains("/events/") => json_response(200, body),
+            (&Method::PATCH, p) if p.contains("/events/") => {
+                let mut s = self.state.lock().unwrap();
+                let name = p.rsplit('/').next().unwrap_or_default().to_owned();
+                let Some(mut event) = s.events.get(&name).cloned() else {
+                    return json_response(404, status_body(404, "no such Event"));
+                };
+                json_patch::merge(&mut event, &body);
+                if let Some(denied) =
+                    self.admit(&mut s, (&method, p), "UPDATE", event_resource(p), &event)
+                {
+                    return denied;
+                }
+                s.events.insert(name, event.clone());
+                json_response(200, event)
+            }
             _ => json_response(404, status_body(404, "not found")),
         }
     }
@@ -392,6 +488,14 @@ fn bump(s: &mut State, kind: &'static str) {
 }
 
 /// Strategic merge of `status.conditions`: entries merge by `type`.
+/// The group of an Event's path: events.k8s.io, or the core group.
+fn event_resource(path: &str) -> (&'static str, &'static str, &'static str) {
+    match path.starts_with("/apis/events.k8s.io/") {
+        true => ("events.k8s.io", "events", ""),
+        false => ("", "events", ""),
+    }
+}
+
 fn merge_conditions(pod: &mut Value, patch: &Value) {
     let Some(new) = patch["status"]["conditions"].as_array() else {
         return;

@@ -106,6 +106,7 @@ pub fn write_config(yaml: &str) -> (tempdir::Dir, PathBuf) {
 
 pub mod cgroup;
 pub mod chart;
+pub mod policy;
 
 /// Minimal temp directory that removes itself, so the tests need no extra crate.
 pub mod tempdir {
@@ -621,9 +622,17 @@ pub fn client() -> reqwest::Client {
 /// per version, whether it passed and its report. `None` when the tool is missing (skipped, or a
 /// failure under `SIDEWATCH_REQUIRE_ALL=1`).
 pub fn kubernetes_validate(file: &std::path::Path) -> Option<Vec<(&'static str, bool, String)>> {
+    kubernetes_validate_for(file, &["1.29.0", "1.35.0"])
+}
+
+/// As `kubernetes_validate`, for these Kubernetes versions.
+pub fn kubernetes_validate_for(
+    file: &std::path::Path,
+    versions: &[&'static str],
+) -> Option<Vec<(&'static str, bool, String)>> {
     let file = file.to_str().expect("UTF-8 temp path");
     let mut reports = Vec::new();
-    for version in ["1.29.0", "1.35.0"] {
+    for &version in versions {
         let out = run_tool("kubernetes-validate", &["--strict", "-k", version, file])?;
         reports.push((version, out.status.success(), output_text(&out)));
     }
