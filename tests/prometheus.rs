@@ -10,11 +10,16 @@
 //! traffic holds to drain.max, a sidecar that is down, an app sidewatch cannot find the memory
 //! of, an app whose page cache thrashes under its limit in a real cgroup (PSI on the v2
 //! hierarchy), an app whose accept queue is full, a readiness gate the API server refuses to
-//! patch (and an OOMKilled restart), a watch the API server refuses.
+//! patch (and an OOMKilled restart), a watch the API server refuses; and the webhook, serving a
+//! certificate that expires in a week, sent what is not an admission review.
 
 mod common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
+#[path = "common/pki.rs"]
+mod pki;
+#[path = "common/webhook.rs"]
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -379,6 +384,18 @@ async fn the_alerts_fire_in_a_real_prometheus_and_the_dashboard_has_data() {
     targets.push((sw.addr.to_string(), "watch-fail"));
     keep.push(sw);
 
+    // The webhook, serving a certificate that expires in a week; later a client that is not the
+    // API server sends it what is not a review.
+    let pki = pki::Pki::new();
+    let week = SystemTime::now() + Duration::from_secs(7 * 86400);
+    let leaf = pki.leaf_expiring(week);
+    let tls = tempdir::Dir::new();
+    let (cert, key) = (tls.path().join("tls.crt"), tls.path().join("tls.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let hook = webhook::Webhook::launch(&pki, &cert, &key, &[]);
+    targets.push((hook.metrics_addr.to_string(), "webhook"));
+
     let Some(prometheus) = Prometheus::start(&targets, &rules) else {
         return;
     };
@@ -406,6 +423,14 @@ async fn the_alerts_fire_in_a_real_prometheus_and_the_dashboard_has_data() {
     .await;
     draining.signal(Signal::SIGTERM);
 
+    eventually("a scrape of the webhook's errors", WITHIN, || async {
+        let q = r#"sidewatch_webhook_admissions_total{pod="webhook",outcome="error"}"#;
+        (!prometheus.query(q).await.is_empty()).then_some(())
+    })
+    .await;
+    let (status, _) = hook.post("/mutate", b"{\"kind\": \"Pod\"}".to_vec()).await;
+    assert_eq!(status, 400);
+
     // Near the limit and predicted: then a second worker pushes the cgroup over.
     eventually("the leak's alerts", WITHIN, || async {
         let firing = prometheus.firing().await;
@@ -420,7 +445,7 @@ async fn the_alerts_fire_in_a_real_prometheus_and_the_dashboard_has_data() {
     cgroup.add(killer.pid());
     killer.go();
 
-    let expected: [(&str, &[(&str, &str)]); 15] = [
+    let expected: [(&str, &[(&str, &str)]); 17] = [
         ("SidewatchPodNotReady", &[("pod", "not-ready")]),
         ("SidewatchPodMostlyOutOfRotation", &[("pod", "crash-loop")]),
         ("SidewatchFlapping", &[("pod", "flapping")]),
@@ -442,6 +467,8 @@ async fn the_alerts_fire_in_a_real_prometheus_and_the_dashboard_has_data() {
             "SidewatchKubernetesAPIFailing",
             &[("pod", "watch-fail"), ("op", "watch")],
         ),
+        ("SidewatchWebhookCertificateExpiring", &[("pod", "webhook")]),
+        ("SidewatchWebhookAdmissionErrors", &[("pod", "webhook")]),
     ];
     // An alert counts once it fired: the leak's memory alerts end with the kill, as they should.
     let started = Instant::now();

@@ -161,6 +161,150 @@ async fn an_annotated_pod_is_injected_with_a_valid_patch_and_only_once() {
     assert!(again.get("patch").is_none(), "{again}");
 }
 
+/// One admission of each outcome, then `/metrics`: counted by outcome and reason, timed, the
+/// certificate's expiry as the certificate says, each admission one audit line, and the
+/// exposition as promtool reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_admission_is_counted_timed_and_logged_and_the_certificates_expiry_shown() {
+    let pki = Pki::new();
+    let leaf = pki.leaf();
+    let dir = tempdir::Dir::new();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let hook = Webhook::launch(&pki, &cert, &key, &["--tls-reload-interval", "100ms"]);
+    let before = hook.metrics().await;
+    let series = |outcome: &str, reason: &str| {
+        format!("sidewatch_webhook_admissions_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}")
+    };
+    // Every series there at 0 from the start, for an alert's increase() to see the first.
+    for (outcome, reason) in [
+        ("injected", "annotated"),
+        ("refused", "annotation"),
+        ("error", "not_a_review"),
+    ] {
+        assert_eq!(
+            common::sample(&before, &series(outcome, reason)),
+            Some(0.0),
+            "{before}"
+        );
+    }
+    hook.review(
+        "/mutate",
+        &example_pod(json!({"sidewatch.io/inject": "true"})),
+    )
+    .await;
+    hook.review("/mutate-namespace", &example_pod(json!({})))
+        .await;
+    hook.review("/mutate", &example_pod(json!({}))).await;
+    let bad = json!({"sidewatch.io/inject": "true", "sidewatch.io/memory-unready-above": "lots"});
+    let refused = hook.review("/mutate", &example_pod(bad)).await;
+    assert!(refused.get("patch").is_none(), "{refused}");
+    assert_eq!(
+        hook.post("/mutate", b"{\"apiVersion\":".to_vec()).await.0,
+        400
+    );
+    assert_eq!(
+        hook.post_as("/mutate", "text/plain", b"x".to_vec()).await.0,
+        415
+    );
+
+    let text = hook.metrics().await;
+    for (outcome, reason, n) in [
+        ("injected", "annotated", 1.0),
+        ("injected", "namespace", 1.0),
+        ("skipped", "not_opted_in", 1.0),
+        ("refused", "annotation", 1.0),
+        ("error", "not_a_review", 1.0),
+        ("error", "content_type", 1.0),
+        ("skipped", "already_injected", 0.0),
+    ] {
+        assert_eq!(
+            common::sample(&text, &series(outcome, reason)),
+            Some(n),
+            "{outcome} {reason}: {text}"
+        );
+    }
+    let timed = |outcome: &str| {
+        common::sample(
+            &text,
+            &format!("sidewatch_webhook_admission_duration_seconds_count{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(timed("injected"), Some(2.0));
+    assert_eq!(timed("error"), Some(2.0));
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf.der).unwrap();
+    let not_after = parsed.validity().not_after.timestamp() as f64;
+    assert_eq!(
+        common::sample(&text, "sidewatch_webhook_certificate_not_after_seconds"),
+        Some(not_after)
+    );
+    if let Some((clean, said)) = common::promtool_check_metrics(&text) {
+        assert!(clean, "promtool check metrics: {said}");
+    }
+    // The audit trail: one line per admission, naming the pod by its generateName.
+    let logs = hook.sw.logs();
+    let audit: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("admission") && l.contains("outcome"))
+        .collect();
+    assert_eq!(audit.len(), 6, "{audit:#?}");
+    let injected = audit.iter().find(|l| l.contains("injected")).unwrap();
+    for field in [
+        "namespace",
+        "shop",
+        "generate_name",
+        "web-",
+        "annotated",
+        "705ab4f5-6393-11e8-b7cc-42010a800002",
+    ] {
+        assert!(injected.contains(field), "{field} missing from {injected}");
+    }
+
+    // A renewed certificate: its expiry replaces the old one's, and the reload is counted; a
+    // bad pair is counted as a failure and changes nothing.
+    let params = {
+        let mut p =
+            rcgen::CertificateParams::new(vec!["sidewatch.sidewatch.svc".to_owned()]).unwrap();
+        p.not_after = rcgen::date_time_ymd(2031, 6, 1);
+        p
+    };
+    let renewed = pki.leaf_with(params);
+    std::fs::write(&key, &renewed.key_pem).unwrap();
+    std::fs::write(&cert, &renewed.cert_pem).unwrap();
+    let reloads = "sidewatch_webhook_certificate_reloads_total{result=\"success\"}";
+    let text = eventually(
+        "the renewed certificate's expiry",
+        Duration::from_secs(10),
+        || async {
+            let text = hook.metrics().await;
+            (common::sample(&text, reloads) >= Some(1.0)).then_some(text)
+        },
+    )
+    .await;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&renewed.der).unwrap();
+    let want = parsed.validity().not_after.timestamp() as f64;
+    assert_eq!(
+        common::sample(&text, "sidewatch_webhook_certificate_not_after_seconds"),
+        Some(want)
+    );
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let failures = "sidewatch_webhook_certificate_reloads_total{result=\"failure\"}";
+    let text = eventually(
+        "the failed reload counted",
+        Duration::from_secs(10),
+        || async {
+            let text = hook.metrics().await;
+            (common::sample(&text, failures) >= Some(1.0)).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        common::sample(&text, "sidewatch_webhook_certificate_not_after_seconds"),
+        Some(want)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_without_the_annotation_are_untouched_unless_their_namespace_opted_in() {
     let hook = Webhook::start();

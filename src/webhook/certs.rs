@@ -11,6 +11,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::metrics::WebhookMetrics;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {}: {source}", path.display())]
@@ -50,6 +52,7 @@ pub(super) struct Certs {
     current: RwLock<Arc<CertifiedKey>>,
     /// The file contents of the pair loaded at start, where the watch begins.
     loaded: (Vec<u8>, Vec<u8>),
+    metrics: Arc<WebhookMetrics>,
 }
 
 impl ResolvesServerCert for Certs {
@@ -68,10 +71,13 @@ impl Certs {
         cert_path: PathBuf,
         key_path: PathBuf,
         provider: Arc<CryptoProvider>,
+        metrics: Arc<WebhookMetrics>,
     ) -> Result<Certs, TlsError> {
         let (cert, key) = (read(&cert_path)?, read(&key_path)?);
         let current = certified(&cert_path, &cert, &key_path, &key, &provider)?;
+        metrics.not_after.set(not_after(&current));
         Ok(Certs {
+            metrics,
             cert_path,
             key_path,
             provider,
@@ -103,22 +109,38 @@ impl Certs {
                 Ok(pair) if *pair == served => continue,
                 Ok(pair) => pair,
                 Err(e) => {
+                    self.metrics.reloaded(false);
                     tracing::warn!(error = %e, "new TLS certificate not used, still serving the previous pair");
                     continue;
                 }
             };
             match certified(&self.cert_path, cert, &self.key_path, key, &self.provider) {
                 Ok(next) => {
+                    let expires = not_after(&next);
                     *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
                     served = (cert.clone(), key.clone());
-                    tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
+                    self.metrics.not_after.set(expires);
+                    self.metrics.reloaded(true);
+                    tracing::info!(cert = %self.cert_path.display(), not_after = expires, "TLS certificate reloaded");
                 }
                 Err(e) => {
+                    self.metrics.reloaded(false);
                     tracing::warn!(error = %e, "new TLS certificate not used, still serving the previous pair")
                 }
             }
         }
     }
+}
+
+/// The served (leaf) certificate's notAfter in seconds since the epoch; 0 when rustls took a
+/// certificate x509-parser cannot read, which the expiry alert then reports as expired.
+fn not_after(pair: &CertifiedKey) -> f64 {
+    pair.end_entity_cert()
+        .ok()
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map_or(0.0, |(_, cert)| {
+            cert.validity().not_after.timestamp() as f64
+        })
 }
 
 /// A few KB from a local volume (a Secret's tmpfs): read in place, not on the blocking pool, and

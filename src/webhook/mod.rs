@@ -5,6 +5,10 @@
 //!   (through the webhook configuration's namespaceSelector) unless annotated `"false"`
 //! - `GET /healthz`
 //!
+//! and `GET /metrics` (and `/healthz`) in plain HTTP on `--metrics-listen` (`metrics`). Each
+//! admission is one log line (`admission`: uid, namespace, name or generateName, outcome,
+//! reason), for audit.
+//!
 //! Every policy outcome, a pod that cannot be injected included, is an AdmissionReview answer; a
 //! request that is not a review gets a 4xx with the reason. The certificate and key are re-read
 //! when they change on disk. The policy itself is `inject::mutate`.
@@ -12,7 +16,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -25,11 +29,13 @@ use tokio::sync::Semaphore;
 
 mod certs;
 pub mod inject;
+pub mod metrics;
 mod review;
 
 use certs::Certs;
 pub use certs::TlsError;
 use inject::{Scope, Settings};
+use metrics::WebhookMetrics;
 pub use review::{review, Decision, ReviewError};
 
 /// Kubernetes objects are at most 1.5 MiB; a review wraps one (twice for updates).
@@ -53,6 +59,9 @@ pub struct WebhookArgs {
     /// Address to serve HTTPS on.
     #[arg(long, env = "SIDEWATCH_LISTEN", default_value = "[::]:9443")]
     pub listen: SocketAddr,
+    /// Address to serve `/metrics` on, in plain HTTP.
+    #[arg(long, env = "SIDEWATCH_METRICS_LISTEN", default_value = "[::]:9102")]
+    pub metrics_listen: SocketAddr,
     /// PEM certificate chain for the webhook's Service name; re-read when it changes.
     #[arg(long, env = "SIDEWATCH_TLS_CERT")]
     pub tls_cert: PathBuf,
@@ -83,7 +92,13 @@ fn nonzero_duration(text: &str) -> Result<Duration, String> {
 
 pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = Arc::new(Certs::load(args.tls_cert, args.tls_key, provider.clone())?);
+    let metrics = Arc::new(WebhookMetrics::new());
+    let certs = Arc::new(Certs::load(
+        args.tls_cert,
+        args.tls_key,
+        provider.clone(),
+        metrics.clone(),
+    )?);
     // The API server speaks TLS 1.2 and 1.3; nothing older is offered to anyone.
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -95,13 +110,18 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let listener = crate::net::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let metrics_listener = crate::net::bind(args.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
     let settings = Arc::new(Settings {
         image: args.image,
         native: !args.plain_sidecar,
         ..Settings::default()
     });
     let slots = Arc::new(Semaphore::new(args.max_connections as usize));
-    tracing::info!(listen = %listener.local_addr()?, image = %settings.image, native = settings.native, "sidewatch started (webhook)");
+    tracing::info!(listen = %listener.local_addr()?, metrics = %metrics_addr, image = %settings.image, native = settings.native, "sidewatch started (webhook)");
     loop {
         // Taken before accept: at the cap, new clients wait in the backlog rather than being reset.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -115,9 +135,9 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let (acceptor, settings) = (acceptor.clone(), settings.clone());
+        let (acceptor, settings, metrics) = (acceptor.clone(), settings.clone(), metrics.clone());
         tokio::spawn(async move {
-            serve(tcp, peer, acceptor, settings).await;
+            serve(tcp, peer, acceptor, settings, metrics).await;
             drop(slot);
         });
     }
@@ -128,6 +148,7 @@ async fn serve(
     peer: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     settings: Arc<Settings>,
+    metrics: Arc<WebhookMetrics>,
 ) {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -135,8 +156,8 @@ async fn serve(
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
     let service = hyper::service::service_fn(move |req| {
-        let settings = settings.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, &settings).await) }
+        let (settings, metrics) = (settings.clone(), metrics.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &settings, &metrics).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -160,7 +181,11 @@ async fn serve(
     }
 }
 
-async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    settings: &Settings,
+    metrics: &WebhookMetrics,
+) -> Response<Full<Bytes>> {
     let scope = match req.uri().path() {
         "/healthz" if matches!(*req.method(), Method::GET | Method::HEAD) => {
             return reply(StatusCode::OK, "ok\n")
@@ -170,17 +195,48 @@ async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<By
         "/mutate-namespace" => Scope::Namespace,
         _ => return reply(StatusCode::NOT_FOUND, "not found\n"),
     };
+    let start = Instant::now();
+    let (resp, decided) = admit(req, scope, settings).await;
+    let took = start.elapsed();
+    match decided {
+        Ok(d) => {
+            metrics.admitted(d.outcome, d.reason, took);
+            // One line per admission, for audit: who asked about which pod, and what it got.
+            tracing::info!(uid = %d.uid, namespace = %d.namespace, name = %d.name, generate_name = %d.generate_name, outcome = d.outcome, reason = d.reason, took_ms = took.as_secs_f64() * 1e3, "admission");
+        }
+        Err(reason) => {
+            metrics.admitted("error", reason, took);
+            tracing::info!(
+                outcome = "error",
+                reason,
+                status = resp.status().as_u16(),
+                took_ms = took.as_secs_f64() * 1e3,
+                "admission"
+            );
+        }
+    }
+    resp
+}
+
+/// The answer to a request on a mutating path, and what was decided, or the `error` reason.
+async fn admit(
+    req: Request<Incoming>,
+    scope: Scope,
+    settings: &Settings,
+) -> (Response<Full<Bytes>>, Result<Decision, &'static str>) {
     if req.method() != Method::POST {
-        return not_allowed("POST");
+        return (not_allowed("POST"), Err("method"));
     }
     if !is_json(req.headers()) {
         let message = "an AdmissionReview is sent as content-type application/json\n";
-        return closing(reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, message));
+        let resp = closing(reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, message));
+        return (resp, Err("content_type"));
     }
     let too_large = || {
         tracing::warn!(max = MAX_BODY, "admission review over the size limit");
         let message = format!("the review is larger than {MAX_BODY} bytes\n");
-        closing(reply(StatusCode::PAYLOAD_TOO_LARGE, message))
+        let resp = closing(reply(StatusCode::PAYLOAD_TOO_LARGE, message));
+        (resp, Err("too_large"))
     };
     // Far over the cap: refused at once (the client, still sending, may see a reset instead).
     if req.body().size_hint().lower() > DISCARD_MAX as u64 {
@@ -191,30 +247,44 @@ async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<By
         Ok(Ok(None)) => return too_large(),
         Ok(Err(e)) => {
             let message = format!("cannot read the review: {e}\n");
-            return closing(reply(StatusCode::BAD_REQUEST, message));
+            let resp = closing(reply(StatusCode::BAD_REQUEST, message));
+            return (resp, Err("body_read"));
         }
         Err(_) => {
             tracing::debug!("admission review body too slow");
             let message = format!("the review did not arrive within {BODY_TIMEOUT:?}\n");
-            return closing(reply(StatusCode::REQUEST_TIMEOUT, message));
+            let resp = closing(reply(StatusCode::REQUEST_TIMEOUT, message));
+            return (resp, Err("body_timeout"));
         }
     };
     let Some(token) = drain_token() else {
-        return reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no randomness for a drain token\n",
+        let message = "no randomness for a drain token\n";
+        return (
+            reply(StatusCode::INTERNAL_SERVER_ERROR, message),
+            Err("internal"),
         );
     };
     match review(&body, scope, settings, &token) {
-        Ok((answer, _decision)) => {
+        Ok((answer, decision)) => {
             let mut resp = reply(StatusCode::OK, answer);
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp
+            (resp, Ok(decision))
+        }
+        Err(ReviewError::Answer(e)) => {
+            tracing::error!(error = %e, "cannot serialise an admission answer");
+            let message = "cannot serialise the answer\n";
+            (
+                reply(StatusCode::INTERNAL_SERVER_ERROR, message),
+                Err("internal"),
+            )
         }
         Err(why) => {
             tracing::warn!(error = %why, "malformed admission review");
-            reply(StatusCode::BAD_REQUEST, format!("{why}\n"))
+            (
+                reply(StatusCode::BAD_REQUEST, format!("{why}\n")),
+                Err("not_a_review"),
+            )
         }
     }
 }

@@ -45,6 +45,8 @@ struct Request<'a> {
     sub_resource: Option<String>,
     #[serde(default)]
     operation: String,
+    #[serde(default)]
+    namespace: String,
     /// Raw: the injector reads a view of it (`inject::view`), not a tree of every field.
     #[serde(default, borrow)]
     object: Option<&'a serde_json::value::RawValue>,
@@ -58,14 +60,18 @@ struct Kind {
     kind: String,
 }
 
-/// What one review decided, for the webhook's log and metrics.
+/// What one review decided, and about which pod: the webhook's audit line and metrics.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
-    Injected,
-    Untouched,
-    Refused,
-    /// Not the creation of a Pod.
-    NotApplicable,
+pub struct Decision {
+    /// `injected`, `skipped` or `refused`: the `outcome` label.
+    pub outcome: &'static str,
+    /// The `reason` label: the path's scope, why it was skipped, or the refusal's kind.
+    pub reason: &'static str,
+    pub uid: String,
+    pub namespace: String,
+    /// Empty for a pod of a controller, which has a `generate_name` instead.
+    pub name: String,
+    pub generate_name: String,
 }
 
 /// The answer's bytes and what was decided. `Err` only for a review that cannot be answered.
@@ -86,17 +92,27 @@ pub fn review(
     }
     let request = review.request.ok_or(ReviewError::NoRequest)?;
     let mut response = json!({"uid": request.uid, "allowed": true});
+    let mut decision = Decision {
+        outcome: "skipped",
+        reason: "not_a_pod_creation",
+        uid: request.uid.clone(),
+        namespace: request.namespace.clone(),
+        name: String::new(),
+        generate_name: String::new(),
+    };
     let is_pod_creation = request.kind.group.is_empty()
         && request.kind.kind == "Pod"
         && request.sub_resource.as_deref().unwrap_or("").is_empty()
         && request.operation == "CREATE";
-    let decision = match request.object.filter(|_| is_pod_creation) {
-        None => Decision::NotApplicable,
-        Some(raw) => match inject::mutate(&pod_of(raw.get()), settings, scope, token) {
-            Outcome::Untouched => Decision::Untouched,
+    if let Some(raw) = request.object.filter(|_| is_pod_creation) {
+        let pod = pod_of(raw.get());
+        let meta = |key: &str| pod["metadata"][key].as_str().unwrap_or_default().to_owned();
+        (decision.name, decision.generate_name) = (meta("name"), meta("generateName"));
+        (decision.outcome, decision.reason) = match inject::mutate(&pod, settings, scope, token) {
+            Outcome::Untouched(skip) => ("skipped", skip.label()),
             Outcome::Refused(why) => {
                 response["warnings"] = json!([format!("sidewatch not injected: {why}")]);
-                Decision::Refused
+                ("refused", why.kind.label())
             }
             Outcome::Patch { patch, warnings } => {
                 let bytes = serde_json::to_vec(&patch).map_err(ReviewError::Answer)?;
@@ -109,10 +125,10 @@ pub fn review(
                         warnings.iter().map(|w| format!("sidewatch: {w}")).collect();
                     response["warnings"] = warnings.into();
                 }
-                Decision::Injected
+                ("injected", scope.label())
             }
-        },
-    };
+        };
+    }
     let answer = json!({"apiVersion": API_VERSION, "kind": KIND, "response": response});
     let bytes = serde_json::to_vec(&answer).map_err(ReviewError::Answer)?;
     Ok((bytes, decision))

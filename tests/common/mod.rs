@@ -266,10 +266,12 @@ impl Sidewatch {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = listen_addr(&line) {
+                // Kept before the address is told: the start-up line is in `logs` once it is.
+                let addr = listen_addr(&line);
+                sink.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
@@ -594,6 +596,32 @@ pub async fn answer(mut stream: TcpStream, b: Behaviour) {
             let _ = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await;
         }
     }
+}
+
+/// `promtool check metrics` of an exposition: whether it passed without a word, and what it
+/// said. `None` when promtool is missing (skipped, or a failure under SIDEWATCH_REQUIRE_ALL=1).
+pub fn promtool_check_metrics(exposition: &str) -> Option<(bool, String)> {
+    use std::io::Write;
+    let Some(promtool) = which("promtool") else {
+        skip_or_fail("promtool is not installed (scripts/install-test-tools)");
+        return None;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool's output");
+    let said = output_text(&out);
+    Some((out.status.success() && said.trim().is_empty(), said))
 }
 
 /// The value of one series, e.g. `sidewatch_ready` or `x{a="b"}`, in a text exposition.

@@ -43,6 +43,25 @@ impl Pki {
         Leaf::new(cert, key)
     }
 
+    /// A leaf for 127.0.0.1 that expires on the day of `at` (00:00 UTC).
+    pub fn leaf_expiring(&self, at: std::time::SystemTime) -> Leaf {
+        // "2026-12-08T10:00:00Z": the date, without a calendar crate.
+        let day = humantime::format_rfc3339_seconds(at).to_string();
+        let part = |r: std::ops::Range<usize>| day[r].parse::<u16>().expect("an RFC 3339 date");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("leaf params");
+        params.not_after =
+            rcgen::date_time_ymd(part(0..4) as i32, part(5..7) as u8, part(8..10) as u8);
+        self.leaf_with(params)
+    }
+
+    /// A leaf of these parameters (its names, validity…), signed by the CA.
+    pub fn leaf_with(&self, params: CertificateParams) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("leaf certificate");
+        Leaf::new(cert, key)
+    }
+
     pub fn ca_pem(&self) -> String {
         self.ca.pem()
     }

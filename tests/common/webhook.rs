@@ -18,6 +18,8 @@ use super::pki::{Leaf, Pki};
 
 pub struct Webhook {
     pub sw: Sidewatch,
+    /// Where it serves `/metrics`, from its start-up line.
+    pub metrics_addr: SocketAddr,
     client: reqwest::Client,
     ca: CertificateDer<'static>,
     _dir: Option<tempdir::Dir>,
@@ -66,6 +68,8 @@ impl Webhook {
             "webhook",
             "--listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
@@ -82,6 +86,7 @@ impl Webhook {
             .build()
             .unwrap();
         Webhook {
+            metrics_addr: metrics_addr(&sw),
             sw,
             client,
             ca: pki.ca.der().clone(),
@@ -108,6 +113,14 @@ impl Webhook {
             .await
             .expect("webhook request");
         (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The webhook's `/metrics`, in plain HTTP.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics_addr);
+        let resp = common::client().get(url).send().await.expect("metrics");
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
@@ -188,6 +201,26 @@ impl Webhook {
         assert_eq!(answer["response"]["allowed"], true);
         answer["response"].clone()
     }
+}
+
+/// Where the webhook serves `/metrics`, from its start-up line.
+fn metrics_addr(sw: &Sidewatch) -> SocketAddr {
+    let logs = sw.logs();
+    let line = logs
+        .iter()
+        .find(|l| l.contains("sidewatch started"))
+        .expect("the start-up line");
+    let field = match serde_json::from_str::<Value>(line) {
+        Ok(json) => json["metrics"].as_str().map(str::to_owned),
+        Err(_) => line
+            .split("metrics=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned),
+    };
+    field
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {line}"))
 }
 
 /// The AdmissionReview the API server sends for the creation of `pod`.

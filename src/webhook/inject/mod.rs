@@ -6,6 +6,7 @@
 
 mod annotations;
 mod memory;
+mod outcome;
 mod patch;
 mod ports;
 mod refusal;
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 
 use annotations::{Options, TargetSetting};
 pub use annotations::{INJECTED, INJECTION};
+pub use outcome::{Outcome, Scope, Skip};
 use patch::Edits;
 use ports::{
     choose_admin_port, first_tcp_port, has_port_named, ports_in_use, probes_port, target_port,
@@ -25,15 +27,6 @@ use ports::{
 pub use refusal::{Kind as RefusalKind, Refusal};
 pub use sidecar::{ADMIN_PORT, CONTAINER, GATE};
 use target::Derived;
-
-/// Which webhook path the review came through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// `/mutate`: only pods annotated `sidewatch.io/inject: "true"`.
-    Annotated,
-    /// `/mutate-namespace`: every pod of an opted-in namespace unless annotated `"false"`.
-    Namespace,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -54,20 +47,6 @@ impl Default for Settings {
     }
 }
 
-/// What `mutate` decided. Every case may carry warnings for the person who created the pod.
-#[derive(Debug, PartialEq)]
-pub enum Outcome {
-    /// Not opted in, or injected already: the pod is left as it is.
-    Untouched,
-    /// Opted in but not injectable (a bad annotation, nothing to watch): admitted as it is, with
-    /// this reason as a warning; a missing sidecar must not stop a deployment.
-    Refused(Refusal),
-    Patch {
-        patch: json_patch::Patch,
-        warnings: Vec<String>,
-    },
-}
-
 /// Adds sidewatch to `pod` (an object of the review) when its annotations and `scope` ask for it.
 /// `token` is the per-pod drain token the sidecar and the app's preStop hook share.
 pub fn mutate(pod: &Value, settings: &Settings, scope: Scope, token: &str) -> Outcome {
@@ -75,14 +54,17 @@ pub fn mutate(pod: &Value, settings: &Settings, scope: Scope, token: &str) -> Ou
     let asked = annotations
         .and_then(|a| a.get(&format!("{}inject", annotations::PREFIX)))
         .and_then(Value::as_str);
-    let wanted = match (scope, asked) {
-        (Scope::Annotated, Some("true")) => true,
-        (Scope::Annotated, _) => false,
-        (Scope::Namespace, Some("false")) => false,
-        (Scope::Namespace, _) => true,
+    let skip = match (scope, asked) {
+        (Scope::Annotated, Some("true")) => None,
+        (Scope::Annotated, _) => Some(Skip::NotOptedIn),
+        (Scope::Namespace, Some("false")) => Some(Skip::OptedOut),
+        (Scope::Namespace, _) => None,
     };
-    if !wanted || annotations.is_some_and(|a| a.get(INJECTED).is_some()) {
-        return Outcome::Untouched;
+    if let Some(skip) = skip {
+        return Outcome::Untouched(skip);
+    }
+    if annotations.is_some_and(|a| a.get(INJECTED).is_some()) {
+        return Outcome::Untouched(Skip::Injected);
     }
     match plan(pod, settings, token) {
         Ok(Plan { edits, warnings }) => Outcome::Patch {

@@ -23,6 +23,22 @@ pub enum Kind {
     Settings,
 }
 
+impl Kind {
+    /// The `reason` label of `sidewatch_webhook_admissions_total{outcome="refused"}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Shape => "shape",
+            Kind::Annotation => "annotation",
+            Kind::DeadEnd => "dead_end",
+            Kind::AppContainer => "app_container",
+            Kind::Target => "target",
+            Kind::AdminPort => "admin_port",
+            Kind::Memory => "memory",
+            Kind::Settings => "settings",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     pub kind: Kind,

@@ -102,12 +102,15 @@ fn an_annotated_pod_gets_a_native_sidecar_first_and_a_drain_hook() {
 #[test]
 fn injection_is_opt_in_and_a_second_pass_changes_nothing() {
     let (once, _) = injected(&pod(opted_in(), web()));
-    assert_eq!(mutated(&once, Scope::Annotated, "x"), Outcome::Untouched);
-    assert_eq!(mutated(&once, Scope::Namespace, "x"), Outcome::Untouched);
+    let again = Outcome::Untouched(Skip::Injected);
+    assert_eq!(mutated(&once, Scope::Annotated, "x"), again);
+    assert_eq!(mutated(&once, Scope::Namespace, "x"), again);
     let plain = pod(json!({}), web());
-    assert_eq!(mutated(&plain, Scope::Annotated, "x"), Outcome::Untouched);
+    let not_asked = Outcome::Untouched(Skip::NotOptedIn);
+    assert_eq!(mutated(&plain, Scope::Annotated, "x"), not_asked);
     let out = pod(json!({"sidewatch.io/inject": "false"}), web());
-    assert_eq!(mutated(&out, Scope::Namespace, "x"), Outcome::Untouched);
+    let opted_out = Outcome::Untouched(Skip::OptedOut);
+    assert_eq!(mutated(&out, Scope::Namespace, "x"), opted_out);
     assert!(matches!(
         mutated(&plain, Scope::Namespace, "x"),
         Outcome::Patch { .. }

@@ -26,7 +26,13 @@ struct Pod {
 }
 
 #[derive(Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Metadata {
+    /// The name or generateName: only for the webhook's audit line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generate_name: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     annotations: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

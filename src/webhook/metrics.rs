@@ -1,0 +1,253 @@
+//! The webhook's own metrics, and the plain-HTTP listener (`--metrics-listen`) that serves them
+//! with `GET /metrics` and `GET /healthz`: admissions by outcome and reason, how long each took,
+//! when the served certificate expires, and its reloads. Apart from the TLS port, so that
+//! Prometheus scrapes it as it scrapes the sidecars, without the webhook's CA.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Gauge, HistogramVec, IntCounterVec};
+use tokio::net::TcpListener;
+
+use crate::metrics::{self, Registry};
+
+/// Each outcome with every reason it can have, all registered at zero.
+pub const OUTCOMES: [(&str, &[&str]); 4] = [
+    ("injected", &["annotated", "namespace"]),
+    (
+        "skipped",
+        &[
+            "not_opted_in",
+            "opted_out",
+            "already_injected",
+            "not_a_pod_creation",
+        ],
+    ),
+    (
+        "refused",
+        &[
+            "shape",
+            "annotation",
+            "dead_end",
+            "app_container",
+            "target",
+            "admin_port",
+            "memory",
+            "settings",
+        ],
+    ),
+    ("error", ERRORS),
+];
+
+/// Why a request to `/mutate*` got no AdmissionReview answer.
+pub const ERRORS: &[&str] = &[
+    "not_a_review",
+    "content_type",
+    "method",
+    "too_large",
+    "body_timeout",
+    "body_read",
+    "internal",
+];
+
+/// The API server gives up after the webhook's timeoutSeconds (the chart's 5 s, at most 30 s).
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    pub registry: Registry,
+    admissions: IntCounterVec,
+    duration: HistogramVec,
+    pub not_after: Gauge,
+    reloads: IntCounterVec,
+}
+
+impl WebhookMetrics {
+    pub fn new() -> WebhookMetrics {
+        let registry = Registry::new();
+        let admissions = registry.register(metrics::counter_vec(
+            "sidewatch_webhook_admissions_total",
+            "Admission requests by outcome (injected, skipped, refused, error) and reason.",
+            &["outcome", "reason"],
+        ));
+        let duration = registry.register(metrics::histogram_vec(
+            "sidewatch_webhook_admission_duration_seconds",
+            "Time from a request's arrival to its answer, by outcome.",
+            &["outcome"],
+            &BUCKETS,
+        ));
+        for (outcome, reasons) in OUTCOMES {
+            duration.with_label_values(&[outcome]);
+            for reason in reasons {
+                admissions.with_label_values(&[outcome, reason]);
+            }
+        }
+        let not_after = registry.register(metrics::float_gauge(
+            "sidewatch_webhook_certificate_not_after_seconds",
+            "When the served certificate expires (its notAfter), in seconds since the epoch.",
+        ));
+        let reloads = registry.register(metrics::counter_vec(
+            "sidewatch_webhook_certificate_reloads_total",
+            "New certificate and key pairs found on disk: loaded (success) or refused (failure).",
+            &["result"],
+        ));
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        WebhookMetrics {
+            registry,
+            admissions,
+            duration,
+            not_after,
+            reloads,
+        }
+    }
+
+    pub fn admitted(&self, outcome: &str, reason: &str, took: Duration) {
+        self.admissions.with_label_values(&[outcome, reason]).inc();
+        self.duration
+            .with_label_values(&[outcome])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+    }
+}
+
+impl std::fmt::Debug for WebhookMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookMetrics")
+    }
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<WebhookMetrics>) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<_>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &metrics)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn answer<B>(req: &Request<B>, metrics: &WebhookMetrics) -> Response<Full<Bytes>> {
+    let (status, body, content_type) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            Bytes::from(metrics.registry.encode()),
+            "text/plain; version=0.0.4",
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, Bytes::from_static(b"ok\n"), "text/plain"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"not found\n"),
+            "text/plain",
+        ),
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::inject::{RefusalKind, Scope, Skip};
+
+    const METRICS_DOC: &str = include_str!("../../docs/metrics.md");
+
+    /// Every label the code can give is one `OUTCOMES` registers at zero.
+    #[test]
+    fn the_labels_registered_are_the_labels_given() {
+        let reasons = |outcome: &str| {
+            OUTCOMES
+                .iter()
+                .find(|(o, _)| *o == outcome)
+                .map(|(_, r)| r.to_vec())
+                .unwrap()
+        };
+        let injected: Vec<_> = [Scope::Annotated, Scope::Namespace]
+            .map(Scope::label)
+            .to_vec();
+        assert_eq!(injected, reasons("injected"));
+        let skipped: Vec<_> = [Skip::NotOptedIn, Skip::OptedOut, Skip::Injected]
+            .map(Skip::label)
+            .into_iter()
+            .chain(["not_a_pod_creation"])
+            .collect();
+        assert_eq!(skipped, reasons("skipped"));
+        use RefusalKind::*;
+        let refused: Vec<_> = [
+            Shape,
+            Annotation,
+            DeadEnd,
+            AppContainer,
+            Target,
+            AdminPort,
+            Memory,
+            Settings,
+        ]
+        .map(RefusalKind::label)
+        .to_vec();
+        assert_eq!(refused, reasons("refused"));
+    }
+
+    /// docs/metrics.md's webhook table lists exactly what the webhook registers.
+    #[test]
+    fn the_webhook_table_lists_exactly_its_metrics() {
+        let text = String::from_utf8(WebhookMetrics::new().registry.encode()).unwrap();
+        let registered: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            // The registry's own two, in the table of the sidecar's.
+            .filter(|name| !["sidewatch_build_info", "sidewatch_features"].contains(name))
+            .collect();
+        let section = METRICS_DOC
+            .split("\n## The webhook's metrics")
+            .nth(1)
+            .expect("a webhook section in docs/metrics.md");
+        let section = section.split("\n## ").next().unwrap();
+        let documented: std::collections::BTreeSet<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        assert_eq!(documented, registered);
+    }
+}
