@@ -228,6 +228,34 @@ async fn every_failure_class_is_seen_from_a_real_container() {
     );
 }
 
+/// `sidewatch.io/token: sidecar` on a pod that turns its token off: the sidecar alone mounts a
+/// projected token (filled as the kubelet fills one), reaches the API server with it and sets
+/// the readiness gate; the app container has no token at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_alone_holds_the_token_and_sets_the_gate_with_it() {
+    let mut pod = app_pod(None);
+    pod["metadata"]["annotations"]["sidewatch.io/token"] = "sidecar".into();
+    pod["spec"]["automountServiceAccountToken"] = false.into();
+    let Some(c) = Cluster::run(pod).await else {
+        return;
+    };
+    c.wait_ready().await;
+    c.api.api.wait_gate("True", WITHIN).await;
+    let token_dir = "/var/run/secrets/kubernetes.io/serviceaccount".to_owned();
+    assert!(
+        c.pod.mounts("sidewatch").contains(&token_dir),
+        "{:?}",
+        c.pod.mounts("sidewatch")
+    );
+    assert!(
+        !c.pod.mounts("web").contains(&token_dir),
+        "{:?}",
+        c.pod.mounts("web")
+    );
+    c.app("5xx").await;
+    c.api.api.wait_gate("False", WITHIN).await;
+}
+
 /// The app-root memory source at Pod Security "restricted", in real containers: the sidecar runs
 /// as the app's user, reads the app container's own cgroup through its root (no hostPath), and
 /// sees a worker OOM-killed while the app's main process lives on (which the kubelet never

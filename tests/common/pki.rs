@@ -48,8 +48,7 @@ impl Pki {
         // "2026-12-08T10:00:00Z": the date, without a calendar crate.
         let day = humantime::format_rfc3339_seconds(at).to_string();
         let part = |r: std::ops::Range<usize>| day[r].parse::<u16>().expect("an RFC 3339 date");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .expect("leaf params");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("leaf params");
         params.not_after =
             rcgen::date_time_ymd(part(0..4) as i32, part(5..7) as u8, part(8..10) as u8);
         self.leaf_with(params)

@@ -283,6 +283,7 @@ impl RunningPod {
             let name = v["name"].as_str().unwrap_or_default().to_owned();
             let path = match v["hostPath"]["path"].as_str() {
                 Some(host) => PathBuf::from(host),
+                None if v["projected"].is_object() => self.projected(&name, &v["projected"], api),
                 None => {
                     let dir = self.dir.path().join(format!("vol-{name}"));
                     std::fs::create_dir_all(&dir).unwrap();
@@ -308,6 +309,61 @@ impl RunningPod {
             }
         }
         out
+    }
+
+    /// A projected volume as the kubelet fills it: a service-account token, the cluster's CA
+    /// from the `kube-root-ca.crt` ConfigMap, the namespace from the downward API.
+    fn projected(&self, name: &str, projected: &Value, api: Option<&ApiAccess>) -> PathBuf {
+        let dir = self.dir.path().join(format!("vol-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |path: &str, text: &str| {
+            std::fs::write(dir.join(path), text).unwrap();
+            set_mode(&dir.join(path), 0o644);
+        };
+        for source in projected["sources"].as_array().into_iter().flatten() {
+            if let Some(path) = source["serviceAccountToken"]["path"].as_str() {
+                write(path, "a-projected-token");
+            }
+            if source["configMap"]["name"] == "kube-root-ca.crt" {
+                for item in source["configMap"]["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(path), Some(api)) = (item["path"].as_str(), api) {
+                        write(path, &api.ca_pem);
+                    }
+                }
+            }
+            for item in source["downwardAPI"]["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if item["fieldRef"]["fieldPath"] == "metadata.namespace" {
+                    write(
+                        item["path"].as_str().unwrap_or("namespace"),
+                        &self.facts.namespace,
+                    );
+                }
+            }
+        }
+        set_mode(&dir, 0o755);
+        dir
+    }
+
+    /// Where the container `name` has something mounted.
+    pub fn mounts(&self, name: &str) -> Vec<String> {
+        let text = self.podman.ok(&[
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{.Destination}}\n{{end}}",
+            &self.container(name).podman,
+        ]);
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     fn run_container(

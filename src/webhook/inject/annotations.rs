@@ -41,6 +41,8 @@ pub struct Options {
     pub plain: Option<bool>,
     pub admin_port: Option<u16>,
     pub host_network: bool,
+    /// `sidewatch.io/token: sidecar`: a service-account token for the sidecar alone.
+    pub sidecar_token: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -49,7 +51,7 @@ pub enum TargetSetting {
     Probe(String),
 }
 
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
     "inject",
     "target",
     "app-container",
@@ -62,6 +64,7 @@ const KNOWN: [&str; 12] = [
     "host-network",
     "drain-readiness",
     "overload-signal",
+    "token",
 ];
 
 impl Options {
@@ -122,6 +125,13 @@ impl Options {
                     o.admin_port = Some(port);
                 }
                 "host-network" => o.host_network = boolean(text).map_err(bad)?,
+                "token" => {
+                    o.sidecar_token = match text {
+                        "pod" => false,
+                        "sidecar" => true,
+                        _ => return Err(bad(format!("{text:?}: want pod or sidecar"))),
+                    }
+                }
                 _ if KNOWN.contains(&name) => {
                     return Err(bad("must not be empty".into()));
                 }

@@ -124,7 +124,7 @@ fn app_ids(spec: &Value, app: &Value) -> Option<(i64, i64)> {
 }
 
 /// `base`, or `base-2`, `base-3`… whichever no entry of `list` is named.
-fn free_name(list: Option<&Vec<Value>>, base: &str) -> String {
+pub(super) fn free_name(list: Option<&Vec<Value>>, base: &str) -> String {
     let taken = |name: &str| list.into_iter().flatten().any(|v| v["name"] == name);
     std::iter::once(base.to_owned())
         .chain((2..).map(|n| format!("{base}-{n}")))

@@ -12,6 +12,7 @@ mod ports;
 mod refusal;
 mod sidecar;
 mod target;
+mod token;
 pub mod view;
 
 use serde_json::{json, Value};
@@ -153,6 +154,13 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         app_memory_limit: !app["resources"]["limits"]["memory"].is_null(),
     };
     let mut container = plan.container();
+    if options.sidecar_token {
+        let mount = token::for_sidecar_only(spec, &mut edits)
+            .map_err(Refusal::of(RefusalKind::Annotation))?;
+        add_mount(&mut container, mount);
+        said.notes
+            .push("token: a projected service-account token for the sidecar only".into());
+    }
     if let Some(path) = socket {
         mount_socket(
             &mut container,
@@ -273,7 +281,7 @@ fn choose_target(options: &Options, app: &Value, said: &mut Said) -> Result<Targ
 
 /// Whether the sidecar has credentials for the API server, and so whether it gets the gate.
 fn api_access(spec: &Value, options: &Options, said: &mut Said) -> (bool, bool) {
-    let token_mounted = spec["automountServiceAccountToken"] != false;
+    let token_mounted = options.sidecar_token || spec["automountServiceAccountToken"] != false;
     if options.readiness_gate && !token_mounted {
         said.warnings.push(
             "no readiness gate: automountServiceAccountToken is false, so the sidecar has no \
@@ -294,14 +302,18 @@ fn mount_socket(container: &mut Value, mount: Option<Value>, path: &str, said: &
         Some(mount) => {
             said.notes
                 .push(format!("volume {} mounted for {path}", mount["name"]));
-            match container["volumeMounts"].as_array_mut() {
-                Some(mounts) => mounts.push(mount),
-                None => container["volumeMounts"] = json!([mount]),
-            }
+            add_mount(container, mount);
         }
         None => said.warnings.push(format!(
             "no volume of the pod holds {path}: the sidecar cannot reach the socket"
         )),
+    }
+}
+
+fn add_mount(container: &mut Value, mount: Value) {
+    match container["volumeMounts"].as_array_mut() {
+        Some(mounts) => mounts.push(mount),
+        None => container["volumeMounts"] = json!([mount]),
     }
 }
 

@@ -128,7 +128,7 @@ mod tests {
         let view = of(&pod.to_string()).unwrap();
         assert_eq!(
             view,
-            json!({"metadata": {"annotations": {"sidewatch.io/inject": "true"}, "labels": {"x": "y"}},
+            json!({"metadata": {"name": "a", "annotations": {"sidewatch.io/inject": "true"}, "labels": {"x": "y"}},
                 "spec": {"containers": [{"name": "web", "ports": [{"containerPort": 80}],
                     "readinessProbe": {"httpGet": {"port": 80}}, "lifecycle": {},
                     "resources": {"limits": {"memory": "1Gi"}}, "securityContext": {"runAsUser": 1}}],
