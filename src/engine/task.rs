@@ -95,7 +95,6 @@ pub async fn run_engine(
             }
         };
         let now = SystemTime::now();
-        let before = publish.borrow().verdict.clone();
         let change = match input {
             Input::Observe {
                 signal,
@@ -106,6 +105,8 @@ pub async fn run_engine(
         if change == Change::None {
             continue;
         }
+        // What was published is the verdict before this input: nothing sent it since.
+        let before = publish.borrow().verdict.clone();
         let verdict = engine.verdict();
         if change == Change::Readiness {
             history.record(&before, verdict, now);

@@ -74,6 +74,7 @@ impl MemoryWatcher {
         let mut reported = false;
         let mut last_error: Option<String> = None;
         let mut sent = Sent::default();
+        let mut files = read::Files::default();
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -86,6 +87,7 @@ impl MemoryWatcher {
             let next = self.resolve(&target);
             if next != target || !reported {
                 armed.disarm();
+                files = read::Files::default();
                 if let Target::Processes { main } = &next {
                     tracing::info!(pid = main, limit = ?self.config.limit.map(|b| b.0), "memory: watching the RSS of the app's processes");
                 }
@@ -118,13 +120,15 @@ impl MemoryWatcher {
                     Presence::Unknown => None,
                 };
                 if let Some(id) = fresh {
+                    // The files of the directory that was are not this one's.
+                    files = read::Files::default();
                     self.arm(&dir, id, &mut armed, &mut assessor, &wake_tx);
                 }
             }
             let sample = match &target {
                 Target::Cgroup(dir) => match dir.version {
-                    Version::V1 => read::sample_v1(&dir.path, dir.psi.as_deref()),
-                    Version::V2 => read::sample_v2(&dir.path),
+                    Version::V1 => read::sample_v1(&mut files, &dir.path, dir.psi.as_deref()),
+                    Version::V2 => read::sample_v2(&mut files, &dir.path),
                 },
                 Target::Processes { main } => {
                     read::sample_proc(&process::family(*main), self.config.limit.map(|b| b.0))

@@ -2,6 +2,8 @@
 //! cgroup v1 or v2 directory or of the app's processes. Every failure names the file and is
 //! classified (`gone`, `missing`, `garbled`, `io`); none panics.
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -65,6 +67,66 @@ pub struct Sample {
     pub oom_kills: Option<u64>,
     /// Only cgroup v2 has per-cgroup PSI.
     pub pressure: Option<Pressure>,
+}
+
+/// The memory files of one cgroup, kept open and read again from their start where they live on
+/// cgroupfs: there a file cannot be replaced while its directory lives (a removed directory
+/// fails the next read, and the watcher finds it gone), so opening it again at every sample is a
+/// path walk for nothing, a fifth of sidewatch's idle CPU at four samples a second. Files
+/// anywhere else (a fixture tree, copies) are opened at each read: they may have been replaced.
+#[derive(Debug, Default)]
+pub struct Files {
+    held: HashMap<PathBuf, File>,
+}
+
+/// `statfs` magic numbers of cgroup v1 and cgroup2 mounts.
+const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+impl Files {
+    pub fn read(&mut self, path: &Path) -> Result<String, ReadError> {
+        if let Some(file) = self.held.get(path) {
+            let read = read_from_start(file, path);
+            if read.is_err() {
+                // Opened again at the next read, which then says what is wrong now.
+                self.held.remove(path);
+            }
+            return read;
+        }
+        let file = File::open(path).map_err(|e| io_error(path, e))?;
+        let read = read_from_start(&file, path);
+        let on_cgroupfs = rustix::fs::fstatfs(&file).is_ok_and(|fs| {
+            let magic = fs.f_type as u64;
+            magic == CGROUP_SUPER_MAGIC || magic == CGROUP2_SUPER_MAGIC
+        });
+        if read.is_ok() && on_cgroupfs {
+            self.held.insert(path.to_owned(), file);
+        }
+        read
+    }
+}
+
+/// A kernel file from offset 0 with `pread`: a seq_file read at offset 0 is generated afresh.
+fn read_from_start(file: &File, path: &Path) -> Result<String, ReadError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if buf.len() as u64 >= MAX_FILE {
+                break;
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(path, e)),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|_| ReadError::garbled(path, "not UTF-8"))
 }
 
 pub fn read_file(path: &Path) -> Result<String, ReadError> {
@@ -157,9 +219,10 @@ pub fn parse_pressure(text: &str, path: &Path) -> Result<Pressure, ReadError> {
 }
 
 /// cgroup v2: `memory.current`, `memory.max`, `memory.stat`, `memory.events`, `memory.pressure`.
-pub fn sample_v2(dir: &Path) -> Result<Sample, ReadError> {
+pub fn sample_v2(files: &mut Files, dir: &Path) -> Result<Sample, ReadError> {
     let at = Instant::now();
     let f = |name: &str| dir.join(name);
+    let mut read_file = |path: &Path| files.read(path);
     let usage = parse_u64(&read_file(&f("memory.current"))?, &f("memory.current"))?;
     let max = parse_limit(&read_file(&f("memory.max"))?, &f("memory.max"))?;
     // memory.high is absent in the root cgroup and on old kernels: then only max counts.
@@ -194,9 +257,10 @@ pub fn sample_v2(dir: &Path) -> Result<Sample, ReadError> {
 
 /// cgroup v1: `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.stat`, `memory.oom_control`;
 /// on a hybrid node, PSI from the process's v2 cgroup's `memory.pressure` (`psi`).
-pub fn sample_v1(dir: &Path, psi: Option<&Path>) -> Result<Sample, ReadError> {
+pub fn sample_v1(files: &mut Files, dir: &Path, psi: Option<&Path>) -> Result<Sample, ReadError> {
     let at = Instant::now();
     let f = |name: &str| dir.join(name);
+    let mut read_file = |path: &Path| files.read(path);
     let usage = parse_u64(
         &read_file(&f("memory.usage_in_bytes"))?,
         &f("memory.usage_in_bytes"),
