@@ -271,6 +271,13 @@ impl DrainTask {
             // The poll's scheduled time, not its wake-up: a late wake must not make ten polls
             // measure 0.9999 s of quiet and cost one more poll.
             let now = ticker.tick().await.into_std();
+            // Traffic this look sees is stamped no earlier than one poll before the look: on a
+            // busy machine a tick can come far behind its schedule (and the ones it missed in a
+            // burst after it), and the scheduled time would date the traffic before it happened
+            // and end the drain that much short of `quiet`.
+            let seen = Instant::now()
+                .checked_sub(DRAIN_POLL)
+                .map_or(now, |t| t.max(now));
             if let Some(prev) = previous.as_ref() {
                 match self.snapshot(Need::Bytes).await {
                     // The watch is lost: from here on, as without one (the drain ends after
@@ -285,21 +292,23 @@ impl DrainTask {
                         total.bytes_in += activity.bytes_in;
                         if !activity.is_quiet() {
                             tracing::debug!(?activity, "drain: traffic");
-                            last_activity = now;
+                            last_activity = seen;
                         }
                         previous = Some(next);
                     }
                     // A failed look is no evidence of quiet.
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "drain: cannot read the app port's sockets");
-                        last_activity = now;
+                        last_activity = seen;
                     }
                 }
             }
             let elapsed = now - began;
             let outcome = if elapsed >= self.config.max {
                 Some("max")
-            } else if elapsed >= self.config.delay && now - last_activity >= self.config.quiet {
+            } else if elapsed >= self.config.delay
+                && now.saturating_duration_since(last_activity) >= self.config.quiet
+            {
                 Some("quiet")
             } else {
                 None
