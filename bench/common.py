@@ -230,11 +230,20 @@ def fmt_memory(m):
             f"PSS {m['Pss']:.2f} MiB, peak {m['VmHWM']:.2f} MiB")
 
 
+def _stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid):
     """utime + stime of the whole process (all threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def sys_seconds(pid):
+    """stime alone: the CPU the process spent in the kernel."""
+    return int(_stat(pid)[12]) / CLK_TCK
 
 
 def run_seconds(pid):

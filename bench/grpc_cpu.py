@@ -100,11 +100,6 @@ def floor(port, window):
     return {"probes": n, "failed": n - ok, "sys": (r1.ru_stime - r0.ru_stime) / n}
 
 
-def sys_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[12]) / common.CLK_TCK
-
-
 def measure_sidewatch(port, interval, window, server_pid):
     admin_port = common.free_port()
     sw = sidewatch(port, interval, admin_port)
@@ -112,10 +107,10 @@ def measure_sidewatch(port, interval, window, server_pid):
     admin.wait_ready(200)
     time.sleep(1)
     t0, c0, n0, s0 = time.monotonic(), common.cpu_seconds(sw.pid), admin.metric(COUNT), common.cpu_seconds(server_pid)
-    k0 = sys_seconds(sw.pid)
+    k0 = common.sys_seconds(sw.pid)
     time.sleep(window)
     t1, c1, n1, s1 = time.monotonic(), common.cpu_seconds(sw.pid), admin.metric(COUNT), common.cpu_seconds(server_pid)
-    k1 = sys_seconds(sw.pid)
+    k1 = common.sys_seconds(sw.pid)
     failed = admin.metric("sidewatch_probe_failures_total")
     common.stop(sw)
     return {"wall": t1 - t0, "cpu": c1 - c0, "sys": k1 - k0, "probes": n1 - n0, "failed": failed,
