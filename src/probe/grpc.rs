@@ -1,33 +1,40 @@
-//! The gRPC probe: the standard `grpc.health.v1.Health/Check` call (tonic-health's client), on a
-//! fresh HTTP/2 connection of our own over TCP or a Unix socket, plaintext as the kubelet's `grpc`
-//! probe, or TLS. The connection is ours, not a tonic `Channel`, so that every failure is seen
+//! The gRPC probe: the standard `grpc.health.v1.Health/Check` call on a fresh HTTP/2 connection
+//! of our own over TCP or a Unix socket, plaintext as the kubelet's `grpc` probe, or TLS.
+//!
+//! The call is made with `h2` directly, the messages are tonic-health's (prost) and the status is
+//! read by tonic's own parser: what is ours is the 5-byte length prefix of one message each way.
+//! A tonic client over hyper costs a task for the connection and one for the request's body per
+//! check, each woken across the runtime's threads, and hyper opens a 5 MB window with a frame of
+//! its own; one task driving `h2` makes the same exchange in two writes. Every failure is seen
 //! where it happens (connect, TLS, HTTP/2, gRPC) and nothing outlives the check.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{HeaderValue, CONTENT_TYPE, TE};
+use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::config::{GrpcAddress, GrpcCheck};
 use super::{classify, tcp, tls, Failure, ProbeSetupError};
 use crate::reason::Reason;
 use crate::traffic::OwnSockets;
 
+const PATH: &str = "/grpc.health.v1.Health/Check";
+/// A health answer is a few bytes; more than this is not one (and would outgrow the stream's
+/// window, which is never widened since the connection ends with the answer).
+const MAX_ANSWER: usize = 16 * 1024;
+
 pub struct GrpcProber {
     address: GrpcAddress,
     service: String,
-    /// `http://host:port` or `https://…`: the `:scheme` and `:authority` of each call.
-    origin: http::Uri,
+    /// `http://host:port/grpc.health.v1.Health/Check` or `https://…`.
+    uri: http::Uri,
+    /// The request's one message, framed: built once, sent by reference each check.
+    message: Bytes,
     tls: Option<tls::Connector>,
 }
 
@@ -39,9 +46,11 @@ impl GrpcProber {
         };
         let scheme = if check.tls { "https" } else { "http" };
         // The authority was parsed as host:port or is "localhost": it makes a URI.
-        let origin = format!("{scheme}://{authority}")
+        let uri = format!("{scheme}://{authority}{PATH}")
             .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("http://localhost"));
+            .unwrap_or_else(|_| {
+                http::Uri::from_static("http://localhost/grpc.health.v1.Health/Check")
+            });
         let tls = if check.tls {
             let name = match (&check.server_name, &check.address) {
                 (Some(name), _) => name.clone(),
@@ -60,7 +69,10 @@ impl GrpcProber {
         Ok(GrpcProber {
             address: check.address.clone(),
             service: check.service.clone(),
-            origin,
+            uri,
+            message: frame(&HealthCheckRequest {
+                service: check.service.clone(),
+            }),
             tls,
         })
     }
@@ -98,58 +110,170 @@ impl GrpcProber {
 
     async fn call<S>(&self, stream: S) -> Result<(), Failure>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         // h2 writes its preface on its own and flushes only with the frames that follow: the
         // buffer makes them one packet, each of which the loopback makes us pay for the peer too.
         let stream = tokio::io::BufWriter::new(stream);
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
+        let (sender, connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream)
             .await
-            .map_err(|e| classify::chain(&e, Reason::InvalidResponse))?;
-        let mut client = HealthClient::with_origin(Call(sender), self.origin.clone());
-        let request = HealthCheckRequest {
-            service: self.service.clone(),
-        };
-        // The connection is driven here, beside the call, and closed when the check ends.
+            .map_err(|e| h2_failure(&e))?;
+        // The connection is driven here, beside the call, and dropped when the check ends: an
+        // answer read whole needs nothing more from it. The call is polled first, so that it
+        // queues the request before the connection's first flush, which then sends the preface,
+        // SETTINGS and the request in one write.
         tokio::pin!(connection);
-        let answer = tokio::select! {
-            answer = client.check(request) => answer,
-            ended = &mut connection => return Err(match ended {
-                Err(e) => classify::chain(&e, Reason::InvalidResponse),
+        tokio::select! {
+            biased;
+            answer = self.exchange(sender) => verdict(answer?, &self.service),
+            ended = &mut connection => Err(match ended {
+                Err(e) => h2_failure(&e),
                 Ok(()) => Failure::new(Reason::Reset, "the server closed the connection before answering"),
             }),
-        };
-        let service = if self.service.is_empty() {
-            "the server".to_owned()
-        } else {
-            format!("service {:?}", self.service)
-        };
-        match answer {
-            Ok(response) => match response.into_inner().status() {
-                ServingStatus::Serving => Ok(()),
-                ServingStatus::ServiceUnknown => Err(Failure::new(
-                    Reason::UnknownService,
-                    format!("health of {service}: SERVICE_UNKNOWN"),
-                )),
-                other => Err(Failure::new(
-                    Reason::NotServing,
-                    format!("health of {service}: {}", other.as_str_name()),
-                )),
-            },
-            Err(status) => Err(status_failure(&status, &service)),
         }
+    }
+
+    /// The call: the request with its message in one go, and the answer read to its end.
+    async fn exchange(&self, sender: h2::client::SendRequest<Bytes>) -> Result<Answer, Failure> {
+        let mut sender = sender.ready().await.map_err(|e| h2_failure(&e))?;
+        let request = http::Request::post(self.uri.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+            .header(TE, HeaderValue::from_static("trailers"))
+            .body(())
+            .map_err(|e| Failure::new(Reason::InvalidResponse, e.to_string()))?;
+        let (response, mut body) = sender
+            .send_request(request, false)
+            .map_err(|e| h2_failure(&e))?;
+        body.send_data(self.message.clone(), true)
+            .map_err(|e| h2_failure(&e))?;
+        let response = response.await.map_err(|e| h2_failure(&e))?;
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        if !content_type.starts_with("application/grpc") {
+            return Err(Failure::new(
+                Reason::InvalidResponse,
+                format!(
+                    "HTTP {} with content-type {content_type:?}: not a gRPC server",
+                    response.status().as_u16()
+                ),
+            ));
+        }
+        let (head, mut body) = response.into_parts();
+        // A "trailers-only" answer (an error, say) ends the stream with its headers.
+        if body.is_end_stream() {
+            return Ok(Answer {
+                status: head.headers,
+                message: Bytes::new(),
+            });
+        }
+        let mut message = BytesMut::new();
+        while let Some(data) = body.data().await {
+            let data = data.map_err(|e| h2_failure(&e))?;
+            if message.len() + data.len() > MAX_ANSWER {
+                return Err(Failure::new(
+                    Reason::InvalidResponse,
+                    format!("an answer of more than {MAX_ANSWER} bytes"),
+                ));
+            }
+            message.put(data);
+        }
+        let status = body
+            .trailers()
+            .await
+            .map_err(|e| h2_failure(&e))?
+            .unwrap_or_default();
+        Ok(Answer {
+            status,
+            message: message.freeze(),
+        })
     }
 }
 
-/// A failed call: a transport error (tonic keeps it as the status's source), or the server's own
-/// gRPC status.
-fn status_failure(status: &tonic::Status, service: &str) -> Failure {
-    use std::error::Error as _;
-    if let Some(source) = status.source() {
-        return classify::chain(source, Reason::InvalidResponse);
+/// What the server said: the headers or trailers that carry `grpc-status`, and the body.
+struct Answer {
+    status: http::HeaderMap,
+    message: Bytes,
+}
+
+fn verdict(answer: Answer, service: &str) -> Result<(), Failure> {
+    let service = || {
+        if service.is_empty() {
+            "the server".to_owned()
+        } else {
+            format!("service {service:?}")
+        }
+    };
+    let Some(status) = tonic::Status::from_header_map(&answer.status) else {
+        return Err(Failure::new(
+            Reason::InvalidResponse,
+            "the answer ended without a grpc-status",
+        ));
+    };
+    if status.code() != Code::Ok {
+        return Err(status_failure(&status, &service()));
     }
+    let response = unframe(answer.message)?;
+    match response.status() {
+        ServingStatus::Serving => Ok(()),
+        ServingStatus::ServiceUnknown => Err(Failure::new(
+            Reason::UnknownService,
+            format!("health of {}: SERVICE_UNKNOWN", service()),
+        )),
+        other => Err(Failure::new(
+            Reason::NotServing,
+            format!("health of {}: {}", service(), other.as_str_name()),
+        )),
+    }
+}
+
+/// A message as gRPC frames it on the wire: uncompressed flag, length, bytes.
+fn frame(message: &HealthCheckRequest) -> Bytes {
+    let mut buf = BytesMut::with_capacity(5 + message.encoded_len());
+    buf.put_u8(0);
+    // A service name is a DNS-like label, far below 4 GiB.
+    buf.put_u32(u32::try_from(message.encoded_len()).unwrap_or(u32::MAX));
+    message.encode(&mut buf).unwrap_or_default();
+    buf.freeze()
+}
+
+/// The one message of an answer. The request offered no compression, so a compressed one (or
+/// anything but exactly one message) is not a valid answer.
+fn unframe(mut body: Bytes) -> Result<HealthCheckResponse, Failure> {
+    let invalid = |what: String| Failure::new(Reason::InvalidResponse, what);
+    if body.len() < 5 {
+        return Err(invalid(format!(
+            "an answer of {} bytes, not a message",
+            body.len()
+        )));
+    }
+    let compressed = body.get_u8();
+    let length = body.get_u32() as usize;
+    if compressed != 0 {
+        return Err(invalid(
+            "a compressed answer to a request that offered none".to_owned(),
+        ));
+    }
+    if length != body.len() {
+        return Err(invalid(format!(
+            "a message of {length} bytes announced, {} sent",
+            body.len()
+        )));
+    }
+    HealthCheckResponse::decode(body)
+        .map_err(|e| invalid(format!("not a HealthCheckResponse: {e}")))
+}
+
+fn h2_failure(e: &h2::Error) -> Failure {
+    classify::chain(e, Reason::InvalidResponse)
+}
+
+/// The server's own gRPC status, not OK.
+fn status_failure(status: &tonic::Status, service: &str) -> Failure {
     let code = status.code();
     let detail = format!("gRPC {code:?}: {}", status.message());
     match code {
@@ -166,53 +290,85 @@ fn status_failure(status: &tonic::Status, service: &str) -> Failure {
     }
 }
 
-/// tonic's client over one hyper HTTP/2 connection. An answer that is not gRPC (an HTTP/2 server
-/// that answers HTML, say) is refused here, before tonic would read it as a gRPC status.
-struct Call(SendRequest<Full<Bytes>>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[derive(Debug, thiserror::Error)]
-enum CallError {
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-    #[error("encoding the request: {0}")]
-    Body(tonic::Status),
-    #[error("HTTP {status} with content-type {content_type:?}: not a gRPC server")]
-    NotGrpc { status: u16, content_type: String },
-}
-
-type CallFuture =
-    Pin<Box<dyn Future<Output = Result<http::Response<hyper::body::Incoming>, CallError>> + Send>>;
-
-impl tower_service::Service<http::Request<tonic::body::Body>> for Call {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = CallError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-        self.0.poll_ready(cx).map_err(CallError::from)
+    fn answer(status: &[(&'static str, &'static str)], message: &[u8]) -> Answer {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in status {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        Answer {
+            status: headers,
+            message: Bytes::copy_from_slice(message),
+        }
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> CallFuture {
-        let mut sender = self.0.clone();
-        Box::pin(async move {
-            // The one request message, whole: hyper then sends it with its headers, instead of
-            // streaming it from a task of its own in a packet of its own.
-            let (parts, body) = request.into_parts();
-            let body = body.collect().await.map_err(CallError::Body)?.to_bytes();
-            let request = http::Request::from_parts(parts, Full::new(body));
-            let response = sender.send_request(request).await?;
-            let content_type = response
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default();
-            if !content_type.starts_with("application/grpc") {
-                return Err(CallError::NotGrpc {
-                    status: response.status().as_u16(),
-                    content_type,
-                });
-            }
-            Ok(response)
-        })
+    fn serving(status: ServingStatus) -> Vec<u8> {
+        let response = HealthCheckResponse {
+            status: status as i32,
+        };
+        let mut framed = vec![0];
+        framed.extend((response.encoded_len() as u32).to_be_bytes());
+        framed.extend(response.encode_to_vec());
+        framed
+    }
+
+    fn reason(answer: Answer) -> Option<Reason> {
+        verdict(answer, "").err().map(|f| f.reason)
+    }
+
+    #[test]
+    fn the_request_is_one_uncompressed_message() {
+        let framed = frame(&HealthCheckRequest {
+            service: "db".into(),
+        });
+        assert_eq!(&framed[..5], &[0, 0, 0, 0, 4]);
+        let request = HealthCheckRequest::decode(&framed[5..]).expect("a request");
+        assert_eq!(request.service, "db");
+    }
+
+    #[test]
+    fn an_answer_is_read_by_its_status_then_its_message() {
+        let ok = [("grpc-status", "0")];
+        assert_eq!(reason(answer(&ok, &serving(ServingStatus::Serving))), None);
+        assert_eq!(
+            reason(answer(&ok, &serving(ServingStatus::NotServing))),
+            Some(Reason::NotServing)
+        );
+        assert_eq!(
+            reason(answer(&ok, &serving(ServingStatus::ServiceUnknown))),
+            Some(Reason::UnknownService)
+        );
+        // A trailers-only error answer has no message.
+        assert_eq!(
+            reason(answer(&[("grpc-status", "5")], b"")),
+            Some(Reason::UnknownService)
+        );
+        assert_eq!(
+            reason(answer(&[("grpc-status", "12")], b"")),
+            Some(Reason::UnexpectedStatus)
+        );
+    }
+
+    #[test]
+    fn a_malformed_answer_is_invalid() {
+        let ok = [("grpc-status", "0")];
+        let good = serving(ServingStatus::Serving);
+        let mut compressed = good.clone();
+        compressed[0] = 1;
+        let mut long = good.clone();
+        long[4] += 1;
+        for bad in [
+            answer(&[], &good),
+            answer(&ok, b""),
+            answer(&ok, &good[..3]),
+            answer(&ok, &compressed),
+            answer(&ok, &long),
+            answer(&ok, &[0, 0, 0, 0, 2, 0xff, 0xff]),
+        ] {
+            assert_eq!(reason(bad), Some(Reason::InvalidResponse));
+        }
     }
 }
