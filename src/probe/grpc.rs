@@ -4,9 +4,9 @@
 //! The call is made with `h2` directly, the messages are tonic-health's (prost) and the status is
 //! read by tonic's own parser: what is ours is the 5-byte length prefix of one message each way.
 //! A tonic client over hyper costs a task for the connection and one for the request's body per
-//! check, each woken across the runtime's threads, and hyper opens a 5 MB window with a frame of
-//! its own; one task driving `h2` makes the same exchange in two writes. Every failure is seen
-//! where it happens (connect, TLS, HTTP/2, gRPC) and nothing outlives the check.
+//! check, a frame to open a 5 MB window and a graceful shutdown: 4.5 writes a check. One task
+//! driving `h2` makes the same exchange in two or three (BENCHMARKS.md, section 4). Every failure
+//! is seen where it happens (connect, TLS, HTTP/2, gRPC) and nothing outlives the check.
 
 use std::sync::Arc;
 
