@@ -149,12 +149,9 @@ impl GrpcProber {
         body.send_data(self.message.clone(), true)
             .map_err(|e| h2_failure(&e))?;
         let response = response.await.map_err(|e| h2_failure(&e))?;
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        if !content_type.starts_with("application/grpc") {
+        let content_type = response.headers().get(CONTENT_TYPE).map(|v| v.as_bytes());
+        if !content_type.is_some_and(|v| v.starts_with(b"application/grpc")) {
+            let content_type = String::from_utf8_lossy(content_type.unwrap_or_default());
             return Err(Failure::new(
                 Reason::InvalidResponse,
                 format!(
