@@ -1,11 +1,13 @@
 //! The Helm chart, with real helm: lint, render with the defaults and with every option on, check
-//! the objects against the Kubernetes 1.29 and 1.35 schemas (the alert rules: tests/alerts.rs), and
-//! the chart, deploy/ and the Dockerfile with checkov (the checks skipped are justified in the
-//! docs/hardening.md, "Security scan").
+//! the objects against the schemas of every supported Kubernetes (`common::KUBERNETES`; the alert
+//! rules: tests/alerts.rs), refuse an older cluster, and the chart, deploy/ and the Dockerfile with
+//! checkov (the checks skipped are justified in the docs/hardening.md, "Security scan").
 
 mod common;
 
-use common::{chart, kubernetes_validate_for, output_text, run_tool, tempdir};
+use common::{
+    chart, kube_minor, kubernetes_validate_for, output_text, run_tool, tempdir, KUBERNETES,
+};
 use serde_json::Value;
 
 /// Checks skipped on purpose; docs/hardening.md "Security scan" says why for each.
@@ -61,7 +63,7 @@ fn the_chart_lints_strictly_and_rejects_unknown_values() {
 }
 
 #[test]
-fn every_option_renders_and_validates_for_1_29_1_30_and_1_35() {
+fn every_option_renders_and_validates_for_every_supported_kubernetes() {
     let Some(default) = chart::render(&[]) else {
         return;
     };
@@ -90,43 +92,79 @@ fn every_option_renders_and_validates_for_1_29_1_30_and_1_35() {
             "{kind} missing with every option on"
         );
     }
-    // Rendered for each version, as helm does for the cluster it installs into: the own-pod
-    // policy (admissionregistration.k8s.io/v1) only from 1.30.
+    // Rendered for each version, as helm does for the cluster it installs into, and both
+    // renderings of a version validated in one run of the tool.
     let dir = tempdir::Dir::new();
-    for version in ["1.29.0", "1.30.0", "1.35.0"] {
+    for version in KUBERNETES {
+        let mut rendered = Vec::new();
         for (name, args) in [("default", vec![]), ("all", vec!["-f", chart::ALL_ON])] {
             let mut args = args;
             args.extend(["--kube-version", version]);
             let Some(yaml) = chart::render(&args) else {
                 return;
             };
-            let policy = kinds(&yaml)
-                .iter()
-                .any(|k| k == "ValidatingAdmissionPolicy");
-            assert_eq!(
-                policy,
-                version != "1.29.0",
-                "{name} {version}: the own-pod policy"
-            );
             let file = dir.path().join(format!("{name}-{version}.yaml"));
             std::fs::write(&file, &yaml).unwrap();
-            let Some(reports) = kubernetes_validate_for(&file, &[version]) else {
-                return;
-            };
-            for (version, passed, report) in reports {
-                assert!(passed, "{name} {version}: {report}");
-                let builtin = kinds(&yaml)
-                    .iter()
-                    .filter(|k| !CRDS.contains(&k.as_str()))
-                    .count();
-                assert_eq!(
-                    report.matches(" passed for resource ").count(),
-                    builtin,
-                    "{name} {version}: {report}"
-                );
-            }
+            rendered.push((name, yaml, file));
+        }
+        let files: Vec<&std::path::Path> = rendered.iter().map(|(_, _, f)| f.as_path()).collect();
+        let Some(reports) = kubernetes_validate_for(&files, &[version]) else {
+            return;
+        };
+        let (_, passed, report) = &reports[0];
+        assert!(passed, "{version}: {report}");
+        for (name, yaml, file) in &rendered {
+            let builtin = kinds(yaml)
+                .iter()
+                .filter(|k| !CRDS.contains(&k.as_str()))
+                .count();
+            let checked = format!("{} passed for resource ", file.display());
+            assert_eq!(
+                report.matches(&checked).count(),
+                builtin,
+                "{name} {version}: {report}"
+            );
         }
     }
+}
+
+/// The window is stated in one place for the tests (`common::KUBERNETES`); the chart's
+/// `kubeVersion` and the README follow it, and helm refuses the version before it.
+#[test]
+fn the_chart_refuses_a_kubernetes_older_than_the_supported_window() {
+    let (major, first) = kube_minor(KUBERNETES[0]);
+    let (_, last) = kube_minor(KUBERNETES[KUBERNETES.len() - 1]);
+    let meta: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/sidewatch/Chart.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["kubeVersion"], format!(">={}-0", KUBERNETES[0]));
+    let readme = include_str!("../README.md");
+    let window = format!("Kubernetes {major}.{first}–{major}.{last}");
+    assert!(readme.contains(&window), "the README does not say {window}");
+    let older = format!("{major}.{}.9", first - 1);
+    let Some(out) = run_tool(
+        "helm",
+        &[
+            "template",
+            "sw",
+            "charts/sidewatch",
+            "--kube-version",
+            &older,
+        ],
+    ) else {
+        return;
+    };
+    assert!(!out.status.success(), "rendered for {older}");
+    assert!(
+        output_text(&out).contains("chart requires kubeVersion"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The injector on pods of the shapes real workloads have (`tests/fixtures/pods`, see its
 //! README), end to end: the real webhook's answer over TLS, the patch applied as the API server
-//! applies it, every field of the pod kept whole and in order, the result valid for Kubernetes
-//! 1.29 and 1.35, a second pass changing nothing, and the injected sidecar's args and environment
+//! applies it, every field of the pod kept whole and in order, the pod-level resources still
+//! covering the containers, the result valid for every supported Kubernetes (`common::KUBERNETES`;
+//! a field newer than a version's schema left out of that version's check, and shown to be
+//! unknown to it), a second pass changing nothing, and the injected sidecar's args and environment
 //! (downward API filled in as the kubelet fills it) run through the real binary: `check-config`
 //! shows the target the kubelet probes, and `run` starts in a network namespace whose address is
 //! the pod's IP and answers its own probes there.
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{output_text, skip_or_fail, tempdir, which};
+use common::{kube_minor, output_text, skip_or_fail, tempdir, which, KUBERNETES};
 use kubelet::PodFacts;
 use netns::Netns;
 use serde_json::{json, Value};
@@ -36,7 +38,39 @@ struct Fixture {
     pod_ip: String,
     pod: Value,
     expect: Value,
-    schema_lacks: Value,
+    schema_since: SchemaSince,
+}
+
+/// Fields of a fixture's pod that not every supported version's schema knows: each dotted path
+/// (`*` for any list entry or key) with the first version whose schema has it, `None` for a field
+/// no schema has (a vendor's).
+type SchemaSince = Vec<(String, Option<(u32, u32)>)>;
+
+fn schema_since(doc: &Value, fixture: &Path) -> SchemaSince {
+    let oldest = kube_minor(KUBERNETES[0]);
+    let newest = kube_minor(KUBERNETES[KUBERNETES.len() - 1]);
+    let Some(fields) = doc["schema_since"].as_object() else {
+        return Vec::new();
+    };
+    fields
+        .iter()
+        .map(|(path, since)| {
+            let since = match since.as_str() {
+                Some("never") => None,
+                Some(version) => Some(kube_minor(version)),
+                None => panic!("{}: schema_since.{path}: {since}", fixture.display()),
+            };
+            // A field every version knows is no exception; one past the newest is "never".
+            if let Some(v) = since {
+                assert!(
+                    oldest < v && v <= newest,
+                    "{}: schema_since.{path}: {v:?} is outside {oldest:?} < v <= {newest:?}",
+                    fixture.display()
+                );
+            }
+            (path.clone(), since)
+        })
+        .collect()
 }
 
 fn fixtures() -> Vec<Fixture> {
@@ -61,7 +95,7 @@ fn fixtures() -> Vec<Fixture> {
                 pod_ip: doc["pod_ip"].as_str().unwrap_or(POD_IP).to_owned(),
                 pod: doc["pod"].clone(),
                 expect: doc["expect"].clone(),
-                schema_lacks: doc["schema_lacks"].clone(),
+                schema_since: schema_since(&doc, path),
             }
         })
         .collect()
@@ -72,13 +106,29 @@ fn fixtures() -> Vec<Fixture> {
 /// and its text count as equal: the config writes some numbers as strings). `null` in `want`
 /// stands for "absent or null". Returns where they first differ.
 fn contained(want: &Value, got: &Value, at: &str) -> Result<(), String> {
+    compare(want, got, at, Scalars::Loose)
+}
+
+/// As `contained`, with every scalar the same JSON value (`42` is not `"42"`): the pod's own
+/// fields after the patch, which the webhook must neither drop nor rewrite.
+fn kept(want: &Value, got: &Value, at: &str) -> Result<(), String> {
+    compare(want, got, at, Scalars::Exact)
+}
+
+#[derive(Clone, Copy)]
+enum Scalars {
+    Loose,
+    Exact,
+}
+
+fn compare(want: &Value, got: &Value, at: &str, scalars: Scalars) -> Result<(), String> {
     match (want, got) {
         (Value::Null, _) => Ok(()),
         (Value::Object(w), Value::Object(g)) => {
             for (key, value) in w {
                 let here = format!("{at}.{key}");
                 match g.get(key) {
-                    Some(v) => contained(value, v, &here)?,
+                    Some(v) => compare(value, v, &here, scalars)?,
                     None if value.is_null() => {}
                     None => return Err(format!("{here} is gone")),
                 }
@@ -89,16 +139,25 @@ fn contained(want: &Value, got: &Value, at: &str) -> Result<(), String> {
             let mut rest = g.iter().enumerate();
             for (i, item) in w.iter().enumerate() {
                 let here = format!("{at}[{i}]");
-                if !rest
-                    .any(|(j, candidate)| contained(item, candidate, &format!("{at}[{j}]")).is_ok())
-                {
+                if !rest.any(|(j, candidate)| {
+                    compare(item, candidate, &format!("{at}[{j}]"), scalars).is_ok()
+                }) {
                     return Err(format!("{here} is gone, changed or out of order: {item}"));
                 }
             }
             Ok(())
         }
-        (w, g) if scalar(w) == scalar(g) && scalar(w).is_some() => Ok(()),
-        (w, g) => Err(format!("{at}: want {w}, got {g}")),
+        (w, g) => {
+            let same = match scalars {
+                Scalars::Exact => w == g,
+                Scalars::Loose => scalar(w).is_some() && scalar(w) == scalar(g),
+            };
+            if same {
+                Ok(())
+            } else {
+                Err(format!("{at}: want {w}, got {g}"))
+            }
+        }
     }
 }
 
@@ -188,7 +247,7 @@ fn effective_config(args: &[String], env: &[(String, String)]) -> Result<Value, 
 struct Injected {
     name: String,
     pod: Value,
-    schema_lacks: Value,
+    schema_since: SchemaSince,
     args: Vec<String>,
     env: Vec<(String, String)>,
     pod_ip: String,
@@ -253,7 +312,8 @@ async fn check_one(hook: &Webhook, f: &Fixture) -> Result<Option<Injected>, Stri
         return Err(format!("a patch operation that is not an add: {op}"));
     }
     let pod = apply(&f.pod, &response);
-    contained(&f.pod, &pod, "pod").map_err(|e| format!("the patch lost a field: {e}"))?;
+    kept(&f.pod, &pod, "pod").map_err(|e| format!("the patch lost or changed a field: {e}"))?;
+    fits_pod_resources(&pod).map_err(|e| format!("the pod-level resources: {e}"))?;
 
     let again = hook.review(f.scope, &pod).await;
     if again.get("patch").is_some() || !warnings(&again).is_empty() {
@@ -336,7 +396,7 @@ async fn check_one(hook: &Webhook, f: &Fixture) -> Result<Option<Injected>, Stri
     Ok(Some(Injected {
         name: f.name.clone(),
         pod,
-        schema_lacks: f.schema_lacks.clone(),
+        schema_since: f.schema_since.clone(),
         args,
         env,
         pod_ip: f.pod_ip.clone(),
@@ -352,37 +412,166 @@ fn patch_ops(response: &Value) -> Vec<Value> {
     serde_json::from_slice(&bytes).unwrap_or_default()
 }
 
-/// Every injected pod through kubernetes-validate, once per version for all of them.
+/// A resource quantity (`500m`, `1`, `256Mi`, `1G`) in thousandths of its unit (millicores,
+/// millibytes), as the pods of the corpus write them; `None` when absent.
+fn quantity(q: &Value) -> Option<i128> {
+    let text = match q {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => panic!("a quantity: {other}"),
+    };
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let scale: f64 = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => panic!("a quantity this test does not read: {text}"),
+    };
+    let number: f64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("a quantity: {text}"));
+    Some((number * scale * 1000.0).round() as i128)
+}
+
+/// With pod-level resources (`spec.resources`, beta and on by default since 1.34), the API
+/// server admits the pod only if they still cover its containers, the sidecar among them: the
+/// pod's requests at least the containers' aggregate (regular and restartable init containers
+/// summed; each other init container with the sidecars started before it), and no container's
+/// limit above the pod's (the API server checks the regular containers; the sidecar's too here).
+/// A container's request defaults to its limit.
+fn fits_pod_resources(pod: &Value) -> Result<(), String> {
+    let spec = &pod["spec"];
+    if spec["resources"].is_null() {
+        return Ok(());
+    }
+    let list = |key: &str| spec[key].as_array().cloned().unwrap_or_default();
+    let (containers, inits) = (list("containers"), list("initContainers"));
+    for resource in ["cpu", "memory"] {
+        let request = |c: &Value| {
+            let r = &c["resources"];
+            quantity(&r["requests"][resource])
+                .or(quantity(&r["limits"][resource]))
+                .unwrap_or(0)
+        };
+        if let Some(pod_request) = quantity(&spec["resources"]["requests"][resource]) {
+            let mut sum: i128 = containers.iter().map(request).sum();
+            let (mut sidecars, mut init_peak) = (0, 0);
+            for c in &inits {
+                if c["restartPolicy"] == "Always" {
+                    sum += request(c);
+                    sidecars += request(c);
+                    init_peak = init_peak.max(sidecars);
+                } else {
+                    init_peak = init_peak.max(sidecars + request(c));
+                }
+            }
+            let aggregate = sum.max(init_peak);
+            if aggregate > pod_request {
+                return Err(format!(
+                    "the containers request {} {resource}, more than the pod's {}",
+                    aggregate as f64 / 1000.0,
+                    pod_request as f64 / 1000.0
+                ));
+            }
+        }
+        if let Some(pod_limit) = quantity(&spec["resources"]["limits"][resource]) {
+            for c in inits.iter().chain(&containers) {
+                if let Some(limit) = quantity(&c["resources"]["limits"][resource]) {
+                    if limit > pod_limit {
+                        return Err(format!(
+                            "{}'s {resource} limit is above the pod's: {}",
+                            c["name"], spec["resources"]["limits"]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every injected pod through kubernetes-validate, one run a version for all of them. A field
+/// newer than a version's schema (`schema_since`) is left out of that version's copy, and a copy
+/// keeping that field alone of them must fail on it: the exception is as narrow as the schemas.
 fn validate_all(injected: &[Injected]) {
     if which("kubernetes-validate").is_none() {
         return skip_or_fail("kubernetes-validate is not installed (scripts/install-test-tools)");
     }
     let dir = tempdir::Dir::new();
-    for version in ["1.29", "1.35"] {
-        let mut files = Vec::new();
+    for version in KUBERNETES {
+        let minor = kube_minor(version);
+        let mut valid = Vec::new();
+        let mut lacking = Vec::new();
         for i in injected {
             let mut pod = i.pod.clone();
             // The API server names the pod from generateName; the validator wants a name.
             if pod["metadata"]["name"].is_null() {
                 pod["metadata"]["name"] = format!("{}-x7k2p", i.name).into();
             }
-            for pattern in i.schema_lacks[version].as_array().into_iter().flatten() {
-                let pattern: Vec<&str> = pattern.as_str().unwrap_or_default().split('.').collect();
-                strip(&mut pod, &pattern);
+            let unknown: Vec<Vec<&str>> = i
+                .schema_since
+                .iter()
+                .filter(|(_, since)| since.is_none_or(|since| minor < since))
+                .map(|(path, _)| path.split('.').collect())
+                .collect();
+            let write = |pod: &Value, suffix: &str| {
+                let file = dir
+                    .path()
+                    .join(format!("{version}-{}{suffix}.json", i.name));
+                std::fs::write(&file, serde_json::to_vec(pod).unwrap()).unwrap();
+                file
+            };
+            let mut known = pod.clone();
+            unknown.iter().for_each(|path| strip(&mut known, path));
+            valid.push(write(&known, ""));
+            for (n, path) in unknown.iter().enumerate() {
+                let mut one = pod.clone();
+                for other in unknown.iter().filter(|other| *other != path) {
+                    strip(&mut one, other);
+                }
+                let field = path[path.len() - 1].to_owned();
+                lacking.push((write(&one, &format!("-lacks-{n}")), path.join("."), field));
             }
-            let file = dir.path().join(format!("{version}-{}.json", i.name));
-            std::fs::write(&file, serde_json::to_vec(&pod).unwrap()).unwrap();
-            files.push(file.to_string_lossy().into_owned());
         }
-        let mut args = vec!["--strict", "-k"];
-        let full = format!("{version}.0");
-        args.push(&full);
-        args.extend(files.iter().map(String::as_str));
-        let out = common::run_tool("kubernetes-validate", &args).expect("kubernetes-validate");
-        let report = output_text(&out);
-        assert!(out.status.success(), "{version}: {report}");
-        let passed = report.lines().filter(|l| l.contains("passed")).count();
-        assert_eq!(passed, files.len(), "{version}: {report}");
+        let files: Vec<&Path> = valid
+            .iter()
+            .chain(lacking.iter().map(|(file, _, _)| file))
+            .map(PathBuf::as_path)
+            .collect();
+        let reports =
+            common::kubernetes_validate_for(&files, &[version]).expect("kubernetes-validate");
+        let (_, _, report) = &reports[0];
+        let of = |file: &Path| -> Vec<&str> {
+            let file = format!("{} ", file.display());
+            report.lines().filter(|l| l.contains(&file)).collect()
+        };
+        for file in &valid {
+            let lines = of(file);
+            assert!(
+                lines.len() == 1 && lines[0].contains(" passed for resource "),
+                "{version}: {}",
+                lines.join("\n")
+            );
+        }
+        for (file, path, field) in &lacking {
+            let lines = of(file);
+            assert!(
+                lines.len() == 1 && lines[0].contains(&format!("'{field}' was unexpected")),
+                "{version}: schema_since says its schema lacks {path}, which it does not: {}",
+                lines.join("\n")
+            );
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! What users install from this repository: the Dockerfile passes hadolint, and `deploy/`
-//! renders with `kubectl kustomize` and validates against the Kubernetes 1.29 and 1.35 schemas,
-//! with a sidewatch configuration the binary itself accepts.
+//! renders with `kubectl kustomize` and validates against the schemas of every supported
+//! Kubernetes (`common::KUBERNETES`), with a sidewatch configuration the binary itself accepts.
 
 mod common;
 
@@ -28,7 +28,7 @@ fn rendered_deploy() -> Option<String> {
 }
 
 #[test]
-fn deploy_renders_and_validates_for_the_oldest_and_newest_supported_kubernetes() {
+fn deploy_renders_and_validates_for_every_supported_kubernetes() {
     let Some(yaml) = rendered_deploy() else {
         return;
     };

@@ -1,12 +1,14 @@
 //! The own-pod ValidatingAdmissionPolicy, as shipped in deploy/policy and the chart: its CEL
 //! evaluated (tests/common/policy.rs) against admission requests of the shapes the API server
 //! builds, allowed for the sidecar's own pod and denied for any other; the chart's copy the same
-//! as deploy's; both valid for Kubernetes 1.30 and 1.35, and not rendered for 1.29.
+//! as deploy's, rendered for every supported Kubernetes (admissionregistration.k8s.io/v1 is GA
+//! since 1.30, older than the window: the chart gates it on nothing but its value) and valid for
+//! each.
 
 mod common;
 
 use common::policy::{self, pod_token, request, Policy, Verdict};
-use common::{chart, kubernetes_validate_for, run_tool, tempdir};
+use common::{chart, kubernetes_validate_for, run_tool, tempdir, KUBERNETES};
 use serde_json::{json, Value};
 
 const UID: &str = "0b5e4a8e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -190,8 +192,8 @@ fn chart_policy(version: &str, args: &[&str]) -> Option<Vec<Value>> {
 }
 
 #[test]
-fn the_chart_ships_the_same_policy_for_1_30_and_later_and_a_value_turns_it_off() {
-    let Some(chart) = chart_policy("1.30.0", &[]) else {
+fn the_chart_ships_the_same_policy_for_every_supported_kubernetes_and_a_value_turns_it_off() {
+    let Some(chart) = chart_policy(KUBERNETES[0], &[]) else {
         return;
     };
     let text = std::fs::read_to_string(policy::FILE).unwrap();
@@ -210,16 +212,19 @@ fn the_chart_ships_the_same_policy_for_1_30_and_later_and_a_value_turns_it_off()
             c["kind"]
         );
     }
-    assert_eq!(
-        chart_policy("1.29.0", &[]).unwrap().len(),
-        0,
-        "no v1 policy API before 1.30"
-    );
-    let off = chart_policy("1.35.0", &["--set", "ownPodPolicy.enabled=false"]).unwrap();
+    for version in &KUBERNETES[1..] {
+        assert_eq!(
+            chart_policy(version, &[]).unwrap(),
+            chart,
+            "the policy rendered for {version}"
+        );
+    }
+    let newest = KUBERNETES[KUBERNETES.len() - 1];
+    let off = chart_policy(newest, &["--set", "ownPodPolicy.enabled=false"]).unwrap();
     assert_eq!(off.len(), 0);
     // Another service account named in the values is held too.
     let more = chart_policy(
-        "1.35.0",
+        newest,
         &["--set", "ownPodPolicy.serviceAccounts={sidewatch,web}"],
     )
     .unwrap();
@@ -239,8 +244,8 @@ fn the_chart_ships_the_same_policy_for_1_30_and_later_and_a_value_turns_it_off()
 }
 
 #[test]
-fn the_policy_validates_for_1_30_and_1_35() {
-    let Some(rendered) = chart::render(&["--kube-version", "1.35.0"]) else {
+fn the_policy_validates_for_every_supported_kubernetes() {
+    let Some(rendered) = chart::render(&["--kube-version", KUBERNETES[0]]) else {
         return;
     };
     let Some(deploy) = run_tool("kubectl", &["kustomize", "deploy/policy"]) else {
@@ -252,14 +257,18 @@ fn the_policy_validates_for_1_30_and_1_35() {
     std::fs::write(&chart_file, &rendered).unwrap();
     let deploy_file = dir.path().join("deploy.yaml");
     std::fs::write(&deploy_file, &deploy.stdout).unwrap();
-    for file in [&deploy_file, &chart_file] {
-        let Some(reports) = kubernetes_validate_for(file, &["1.30.0", "1.35.0"]) else {
-            return;
-        };
-        for (version, passed, report) in reports {
-            assert!(passed, "{} {version}: {report}", file.display());
+    let Some(reports) = kubernetes_validate_for(&[&deploy_file, &chart_file], &KUBERNETES) else {
+        return;
+    };
+    for (version, passed, report) in reports {
+        assert!(passed, "{version}: {report}");
+        for file in [&deploy_file, &chart_file] {
+            let checked = format!(
+                "{} passed for resource validatingadmissionpolicybinding/",
+                file.display()
+            );
             assert!(
-                report.contains("passed for resource validatingadmissionpolicybinding/"),
+                report.contains(&checked),
                 "{} {version}: the policy was not checked: {report}",
                 file.display()
             );

@@ -644,29 +644,49 @@ pub fn client() -> reqwest::Client {
         .expect("test client")
 }
 
-/// Runs a tool from PATH in the repository, or skips (fails under SIDEWATCH_REQUIRE_ALL=1)
-/// without it.
-/// `kubernetes-validate --strict` of `file` against the oldest and newest Kubernetes we support:
-/// per version, whether it passed and its report. `None` when the tool is missing (skipped, or a
-/// failure under `SIDEWATCH_REQUIRE_ALL=1`).
-pub fn kubernetes_validate(file: &std::path::Path) -> Option<Vec<(&'static str, bool, String)>> {
-    kubernetes_validate_for(file, &["1.29.0", "1.35.0"])
+/// The Kubernetes versions sidewatch supports, oldest first (DESIGN.md, README "Installing"): the
+/// chart, `deploy/` and every injected pod of the corpus are validated for each. The chart's
+/// `kubeVersion` starts at the first (tests/chart.rs).
+pub const KUBERNETES: [&str; 5] = ["1.33.0", "1.34.0", "1.35.0", "1.36.0", "1.37.0"];
+
+/// A version's major and minor numbers (`"1.34.0"` or `"1.34"`), to order versions by.
+pub fn kube_minor(version: &str) -> (u32, u32) {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!("{version:?} is not a Kubernetes version"),
+    }
 }
 
-/// As `kubernetes_validate`, for these Kubernetes versions.
+/// `kubernetes-validate --strict` of `file` against every Kubernetes we support: per version,
+/// whether it passed and its report. `None` when the tool is missing (skipped, or a failure under
+/// `SIDEWATCH_REQUIRE_ALL=1`).
+pub fn kubernetes_validate(file: &std::path::Path) -> Option<Vec<(&'static str, bool, String)>> {
+    kubernetes_validate_for(&[file], &KUBERNETES)
+}
+
+/// As `kubernetes_validate`, for these files (one run of the tool a version for all of them) and
+/// these Kubernetes versions. Passed means every object of every file passed.
 pub fn kubernetes_validate_for(
-    file: &std::path::Path,
+    files: &[&std::path::Path],
     versions: &[&'static str],
 ) -> Option<Vec<(&'static str, bool, String)>> {
-    let file = file.to_str().expect("UTF-8 temp path");
+    let files: Vec<&str> = files
+        .iter()
+        .map(|f| f.to_str().expect("UTF-8 temp path"))
+        .collect();
     let mut reports = Vec::new();
     for &version in versions {
-        let out = run_tool("kubernetes-validate", &["--strict", "-k", version, file])?;
+        let mut args = vec!["--strict", "-k", version];
+        args.extend(&files);
+        let out = run_tool("kubernetes-validate", &args)?;
         reports.push((version, out.status.success(), output_text(&out)));
     }
     Some(reports)
 }
 
+/// Runs a tool from PATH in the repository, or skips (fails under SIDEWATCH_REQUIRE_ALL=1)
+/// without it.
 pub fn run_tool(name: &str, args: &[&str]) -> Option<std::process::Output> {
     let Some(path) = which(name) else {
         skip_or_fail(&format!(

@@ -256,7 +256,7 @@ pub fn apply(pod: &Value, response: &Value) -> Value {
     doc
 }
 
-/// Validates a pod against the 1.29 and 1.35 schemas with kubernetes-validate.
+/// Validates a pod against the schemas of every supported Kubernetes with kubernetes-validate.
 pub fn validate(pod: &Value) {
     // The API server names the pod from generateName; the validator wants a name.
     let mut pod = pod.clone();
