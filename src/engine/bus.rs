@@ -76,10 +76,8 @@ pub struct DrainEnd {
 /// Notices from other parts that deserve an Event: the cgroup watcher's OOM kills, the drain's end.
 #[derive(Debug)]
 pub enum Notice {
-    OomKill {
-        kills: u64,
-        message: String,
-    },
+    /// What the kernel killed and at which limit, in words.
+    OomKill { message: String },
     /// A drain ended; `posted` is dropped once its Event is posted or given up, which the exit
     /// path waits for.
     Drained {

@@ -253,18 +253,12 @@ impl Publisher {
             return;
         }
         match notice {
-            Notice::OomKill { kills, message } => {
+            Notice::OomKill { message } => {
                 let event = Event {
                     type_: EventType::Warning,
                     reason: "OOMKilled".into(),
                     note: Some(
-                        clip(
-                            &format!(
-                                "{kills} process(es) OOM-killed in the app's cgroup: {message}"
-                            ),
-                            1000,
-                        )
-                        .to_owned(),
+                        clip(&format!("OOM in the app's cgroup: {message}"), 1000).to_owned(),
                     ),
                     action: "OOMKill".into(),
                     secondary: None,

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::read::Sample;
+use super::read::{Bound, OomCounts, Sample};
 use crate::engine::Observation;
 use crate::reason::Reason;
 
@@ -15,6 +15,10 @@ const TREND_FLOOR: f64 = 0.5;
 /// A prediction holds until the estimate passes `predict_within` by this factor, so an estimate
 /// hovering at the threshold does not flap the pod in and out of rotation.
 const TREND_RELEASE: f64 = 1.2;
+/// After the OOM counters move, how long they must stay still before the kill is accounted: the
+/// kernel counts a group kill member by member (the victim first, the rest after), and tells of
+/// changes to `memory.events` at most every 10 ms.
+pub const OOM_SETTLE: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
@@ -35,8 +39,55 @@ pub struct Assessment {
     /// Seconds until the limit at the current trend, when memory grows toward a limit.
     pub predicted_oom: Option<f64>,
     pub oom: Option<Observation>,
-    /// OOM kills since the previous sample.
+    /// OOM kills to count now: the first at once when the counters move, the rest of a burst
+    /// once they settle.
     pub new_oom_kills: u64,
+    /// The full account of the OOM kills since the counters last settled, once they have.
+    pub settled: Option<OomSettled>,
+    /// `memory.high` events since the previous sample.
+    pub new_high_events: u64,
+}
+
+/// What the kernel did in one OOM burst, once its counters stopped moving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomSettled {
+    /// Times the OOM killer acted: one per OOM, whether one process or a whole group died.
+    pub kills: u64,
+    /// Of those, the kills of a whole group (`memory.oom.group=1`, the kubelet's default on v2).
+    pub group_kills: u64,
+    /// Processes killed in all, as the kernel counted them, less the victim of a group kill,
+    /// which it counts twice.
+    pub processes: u64,
+}
+
+impl OomSettled {
+    /// From the counters' rise over the burst. With group kills, every kill of the burst is
+    /// taken for one (the kubelet sets `memory.oom.group` on every container or on none).
+    fn from_rise(rise: OomCounts) -> OomSettled {
+        if rise.group_kills > 0 {
+            OomSettled {
+                kills: rise.group_kills,
+                group_kills: rise.group_kills,
+                processes: rise.kills.saturating_sub(rise.group_kills),
+            }
+        } else {
+            OomSettled {
+                kills: rise.kills,
+                group_kills: 0,
+                processes: rise.kills,
+            }
+        }
+    }
+}
+
+/// OOM counters that moved and have not settled yet.
+#[derive(Clone, Copy, Debug)]
+struct Burst {
+    /// The counters before it.
+    base: OomCounts,
+    /// Kills counted already (the first, at once).
+    counted: u64,
+    settle_at: Instant,
 }
 
 pub struct Assessor {
@@ -45,8 +96,12 @@ pub struct Assessor {
     pressured: bool,
     predicted: bool,
     history: VecDeque<(Instant, u64)>,
-    oom_seen: Option<u64>,
+    /// The level whose limit bound at the last sample: the trend is of one level's working set.
+    bound_level: Option<usize>,
+    oom_seen: Option<OomCounts>,
+    burst: Option<Burst>,
     oom_until: Option<Instant>,
+    high_seen: Option<u64>,
 }
 
 impl Assessor {
@@ -57,8 +112,11 @@ impl Assessor {
             pressured: false,
             predicted: false,
             history: VecDeque::new(),
+            bound_level: None,
             oom_seen: None,
+            burst: None,
             oom_until: None,
+            high_seen: None,
         }
     }
 
@@ -66,24 +124,44 @@ impl Assessor {
     /// so every kill it counts is new, and the old one's history says nothing about its trend.
     /// A running OOM cooldown goes on: the kill happened.
     pub fn new_cgroup(&mut self) {
-        self.oom_seen = Some(0);
+        self.oom_seen = Some(OomCounts::default());
+        self.burst = None;
+        self.high_seen = Some(0);
         self.history.clear();
         self.high = false;
         self.predicted = false;
     }
 
-    /// When the OOM cooldown ends, so the watcher can wake up for it.
-    pub fn oom_until(&self) -> Option<Instant> {
-        self.oom_until
+    /// When the assessor needs a sample without a notification: the OOM cooldown's end, or the
+    /// look that settles an OOM burst.
+    pub fn wake_at(&self) -> Option<Instant> {
+        let settle = self.burst.map(|b| b.settle_at);
+        match (self.oom_until, settle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn assess(&mut self, s: &Sample) -> Assessment {
+        let level = s.bound.map(|b| b.level);
+        if level != self.bound_level {
+            // Another level's working set: the old series says nothing about this one's trend.
+            self.history.clear();
+            self.bound_level = level;
+        }
         let usage = self.usage(s);
         let pressure = s
             .pressure
             .map(|p| self.pressure(p.some_avg10, p.full_avg10));
-        let (new_oom_kills, oom) = self.oom(s);
-        if new_oom_kills > 0 {
+        let new_high_events = match (s.high_events, self.high_seen) {
+            (Some(now), Some(seen)) => now.saturating_sub(seen),
+            _ => 0,
+        };
+        self.high_seen = s.high_events;
+        let moved = self.oom_moved(s);
+        let (new_oom_kills, settled) = self.oom_count(s.at, moved);
+        let oom = self.oom_observation(s.at, s.oom);
+        if moved {
             // The kill freed memory: the old trend says nothing about the next one.
             self.history.clear();
         }
@@ -95,6 +173,8 @@ impl Assessor {
             predicted_oom,
             oom,
             new_oom_kills,
+            settled,
+            new_high_events,
         }
     }
 
@@ -124,10 +204,11 @@ impl Assessor {
         Observation::Failure {
             reason: Reason::MemoryHigh,
             message: format!(
-                "working set {} is {:.0}% of the {} limit (ready again below {:.0}%)",
+                "working set {} is {:.0}% of the {} limit ({}; ready again below {:.0}%)",
                 mib(s.working_set),
                 share * 100.0,
                 mib(limit),
+                whose(s.bound),
                 self.t.ready_below * 100.0
             ),
         }
@@ -145,33 +226,98 @@ impl Assessor {
         }
     }
 
-    fn oom(&mut self, s: &Sample) -> (u64, Option<Observation>) {
-        let Some(kills) = s.oom_kills else {
+    /// True when the OOM counters rose since the previous sample (a smaller count is a new
+    /// cgroup, after a container restart: a new baseline).
+    fn oom_moved(&mut self, s: &Sample) -> bool {
+        let Some(now) = s.oom else {
+            return false;
+        };
+        let Some(seen) = self.oom_seen.replace(now) else {
+            return false;
+        };
+        if now.kills < seen.kills || now.group_kills < seen.group_kills {
+            self.burst = None;
+            return false;
+        }
+        if now == seen {
+            return false;
+        }
+        self.oom_until = Some(s.at + self.t.oom_cooldown);
+        match &mut self.burst {
+            Some(burst) => burst.settle_at = s.at + OOM_SETTLE,
+            None => {
+                self.burst = Some(Burst {
+                    base: seen,
+                    counted: 0,
+                    settle_at: s.at + OOM_SETTLE,
+                })
+            }
+        }
+        true
+    }
+
+    /// The kills to count now: one at once when a burst starts (a kill happened, whatever it
+    /// turns out to be), the rest when it settles, with its account. It settles on the last
+    /// counters seen, also when the cgroup can no longer be read (gone with the app's last
+    /// process, or removed).
+    fn oom_count(&mut self, at: Instant, moved: bool) -> (u64, Option<OomSettled>) {
+        let (Some(now), Some(burst)) = (self.oom_seen, self.burst.as_mut()) else {
             return (0, None);
         };
-        let new = match self.oom_seen {
-            // A smaller count means a new cgroup (the container restarted): a new baseline.
-            Some(seen) if kills > seen => kills - seen,
-            _ => 0,
-        };
-        self.oom_seen = Some(kills);
-        if new > 0 {
-            self.oom_until = Some(s.at + self.t.oom_cooldown);
+        if moved && burst.counted == 0 {
+            burst.counted = 1;
+            return (1, None);
         }
-        let observation = match self.oom_until {
-            Some(until) if s.at < until => Observation::Failure {
+        if moved || at < burst.settle_at {
+            return (0, None);
+        }
+        let settled = OomSettled::from_rise(OomCounts {
+            kills: now.kills - burst.base.kills,
+            group_kills: now.group_kills - burst.base.group_kills,
+        });
+        let more = settled.kills.saturating_sub(burst.counted);
+        self.burst = None;
+        (more, Some(settled))
+    }
+
+    /// `None` when the source shows no OOM kills and none is cooling down; while one is, a
+    /// failure even when the cgroup cannot be read any more: the kill happened.
+    fn oom_observation(&mut self, at: Instant, counts: Option<OomCounts>) -> Option<Observation> {
+        if self.oom_until.is_some_and(|until| at >= until) {
+            self.oom_until = None;
+        }
+        let cooldown = humantime::format_duration(self.t.oom_cooldown);
+        match (self.oom_until, counts) {
+            (Some(_), Some(c)) => Some(Observation::Failure {
                 reason: Reason::OomKilled,
                 message: format!(
-                    "OOM kill in the app's cgroup ({kills} so far); ready again {} after the last",
-                    humantime::format_duration(self.t.oom_cooldown)
+                    "OOM kill in the app's cgroup (the kernel's counters: oom_kill {}, oom_group_kill {}); ready again {cooldown} after the last",
+                    c.kills, c.group_kills
                 ),
-            },
-            _ => {
-                self.oom_until = None;
-                Observation::Success
-            }
-        };
-        (new, Some(observation))
+            }),
+            (Some(_), None) => Some(Observation::Failure {
+                reason: Reason::OomKilled,
+                message: format!("OOM kill in the app's cgroup; ready again {cooldown} after the last"),
+            }),
+            (None, Some(_)) => Some(Observation::Success),
+            (None, None) => None,
+        }
+    }
+
+    /// What is left to say while the memory cannot be read: no veto but a cooling OOM kill, and
+    /// the account of a burst that settles meanwhile.
+    pub fn unreadable(&mut self, at: Instant) -> Assessment {
+        let (new_oom_kills, settled) = self.oom_count(at, false);
+        Assessment {
+            usage: Observation::Success,
+            pressure: None,
+            trend: Observation::Success,
+            predicted_oom: None,
+            oom: self.oom_observation(at, None),
+            new_oom_kills,
+            settled,
+            new_high_events: 0,
+        }
     }
 
     fn trend(&mut self, s: &Sample) -> (Observation, Option<f64>) {
@@ -202,10 +348,11 @@ impl Assessor {
             Observation::Failure {
                 reason: Reason::OomPredicted,
                 message: format!(
-                    "working set {} grows {}/s: the {} limit in {eta:.1}s",
+                    "working set {} grows {}/s: the {} limit ({}) in {eta:.1}s",
                     mib(s.working_set),
                     mib(slope as u64),
-                    mib(limit)
+                    mib(limit),
+                    whose(s.bound)
                 ),
             }
         } else {
@@ -237,6 +384,14 @@ fn slope(history: &VecDeque<(Instant, u64)>) -> Option<f64> {
     });
     let denominator = n * sxx - sx * sx;
     (denominator > 1e-9).then(|| (n * sxy - sx * sy) / denominator)
+}
+
+/// "the pod's memory.max", for messages.
+fn whose(bound: Option<Bound>) -> String {
+    match bound {
+        Some(b) => format!("{} {}", b.scope.describe(), b.file),
+        None => "no limit".to_owned(),
+    }
 }
 
 fn mib(bytes: u64) -> String {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use procfs::process::{MountInfos, Process};
 use procfs::ProcessCGroups;
 
+use super::read::Scope;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
     V1,
@@ -28,6 +30,45 @@ pub struct CgroupDir {
     /// v1 memory on a hybrid node: the `memory.pressure` of the process's cgroup in the v2
     /// hierarchy, which has PSI per cgroup even without controllers (v1 has none).
     pub psi: Option<PathBuf>,
+    /// The directories above it up to the pod's, innermost first, whose limits also bind (a
+    /// pod-level limit, with the container's `max`); empty when it is the pod's, or not in one.
+    pub ancestors: Vec<(PathBuf, Scope)>,
+}
+
+impl CgroupDir {
+    pub fn new(path: PathBuf, version: Version) -> CgroupDir {
+        let ancestors = up_to_pod(&path);
+        CgroupDir {
+            path,
+            version,
+            psi: None,
+            ancestors,
+        }
+    }
+}
+
+/// A Kubernetes pod's cgroup: `pod<uid>` (cgroupfs driver) or `kubepods-…-pod<uid>.slice`
+/// (systemd driver), under a `kubepods` tree.
+fn is_pod_dir(dir: &Path) -> bool {
+    let Some(name) = dir.file_name().map(|n| n.to_string_lossy()) else {
+        return false;
+    };
+    (name.starts_with("pod") || name.contains("-pod")) && dir.to_string_lossy().contains("kubepods")
+}
+
+/// The ancestors of `dir` up to the first pod cgroup, innermost first; none when no ancestor is
+/// a pod's (the directory is the pod's itself, or outside Kubernetes' tree): above the pod,
+/// the QoS classes' cgroups have no limits of the app's.
+fn up_to_pod(dir: &Path) -> Vec<(PathBuf, Scope)> {
+    let mut ancestors = Vec::new();
+    for parent in dir.ancestors().skip(1) {
+        if is_pod_dir(parent) {
+            ancestors.push((parent.to_owned(), Scope::Pod));
+            return ancestors;
+        }
+        ancestors.push((parent.to_owned(), Scope::Parent));
+    }
+    Vec::new()
 }
 
 /// Where the memory controller's hierarchy is mounted: `root` is the cgroup path the mount shows
@@ -71,11 +112,10 @@ fn dir_in(mount: &Mount, cgroups: &ProcessCGroups) -> Option<CgroupDir> {
         entry.pathname.strip_prefix(&mount.root)?
     };
     let relative = relative.trim_start_matches('/');
-    Some(CgroupDir {
-        path: mount.mount_point.join(relative),
-        version: mount.version,
-        psi: None,
-    })
+    Some(CgroupDir::new(
+        mount.mount_point.join(relative),
+        mount.version,
+    ))
 }
 
 /// The v2 hierarchy's `memory.pressure` of a process whose memory is on v1 (a hybrid node).
@@ -114,7 +154,7 @@ pub fn in_root_of(pid: i32) -> Option<CgroupDir> {
         if let Some(dir) = memory_mount(&mounts).and_then(|m| dir_in(&m, &cgroups)) {
             let path = inside(&dir.path);
             if has_memory_files(&path, dir.version) {
-                return Some(CgroupDir { path, ..dir });
+                return Some(CgroupDir::new(path, dir.version));
             }
         }
     }
@@ -125,11 +165,7 @@ pub fn in_root_of(pid: i32) -> Option<CgroupDir> {
     .into_iter()
     .map(|(dir, version)| (root.join(dir), version))
     .find(|(path, version)| has_memory_files(path, *version))
-    .map(|(path, version)| CgroupDir {
-        path,
-        version,
-        psi: None,
-    })
+    .map(|(path, version)| CgroupDir::new(path, version))
 }
 
 fn has_memory_files(dir: &Path, version: Version) -> bool {
@@ -144,13 +180,7 @@ fn has_memory_files(dir: &Path, version: Version) -> bool {
 pub fn of_own_pod() -> Option<CgroupDir> {
     let own = of_process(std::process::id() as i32)?;
     let parent = own.path.parent()?;
-    let name = parent.file_name()?.to_string_lossy();
-    let in_pod = name.starts_with("pod") || name.contains("-pod");
-    (in_pod && parent.to_string_lossy().contains("kubepods")).then(|| CgroupDir {
-        path: parent.to_owned(),
-        version: own.version,
-        psi: None,
-    })
+    is_pod_dir(parent).then(|| CgroupDir::new(parent.to_owned(), own.version))
 }
 
 /// The version of an explicit `--cgroup` directory, from the files it holds; `None` when it holds
@@ -163,11 +193,7 @@ pub fn explicit(path: &Path) -> Option<CgroupDir> {
     } else {
         return None;
     };
-    Some(CgroupDir {
-        path: path.to_owned(),
-        version,
-        psi: None,
-    })
+    Some(CgroupDir::new(path.to_owned(), version))
 }
 
 /// True when `path` is on a real cgroup2 file system, where PSI triggers can be armed (a fixture
@@ -267,6 +293,33 @@ mod tests {
             dir.path,
             Path::new("/host/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-abcd.scope")
         );
+    }
+
+    #[test]
+    fn the_ancestors_up_to_the_pod_are_those_whose_limits_bind() {
+        let systemd = Path::new("/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-abcd.scope");
+        assert_eq!(
+            up_to_pod(systemd),
+            [(systemd.parent().unwrap().to_owned(), Scope::Pod)]
+        );
+        let cgroupfs = Path::new("/host/cgroup/kubepods/burstable/pod1234/abcd/worker");
+        assert_eq!(
+            up_to_pod(cgroupfs),
+            [
+                (
+                    PathBuf::from("/host/cgroup/kubepods/burstable/pod1234/abcd"),
+                    Scope::Parent
+                ),
+                (
+                    PathBuf::from("/host/cgroup/kubepods/burstable/pod1234"),
+                    Scope::Pod
+                ),
+            ]
+        );
+        // The pod's own cgroup, and a cgroup outside Kubernetes' tree, have no pod above them.
+        assert!(up_to_pod(Path::new("/sys/fs/cgroup/kubepods/pod1234")).is_empty());
+        assert!(up_to_pod(Path::new("/sys/fs/cgroup/system.slice/app.service")).is_empty());
+        assert!(up_to_pod(Path::new("/proc/7/root/sys/fs/cgroup")).is_empty());
     }
 
     #[test]

@@ -48,6 +48,14 @@ pub fn arm(dir: &CgroupDir, wake: &mpsc::Sender<()>) -> (Vec<String>, Vec<JoinHa
                 "inotify memory.events",
                 inotify(&dir.path.join("memory.events"), wake.clone()),
             );
+            // A pod-level memory.high or memory.max is met at the pod's cgroup: its own events
+            // (high, max, oom) are told there, not in the container's file.
+            for (ancestor, scope) in &dir.ancestors {
+                arm_one(
+                    &format!("inotify memory.events.local ({})", scope.describe()),
+                    inotify(&ancestor.join("memory.events.local"), wake.clone()),
+                );
+            }
             if cgroup::on_cgroup2_fs(&dir.path) {
                 arm_one(
                     "PSI trigger memory.pressure",

@@ -78,11 +78,17 @@ impl MemoryWatcher {
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let cooldown_end = assessor.oom_until();
+            let wake_at = assessor.wake_at();
             tokio::select! {
                 _ = ticker.tick() => {}
                 Some(()) = wake_rx.recv() => {}
-                _ = sleep_until(cooldown_end), if cooldown_end.is_some() => {}
+                _ = sleep_until(wake_at), if wake_at.is_some() => {}
+            }
+            if !self
+                .last_look(&target, &mut files, &mut assessor, &mut sent)
+                .await
+            {
+                return;
             }
             let next = self.resolve(&target);
             if next != target || !reported {
@@ -109,7 +115,13 @@ impl MemoryWatcher {
                         armed.watch_parent(&dir, &wake_tx);
                         let gone = ReadError::Gone { path: dir.path };
                         if !self
-                            .read_failed(gone, &mut last_error, &mut target, &mut sent)
+                            .read_failed(
+                                gone,
+                                &mut last_error,
+                                &mut target,
+                                &mut sent,
+                                &mut assessor,
+                            )
                             .await
                         {
                             return;
@@ -125,24 +137,7 @@ impl MemoryWatcher {
                     self.arm(&dir, id, &mut armed, &mut assessor, &wake_tx);
                 }
             }
-            let sample = match &target {
-                Target::Cgroup(dir) => match dir.version {
-                    Version::V1 => read::sample_v1(&mut files, &dir.path, dir.psi.as_deref()),
-                    Version::V2 => read::sample_v2(&mut files, &dir.path),
-                },
-                Target::Processes { main } => {
-                    read::sample_proc(&process::family(*main), self.config.limit.map(|b| b.0))
-                }
-                Target::Nothing => Ok(Sample {
-                    at: std::time::Instant::now(),
-                    working_set: 0,
-                    limit: None,
-                    under_oom: false,
-                    oom_kills: None,
-                    pressure: None,
-                }),
-            };
-            let ok = match sample {
+            let ok = match self.read_sample(&mut files, &target) {
                 Ok(sample) => {
                     if last_error.take().is_some() {
                         tracing::info!("memory: readable again");
@@ -160,7 +155,7 @@ impl MemoryWatcher {
                     self.send_all(assessment, &mut sent).await
                 }
                 Err(e) => {
-                    self.read_failed(e, &mut last_error, &mut target, &mut sent)
+                    self.read_failed(e, &mut last_error, &mut target, &mut sent, &mut assessor)
                         .await
                 }
             };
@@ -168,6 +163,45 @@ impl MemoryWatcher {
                 return;
             }
         }
+    }
+
+    fn read_sample(&self, files: &mut read::Files, target: &Target) -> Result<Sample, ReadError> {
+        match target {
+            Target::Cgroup(dir) => match dir.version {
+                Version::V1 => {
+                    read::sample_v1(files, &dir.path, &dir.ancestors, dir.psi.as_deref())
+                }
+                Version::V2 => read::sample_v2(files, &dir.path, &dir.ancestors),
+            },
+            Target::Processes { main } => {
+                read::sample_proc(&process::family(*main), self.config.limit.map(|b| b.0))
+            }
+            Target::Nothing => Ok(Sample::empty(std::time::Instant::now())),
+        }
+    }
+
+    /// Seen through `/proc/<pid>/root`, the app's cgroup leaves view with its last process: at
+    /// an OOM kill of a one-process container, before the kill can be read by path. The files
+    /// still open tell what happened last. False when the engine is gone.
+    async fn last_look(
+        &self,
+        target: &Target,
+        files: &mut read::Files,
+        assessor: &mut Assessor,
+        sent: &mut Sent,
+    ) -> bool {
+        let Target::Cgroup(dir) = target else {
+            return true;
+        };
+        if !files.holds_any() || !matches!(dir_id(&dir.path), Presence::Gone) {
+            return true;
+        }
+        let Ok(sample) = self.read_sample(files, target) else {
+            return true;
+        };
+        let assessment = assessor.assess(&sample);
+        self.publish(&sample, &assessment);
+        self.send_all(assessment, sent).await
     }
 
     /// Arms the kernel notifications on the cgroup directory `id`, a new one unless it is the
@@ -284,20 +318,26 @@ impl MemoryWatcher {
         m.pressure(s.pressure);
         let predicted = a.predicted_oom.filter(|p| *p <= PREDICTION_HORIZON);
         m.predicted.set(predicted.unwrap_or(f64::INFINITY));
-        if a.new_oom_kills > 0 {
-            m.oom_kills.inc_by(a.new_oom_kills);
-            tracing::warn!(kills = a.new_oom_kills, working_set = s.working_set, limit = ?s.limit, "OOM kill in the app's cgroup");
-            if let Some(notices) = &self.notices {
-                let message = match s.limit {
-                    Some(limit) => format!("memory limit {limit} bytes"),
-                    None => "no memory limit".to_owned(),
-                };
-                // A full queue means Events are backed up anyway; the metric has the count.
-                let _ = notices.try_send(Notice::OomKill {
-                    kills: a.new_oom_kills,
-                    message,
-                });
-            }
+        m.high_events.inc_by(a.new_high_events);
+        self.count_ooms(a, s.limit, s.bound);
+    }
+
+    fn count_ooms(&self, a: &Assessment, limit: Option<u64>, bound: Option<read::Bound>) {
+        let m = &self.metrics;
+        m.oom_kills.inc_by(a.new_oom_kills);
+        let Some(settled) = a.settled else { return };
+        m.oom_group_kills.inc_by(settled.group_kills);
+        m.oom_killed_processes.inc_by(settled.processes);
+        let message = oom_message(&settled, limit, bound);
+        tracing::warn!(
+            kills = settled.kills,
+            group_kills = settled.group_kills,
+            processes = settled.processes,
+            "{message}"
+        );
+        if let Some(notices) = &self.notices {
+            // A full queue means Events are backed up anyway; the metrics have the counts.
+            let _ = notices.try_send(Notice::OomKill { message });
         }
     }
 
@@ -339,6 +379,7 @@ impl MemoryWatcher {
         last: &mut Option<String>,
         target: &mut Target,
         sent: &mut Sent,
+        assessor: &mut Assessor,
     ) -> bool {
         self.metrics
             .read_errors
@@ -352,18 +393,37 @@ impl MemoryWatcher {
         if matches!(e, ReadError::Missing { .. }) && matches!(self.plan, Plan::Process { .. }) {
             *target = Target::Nothing;
         }
-        self.send_all(
-            Assessment {
-                usage: Observation::Success,
-                pressure: None,
-                trend: Observation::Success,
-                predicted_oom: None,
-                oom: None,
-                new_oom_kills: 0,
-            },
-            sent,
-        )
-        .await
+        let assessment = assessor.unreadable(std::time::Instant::now());
+        self.count_ooms(&assessment, None, None);
+        self.send_all(assessment, sent).await
+    }
+}
+
+/// What an OOM burst was, for the log and the Event: "1 OOM kill: the whole group, 3
+/// processes (memory.oom.group), at the pod's memory.max of 64.0 MiB".
+fn oom_message(
+    settled: &assess::OomSettled,
+    limit: Option<u64>,
+    bound: Option<read::Bound>,
+) -> String {
+    let what = match (settled.kills, settled.group_kills) {
+        (k, g) if g == k => format!(
+            "{k} OOM kill(s) of the whole group (memory.oom.group), {} process(es) killed",
+            settled.processes
+        ),
+        (k, 0) => format!("{k} OOM kill(s), one process each"),
+        (k, g) => format!(
+            "{k} OOM kill(s), {g} of them of the whole group, {} process(es) killed",
+            settled.processes
+        ),
+    };
+    match (limit, bound) {
+        (Some(limit), Some(bound)) => format!(
+            "{what}, at {} {} of {limit} bytes",
+            bound.scope.describe(),
+            bound.file
+        ),
+        _ => format!("{what}, with no memory limit seen"),
     }
 }
 

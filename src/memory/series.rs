@@ -18,6 +18,9 @@ pub struct MemoryMetrics {
     pub(super) limit: prometheus::IntGauge,
     pub(super) predicted: prometheus::Gauge,
     pub(super) oom_kills: prometheus::IntCounter,
+    pub(super) oom_group_kills: prometheus::IntCounter,
+    pub(super) oom_killed_processes: prometheus::IntCounter,
+    pub(super) high_events: prometheus::IntCounter,
     pub(super) read_errors: prometheus::IntCounterVec,
     source: prometheus::IntGaugeVec,
     pressure: std::sync::Arc<std::sync::Mutex<Option<prometheus::GaugeVec>>>,
@@ -59,7 +62,19 @@ impl MemoryMetrics {
             )),
             oom_kills: registry.register(metrics::counter(
                 "sidewatch_oom_kills_total",
-                "Processes the kernel OOM killer killed in the app's cgroup, workers included. Any rise means requests were dropped: raise the limit.",
+                "OOM kills in the app's cgroup: one per time the kernel's OOM killer acted, whether it killed one process (a worker, say) or the whole container (memory.oom.group). Any rise means requests were dropped: raise the limit.",
+            )),
+            oom_group_kills: registry.register(metrics::counter(
+                "sidewatch_oom_group_kills_total",
+                "Of sidewatch_oom_kills_total, the kills of a whole group (memory.oom.group=1, the kubelet's default on cgroup v2): every process of the container died at once.",
+            )),
+            oom_killed_processes: registry.register(metrics::counter(
+                "sidewatch_oom_killed_processes_total",
+                "Processes killed by those OOM kills in all: above sidewatch_oom_kills_total when group kills took several processes each.",
+            )),
+            high_events: registry.register(metrics::counter(
+                "sidewatch_memory_high_events_total",
+                "Times the app's memory went over a memory.high (cgroup v2; the kubelet's memory QoS sets it below the limit) and the kernel reclaimed and throttled its allocations. Rising steadily: the app runs at its memory.high, slowed.",
             )),
             read_errors,
             source,

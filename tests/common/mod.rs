@@ -16,10 +16,16 @@ use tokio::sync::watch;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sidewatch");
 
+/// The binary the tests run: `BIN`, or another build named by `VMTEST_BIN` (the release binary
+/// inside tests/vm_cgroup2.rs's VM, where the host's paths do not exist).
+pub fn bin() -> PathBuf {
+    std::env::var_os("VMTEST_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from)
+}
+
 /// The sidewatch binary as a command, without the test suite's own variable (sidewatch refuses
 /// a `SIDEWATCH_*` variable it does not know, as a misspelt setting).
 pub fn sidewatch_command() -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.env_remove("SIDEWATCH_REQUIRE_ALL");
     cmd
 }
@@ -244,10 +250,10 @@ impl Sidewatch {
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
-                c.args(rest).arg(BIN);
+                c.args(rest).arg(bin());
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(bin()),
         };
         cmd.args(args)
             .env_remove("SIDEWATCH_REQUIRE_ALL")

@@ -1,3 +1,4 @@
+use super::super::read::Scope;
 use super::*;
 
 const MIB: u64 = 1 << 20;
@@ -15,13 +16,20 @@ fn thresholds() -> Thresholds {
 
 fn sample(t0: Instant, ms: u64, ws: u64) -> Sample {
     Sample {
-        at: t0 + Duration::from_millis(ms),
         working_set: ws,
         limit: Some(100 * MIB),
-        under_oom: false,
-        oom_kills: Some(0),
-        pressure: None,
+        bound: Some(Bound {
+            level: 0,
+            scope: Scope::Own,
+            file: "memory.max",
+        }),
+        oom: Some(OomCounts::default()),
+        ..Sample::empty(t0 + Duration::from_millis(ms))
     }
+}
+
+fn kills(kills: u64, group_kills: u64) -> Option<OomCounts> {
+    Some(OomCounts { kills, group_kills })
 }
 
 fn reason(o: &Observation) -> Option<Reason> {
@@ -145,17 +153,31 @@ fn an_oom_kill_is_counted_once_and_cools_down() {
     let t0 = Instant::now();
     let mut a = Assessor::new(thresholds());
     let mut s = sample(t0, 0, 10 * MIB);
-    s.oom_kills = Some(3); // history from before sidewatch started
+    s.oom = kills(3, 0); // history from before sidewatch started
     let r = a.assess(&s);
     assert_eq!((r.new_oom_kills, r.oom), (0, Some(Observation::Success)));
     s = sample(t0, 1000, 10 * MIB);
-    s.oom_kills = Some(5);
+    s.oom = kills(5, 0);
     let r = a.assess(&s);
-    assert_eq!(r.new_oom_kills, 2);
+    assert_eq!((r.new_oom_kills, r.settled), (1, None), "the first at once");
     assert_eq!(reason(r.oom.as_ref().unwrap()), Some(Reason::OomKilled));
-    assert_eq!(a.oom_until(), Some(t0 + Duration::from_millis(16_000)));
-    s = sample(t0, 15_999, 10 * MIB);
-    s.oom_kills = Some(5);
+    assert_eq!(
+        a.wake_at(),
+        Some(t0 + Duration::from_millis(1000) + OOM_SETTLE)
+    );
+    // Still within the settling time: nothing more yet.
+    s.at += OOM_SETTLE / 2;
+    assert_eq!(a.assess(&s).new_oom_kills, 0);
+    s.at = t0 + Duration::from_millis(1000) + OOM_SETTLE;
+    let r = a.assess(&s);
+    let settled = OomSettled {
+        kills: 2,
+        group_kills: 0,
+        processes: 2,
+    };
+    assert_eq!((r.new_oom_kills, r.settled), (1, Some(settled)));
+    assert_eq!(a.wake_at(), Some(t0 + Duration::from_millis(16_000)));
+    s.at = t0 + Duration::from_millis(15_999);
     let r = a.assess(&s);
     assert_eq!(
         (r.new_oom_kills, reason(r.oom.as_ref().unwrap())),
@@ -164,10 +186,96 @@ fn an_oom_kill_is_counted_once_and_cools_down() {
     s.at = t0 + Duration::from_millis(16_000);
     assert_eq!(a.assess(&s).oom, Some(Observation::Success));
     // A new cgroup starts from 0 again: a new baseline, not a kill.
-    s.oom_kills = Some(0);
+    s.oom = kills(0, 0);
     assert_eq!(a.assess(&s).new_oom_kills, 0);
-    s.oom_kills = Some(1);
+    s.oom = kills(1, 0);
     assert_eq!(a.assess(&s).new_oom_kills, 1);
+}
+
+/// memory.oom.group=1: the kernel counts the victim, then the group kill, then every member
+/// (the victim again). A look in the middle sees only part of it; the burst is still one kill.
+#[test]
+fn a_group_kill_is_one_kill_however_its_counters_are_caught() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut s = sample(t0, 0, 10 * MIB);
+    a.assess(&s);
+    // Three processes: oom_kill +4, oom_group_kill +1, seen in two looks.
+    s.at += Duration::from_millis(100);
+    s.oom = kills(1, 0);
+    assert_eq!(a.assess(&s).new_oom_kills, 1);
+    s.at += Duration::from_millis(10);
+    s.oom = kills(4, 1);
+    let r = a.assess(&s);
+    assert_eq!((r.new_oom_kills, r.settled), (0, None), "still moving");
+    s.at += OOM_SETTLE;
+    let r = a.assess(&s);
+    let three = OomSettled {
+        kills: 1,
+        group_kills: 1,
+        processes: 3,
+    };
+    assert_eq!((r.new_oom_kills, r.settled), (0, Some(three)));
+    // One process alone under oom.group: +2 and +1, seen at once.
+    s.at += Duration::from_millis(1000);
+    s.oom = kills(6, 2);
+    assert_eq!(a.assess(&s).new_oom_kills, 1);
+    s.at += OOM_SETTLE;
+    let one = OomSettled {
+        kills: 1,
+        group_kills: 1,
+        processes: 1,
+    };
+    assert_eq!(a.assess(&s).settled, Some(one));
+    // Two group kills of two processes in one burst: two kills, four processes.
+    s.at += Duration::from_millis(1000);
+    s.oom = kills(12, 4);
+    assert_eq!(a.assess(&s).new_oom_kills, 1);
+    s.at += OOM_SETTLE;
+    let r = a.assess(&s);
+    let two = OomSettled {
+        kills: 2,
+        group_kills: 2,
+        processes: 4,
+    };
+    assert_eq!((r.new_oom_kills, r.settled), (1, Some(two)));
+}
+
+#[test]
+fn high_events_are_counted_from_the_first_look() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut s = sample(t0, 0, 10 * MIB);
+    s.high_events = Some(40);
+    assert_eq!(a.assess(&s).new_high_events, 0, "history at start-up");
+    s.high_events = Some(43);
+    assert_eq!(a.assess(&s).new_high_events, 3);
+    a.new_cgroup();
+    s.high_events = Some(2);
+    assert_eq!(a.assess(&s).new_high_events, 2);
+}
+
+#[test]
+fn the_trend_starts_again_when_another_level_binds() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut pod = |ms, ws, level| {
+        let mut s = sample(t0, ms, ws);
+        s.bound = Some(Bound {
+            level,
+            scope: if level == 0 { Scope::Own } else { Scope::Pod },
+            file: "memory.max",
+        });
+        a.assess(&s)
+    };
+    // 2 MiB/s from 60 MiB at level 0: predicted within 30 s after three samples.
+    assert_eq!(pod(0, 60 * MIB, 0).predicted_oom, None);
+    pod(1000, 62 * MIB, 0);
+    assert!(pod(2000, 64 * MIB, 0).predicted_oom.is_some());
+    // The pod's limit binds now: its series starts from its first sample.
+    assert_eq!(pod(3000, 70 * MIB, 1).predicted_oom, None);
+    assert_eq!(pod(4000, 72 * MIB, 1).predicted_oom, None);
+    assert!(pod(5000, 74 * MIB, 1).predicted_oom.is_some());
 }
 
 #[test]
@@ -175,12 +283,12 @@ fn a_new_cgroup_counts_its_kills_from_zero() {
     let t0 = Instant::now();
     let mut a = Assessor::new(thresholds());
     let mut s = sample(t0, 0, 10 * MIB);
-    s.oom_kills = Some(4);
+    s.oom = kills(4, 0);
     assert_eq!(a.assess(&s).new_oom_kills, 0, "history at start-up");
     // The new cgroup had its first kill before it was sampled: below the old count, yet new.
     a.new_cgroup();
     s = sample(t0, 1000, 10 * MIB);
-    s.oom_kills = Some(1);
+    s.oom = kills(1, 0);
     let r = a.assess(&s);
     assert_eq!(r.new_oom_kills, 1);
     assert_eq!(reason(r.oom.as_ref().unwrap()), Some(Reason::OomKilled));
