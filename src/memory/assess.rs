@@ -19,6 +19,12 @@ const TREND_RELEASE: f64 = 1.2;
 /// kernel counts a group kill member by member (the victim first, the rest after), and tells of
 /// changes to `memory.events` at most every 10 ms.
 pub const OOM_SETTLE: Duration = Duration::from_millis(50);
+/// After v2's `oom` event (the limit hit, the killer about to act) without a kill yet: look
+/// again this soon, then twice as late each time, this many times. The kernel tells of the
+/// kill's change to `memory.events` up to 10 ms late (its notifications' rate limit); v1's
+/// eventfd does the same follow-up.
+const OOM_FOLLOW_UP_FIRST: Duration = Duration::from_millis(2);
+const OOM_FOLLOW_UPS: u32 = 6;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
@@ -100,6 +106,8 @@ pub struct Assessor {
     bound_level: Option<usize>,
     oom_seen: Option<OomCounts>,
     burst: Option<Burst>,
+    /// The next look after an `oom` event with no kill yet, and how many were taken.
+    follow_up: Option<(Instant, u32)>,
     oom_until: Option<Instant>,
     high_seen: Option<u64>,
 }
@@ -115,6 +123,7 @@ impl Assessor {
             bound_level: None,
             oom_seen: None,
             burst: None,
+            follow_up: None,
             oom_until: None,
             high_seen: None,
         }
@@ -136,10 +145,11 @@ impl Assessor {
     /// look that settles an OOM burst.
     pub fn wake_at(&self) -> Option<Instant> {
         let settle = self.burst.map(|b| b.settle_at);
-        match (self.oom_until, settle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let follow_up = self.follow_up.map(|(at, _)| at);
+        [self.oom_until, settle, follow_up]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn assess(&mut self, s: &Sample) -> Assessment {
@@ -230,6 +240,8 @@ impl Assessor {
     /// cgroup, after a container restart: a new baseline).
     fn oom_moved(&mut self, s: &Sample) -> bool {
         let Some(now) = s.oom else {
+            // Nothing to follow up on where nothing can be read.
+            self.follow_up = None;
             return false;
         };
         let Some(seen) = self.oom_seen.replace(now) else {
@@ -237,9 +249,19 @@ impl Assessor {
         };
         if now.kills < seen.kills || now.group_kills < seen.group_kills {
             self.burst = None;
+            self.follow_up = None;
             return false;
         }
-        if now == seen {
+        self.follow_up = match self.follow_up {
+            _ if now.kills > seen.kills => None,
+            _ if now.ooms > seen.ooms => Some((s.at + OOM_FOLLOW_UP_FIRST, 1)),
+            Some((at, n)) if s.at >= at && n < OOM_FOLLOW_UPS => {
+                Some((s.at + OOM_FOLLOW_UP_FIRST * 2u32.pow(n), n + 1))
+            }
+            Some((at, n)) if s.at < at => Some((at, n)),
+            _ => None,
+        };
+        if now.kills == seen.kills && now.group_kills == seen.group_kills {
             return false;
         }
         self.oom_until = Some(s.at + self.t.oom_cooldown);
@@ -274,6 +296,7 @@ impl Assessor {
         let settled = OomSettled::from_rise(OomCounts {
             kills: now.kills - burst.base.kills,
             group_kills: now.group_kills - burst.base.group_kills,
+            ooms: 0,
         });
         let more = settled.kills.saturating_sub(burst.counted);
         self.burst = None;
@@ -307,6 +330,7 @@ impl Assessor {
     /// What is left to say while the memory cannot be read: no veto but a cooling OOM kill, and
     /// the account of a burst that settles meanwhile.
     pub fn unreadable(&mut self, at: Instant) -> Assessment {
+        self.follow_up = None;
         let (new_oom_kills, settled) = self.oom_count(at, false);
         Assessment {
             usage: Observation::Success,

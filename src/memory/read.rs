@@ -89,6 +89,9 @@ pub struct OomCounts {
     pub kills: u64,
     /// v2 only; 0 on v1, which has no group kills.
     pub group_kills: u64,
+    /// v2 `oom`: times the cgroup's limit was hit and an allocation was about to fail, told
+    /// before the killer picks its victim. 0 on v1, whose eventfd tells the same.
+    pub ooms: u64,
 }
 
 /// One look at the app's memory.
@@ -378,6 +381,7 @@ pub fn sample_v2(
     let oom = OomCounts {
         kills: keyed(&events, "oom_kill", &f("memory.events"))?.unwrap_or(0),
         group_kills: keyed(&events, "oom_group_kill", &f("memory.events"))?.unwrap_or(0),
+        ooms: keyed(&events, "oom", &f("memory.events"))?.unwrap_or(0),
     };
     let mut high_events = keyed(&events, "high", &f("memory.events"))?;
     for (ancestor, scope) in ancestors {
@@ -439,7 +443,7 @@ pub fn sample_v1(
         under_oom,
         oom: kills.map(|kills| OomCounts {
             kills,
-            group_kills: 0,
+            ..OomCounts::default()
         }),
         high_events: None,
         pressure,
@@ -594,6 +598,7 @@ mod tests {
         let oom = OomCounts {
             kills: 4,
             group_kills: 1,
+            ooms: 0,
         };
         assert_eq!((s.oom, s.high_events), (Some(oom), Some(7)));
         // No limit anywhere: the container's own working set, unlimited.

@@ -15,7 +15,14 @@ use tokio::io::unix::AsyncFd;
 use super::common::{eventually, healthy, Sidewatch, Upstream};
 use super::TEST;
 
-/// Every scenario, in the order it runs and reports.
+/// The same leaks on the same kernel booted with the memory controller on cgroup v1, for the
+/// figures beside v2's.
+pub const SCENARIOS_V1: [&str; 2] = [
+    "v1: steady leak, container limit, three processes (cgroupfs driver)",
+    "v1: fast leak, one process",
+];
+
+/// Every cgroup v2 scenario, in the order it runs and reports.
 pub const SCENARIOS: [&str; 8] = [
     "steady leak, container limit, oom.group=1, three processes (systemd driver)",
     "oom.group=0 (singleProcessOOMKill), three processes (cgroupfs driver)",
@@ -28,6 +35,12 @@ pub const SCENARIOS: [&str; 8] = [
 ];
 
 const ROOT: &str = "/sys/fs/cgroup";
+const ROOT_V1: &str = "/sys/fs/cgroup/memory";
+
+/// The guest was booted with the memory controller on cgroup v1 (init's `VMTEST_CGROUP`).
+fn v1() -> bool {
+    std::env::var("VMTEST_CGROUP").as_deref() == Ok("v1")
+}
 const MIB: u64 = 1 << 20;
 /// Generous: everything runs under software emulation.
 const WITHIN: Duration = Duration::from_secs(60);
@@ -39,6 +52,14 @@ pub fn run() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        if v1() {
+            let reports = [steady_leak_v1().await, fast_leak_v1().await];
+            for (name, mut report) in SCENARIOS_V1.iter().zip(reports) {
+                report["scenario"] = json!(name);
+                println!("VMTEST {report}");
+            }
+            return;
+        }
         write(Path::new(ROOT), "cgroup.subtree_control", "+memory");
         let reports = [
             steady_leak_group_kill().await,
@@ -87,14 +108,16 @@ impl Pod {
     }
 
     fn make(path: &[&str], systemd: bool) -> Pod {
-        let mut dir = PathBuf::from(ROOT);
+        let mut dir = PathBuf::from(if v1() { ROOT_V1 } else { ROOT });
         for part in path {
             dir.push(part);
             if !dir.is_dir() {
                 std::fs::create_dir(&dir).expect("mkdir cgroup");
             }
-            // Its children (the next level, the containers) get the memory controller.
-            write(&dir, "cgroup.subtree_control", "+memory");
+            if !v1() {
+                // Its children (the next level, the containers) get the memory controller.
+                write(&dir, "cgroup.subtree_control", "+memory");
+            }
         }
         Pod { dir, systemd }
     }
@@ -110,6 +133,13 @@ impl Pod {
         let dir = self.dir.join(name);
         std::fs::create_dir(&dir).expect("mkdir container cgroup");
         let c = Cgroup(dir);
+        if v1() {
+            // v1 has no group kills; the node has no swap.
+            if let Some(limit) = limit {
+                c.set("memory.limit_in_bytes", &limit.to_string());
+            }
+            return c;
+        }
         c.set("memory.max", &limit.map_or("max".into(), |l| l.to_string()));
         c.set("memory.swap.max", "0");
         c.set("memory.oom.group", if oom_group { "1" } else { "0" });
@@ -126,6 +156,22 @@ impl Drop for Pod {
     /// memory.
     fn drop(&mut self) {
         let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        if v1() {
+            // v1 has no cgroup.kill: each process of the containers by hand.
+            let procs = std::fs::read_dir(&self.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("cgroup.procs")).ok());
+            for pid in procs.flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect::<Vec<i32>>()
+            }) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         let children: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map(|d| {
@@ -154,11 +200,21 @@ impl Cgroup {
         write(&self.0, file, value);
     }
 
+    /// A counter of `memory.events`; on v1 of `memory.oom_control`, which has `oom_kill` and
+    /// no group kills.
     fn events(&self, key: &str) -> u64 {
-        let text = std::fs::read_to_string(self.0.join("memory.events")).expect("memory.events");
+        if v1() && key == "oom_group_kill" {
+            return 0;
+        }
+        let file = if v1() {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        let text = std::fs::read_to_string(self.0.join(file)).expect(file);
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in memory.events"))
+            .unwrap_or_else(|| panic!("no {key} in {file}"))
     }
 
     fn procs(&self) -> usize {
@@ -660,4 +716,46 @@ async fn app_root_in_a_cgroup_namespace() -> serde_json::Value {
     sw.wait_reason("oom_killed", WITHIN).await;
     assert_counted(&sw, &app, true, 1).await;
     json!({"source": "app-root", "limit_mib": 48, "lead_s": lead, "first_reason": message})
+}
+
+/// The steady leak of the first v2 scenario, on v1: its lead is the one v2's is held to.
+async fn steady_leak_v1() -> serde_json::Value {
+    let pod = Pod::cgroupfs("0f5b6d3e-0101");
+    let app = pod.container("v1a", Some(64 * MIB), false);
+    let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
+    sw.wait_log("eventfd memory.oom_control").await;
+    let spec = HogSpec {
+        label: "steadyv1",
+        step_mib: 1,
+        delay_ms: 300,
+        sleepers: 2,
+        cgroupns: false,
+        go: None,
+    };
+    let hog = Hog::spawn(&app, spec);
+    app.wait_procs(3).await;
+    let (killed, answers, lead, message) = to_the_kill(&sw, hog, true).await;
+    let (readyz_ms, metric_ms) = kill_to_seen(&sw, killed, &answers).await;
+    assert_counted(&sw, &app, false, 1).await;
+    json!({"lead_s": lead, "first_reason": message, "kill_to_readyz_ms": readyz_ms,
+           "kill_to_metric_ms": metric_ms})
+}
+
+async fn fast_leak_v1() -> serde_json::Value {
+    let pod = Pod::cgroupfs("0f5b6d3e-0102");
+    let app = pod.container("v1b", Some(48 * MIB), false);
+    let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
+    let spec = HogSpec {
+        label: "fastv1",
+        step_mib: 4,
+        delay_ms: 100,
+        sleepers: 0,
+        cgroupns: false,
+        go: None,
+    };
+    let hog = Hog::spawn(&app, spec);
+    let (killed, answers, lead, _) = to_the_kill(&sw, hog, false).await;
+    let (readyz_ms, metric_ms) = kill_to_seen(&sw, killed, &answers).await;
+    assert_counted(&sw, &app, false, 1).await;
+    json!({"lead_s": lead, "kill_to_readyz_ms": readyz_ms, "kill_to_metric_ms": metric_ms})
 }

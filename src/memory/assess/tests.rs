@@ -29,7 +29,11 @@ fn sample(t0: Instant, ms: u64, ws: u64) -> Sample {
 }
 
 fn kills(kills: u64, group_kills: u64) -> Option<OomCounts> {
-    Some(OomCounts { kills, group_kills })
+    Some(OomCounts {
+        kills,
+        group_kills,
+        ooms: 0,
+    })
 }
 
 fn reason(o: &Observation) -> Option<Reason> {
@@ -239,6 +243,58 @@ fn a_group_kill_is_one_kill_however_its_counters_are_caught() {
         processes: 4,
     };
     assert_eq!((r.new_oom_kills, r.settled), (1, Some(two)));
+}
+
+/// v2 tells of the limit hit (`oom`) before the kill, and of the kill up to 10 ms later: the
+/// assessor asks for looks soon after, ever later, until the kill shows or it gives up.
+#[test]
+fn an_oom_event_without_a_kill_yet_asks_for_looks_soon_after() {
+    let t0 = Instant::now();
+    let mut a = Assessor::new(thresholds());
+    let mut s = sample(t0, 0, 10 * MIB);
+    a.assess(&s);
+    assert_eq!(a.wake_at(), None);
+    s.at += Duration::from_millis(100);
+    s.oom = Some(OomCounts {
+        ooms: 1,
+        ..OomCounts::default()
+    });
+    a.assess(&s);
+    assert_eq!(a.wake_at(), Some(s.at + Duration::from_millis(2)));
+    s.at += Duration::from_millis(2);
+    a.assess(&s);
+    assert_eq!(a.wake_at(), Some(s.at + Duration::from_millis(4)));
+    // A look before it is due (another notification) keeps it.
+    let due = a.wake_at();
+    s.at += Duration::from_millis(1);
+    a.assess(&s);
+    assert_eq!(a.wake_at(), due);
+    // The kill shows: no more follow-ups, the kill counted at once.
+    s.at += Duration::from_millis(3);
+    s.oom = Some(OomCounts {
+        kills: 1,
+        group_kills: 0,
+        ooms: 1,
+    });
+    assert_eq!(a.assess(&s).new_oom_kills, 1);
+    assert_eq!(a.wake_at(), Some(s.at + OOM_SETTLE));
+    // An oom event with no kill ever (the killer found nothing to kill): the looks end.
+    let mut a = Assessor::new(thresholds());
+    let mut s = sample(t0, 0, 10 * MIB);
+    a.assess(&s);
+    s.oom = Some(OomCounts {
+        ooms: 1,
+        ..OomCounts::default()
+    });
+    a.assess(&s);
+    let mut looks = 0;
+    while let Some(at) = a.wake_at() {
+        s.at = at;
+        a.assess(&s);
+        looks += 1;
+        assert!(looks <= 10, "the follow-ups end");
+    }
+    assert_eq!(looks, 6);
 }
 
 #[test]
