@@ -684,8 +684,10 @@ async fn an_oom_kill_in_the_cgroup_is_posted_as_an_event() {
     .await;
     assert_eq!(event.body["type"], "Warning");
     assert_eq!(event.body["regarding"]["name"], "web-1");
+    // One process killed, no group kill: the Event says which.
+    let note = event.body["note"].as_str().unwrap();
     assert!(
-        event.body["note"].as_str().unwrap().contains("OOM-killed"),
+        note.contains("1 OOM kill(s), one process each"),
         "{}",
         event.body
     );

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::read::{Bound, OomCounts, Sample};
+use super::sample::{Bound, Sample};
 use crate::engine::Observation;
 use crate::reason::Reason;
 
@@ -15,17 +15,6 @@ const TREND_FLOOR: f64 = 0.5;
 /// A prediction holds until the estimate passes `predict_within` by this factor, so an estimate
 /// hovering at the threshold does not flap the pod in and out of rotation.
 const TREND_RELEASE: f64 = 1.2;
-/// After the OOM counters move, how long they must stay still before the kill is accounted: the
-/// kernel counts a group kill member by member (the victim first, the rest after), and tells of
-/// changes to `memory.events` at most every 10 ms.
-pub const OOM_SETTLE: Duration = Duration::from_millis(50);
-/// After v2's `oom` event (the limit hit, the killer about to act) without a kill yet: look
-/// again this soon, then twice as late each time, this many times. The kernel tells of the
-/// kill's change to `memory.events` up to 10 ms late (its notifications' rate limit); v1's
-/// eventfd does the same follow-up.
-const OOM_FOLLOW_UP_FIRST: Duration = Duration::from_millis(2);
-const OOM_FOLLOW_UPS: u32 = 6;
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
     pub unready_above: f64,
@@ -54,48 +43,6 @@ pub struct Assessment {
     pub new_high_events: u64,
 }
 
-/// What the kernel did in one OOM burst, once its counters stopped moving.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OomSettled {
-    /// Times the OOM killer acted: one per OOM, whether one process or a whole group died.
-    pub kills: u64,
-    /// Of those, the kills of a whole group (`memory.oom.group=1`, the kubelet's default on v2).
-    pub group_kills: u64,
-    /// Processes killed in all, as the kernel counted them, less the victim of a group kill,
-    /// which it counts twice.
-    pub processes: u64,
-}
-
-impl OomSettled {
-    /// From the counters' rise over the burst. With group kills, every kill of the burst is
-    /// taken for one (the kubelet sets `memory.oom.group` on every container or on none).
-    fn from_rise(rise: OomCounts) -> OomSettled {
-        if rise.group_kills > 0 {
-            OomSettled {
-                kills: rise.group_kills,
-                group_kills: rise.group_kills,
-                processes: rise.kills.saturating_sub(rise.group_kills),
-            }
-        } else {
-            OomSettled {
-                kills: rise.kills,
-                group_kills: 0,
-                processes: rise.kills,
-            }
-        }
-    }
-}
-
-/// OOM counters that moved and have not settled yet.
-#[derive(Clone, Copy, Debug)]
-struct Burst {
-    /// The counters before it.
-    base: OomCounts,
-    /// Kills counted already (the first, at once).
-    counted: u64,
-    settle_at: Instant,
-}
-
 pub struct Assessor {
     t: Thresholds,
     high: bool,
@@ -104,27 +51,20 @@ pub struct Assessor {
     history: VecDeque<(Instant, u64)>,
     /// The level whose limit bound at the last sample: the trend is of one level's working set.
     bound_level: Option<usize>,
-    oom_seen: Option<OomCounts>,
-    burst: Option<Burst>,
-    /// The next look after an `oom` event with no kill yet, and how many were taken.
-    follow_up: Option<(Instant, u32)>,
-    oom_until: Option<Instant>,
+    oom: OomTracker,
     high_seen: Option<u64>,
 }
 
 impl Assessor {
     pub fn new(t: Thresholds) -> Self {
         Self {
+            oom: OomTracker::new(t.oom_cooldown),
             t,
             high: false,
             pressured: false,
             predicted: false,
             history: VecDeque::new(),
             bound_level: None,
-            oom_seen: None,
-            burst: None,
-            follow_up: None,
-            oom_until: None,
             high_seen: None,
         }
     }
@@ -133,8 +73,7 @@ impl Assessor {
     /// so every kill it counts is new, and the old one's history says nothing about its trend.
     /// A running OOM cooldown goes on: the kill happened.
     pub fn new_cgroup(&mut self) {
-        self.oom_seen = Some(OomCounts::default());
-        self.burst = None;
+        self.oom.new_cgroup();
         self.high_seen = Some(0);
         self.history.clear();
         self.high = false;
@@ -144,12 +83,23 @@ impl Assessor {
     /// When the assessor needs a sample without a notification: the OOM cooldown's end, or the
     /// look that settles an OOM burst.
     pub fn wake_at(&self) -> Option<Instant> {
-        let settle = self.burst.map(|b| b.settle_at);
-        let follow_up = self.follow_up.map(|(at, _)| at);
-        [self.oom_until, settle, follow_up]
-            .into_iter()
-            .flatten()
-            .min()
+        self.oom.wake_at()
+    }
+
+    /// What is left to say while the memory cannot be read: no veto but a cooling OOM kill, and
+    /// the account of a burst that settles meanwhile.
+    pub fn unreadable(&mut self, at: Instant) -> Assessment {
+        let look = self.oom.unreadable(at);
+        Assessment {
+            usage: Observation::Success,
+            pressure: None,
+            trend: Observation::Success,
+            predicted_oom: None,
+            oom: look.observation,
+            new_oom_kills: look.new_kills,
+            settled: look.settled,
+            new_high_events: 0,
+        }
     }
 
     pub fn assess(&mut self, s: &Sample) -> Assessment {
@@ -168,10 +118,8 @@ impl Assessor {
             _ => 0,
         };
         self.high_seen = s.high_events;
-        let moved = self.oom_moved(s);
-        let (new_oom_kills, settled) = self.oom_count(s.at, moved);
-        let oom = self.oom_observation(s.at, s.oom);
-        if moved {
+        let look = self.oom.look(s.at, s.oom);
+        if look.moved {
             // The kill freed memory: the old trend says nothing about the next one.
             self.history.clear();
         }
@@ -181,9 +129,9 @@ impl Assessor {
             pressure,
             trend,
             predicted_oom,
-            oom,
-            new_oom_kills,
-            settled,
+            oom: look.observation,
+            new_oom_kills: look.new_kills,
+            settled: look.settled,
             new_high_events,
         }
     }
@@ -233,114 +181,6 @@ impl Assessor {
             (Some(l), _) => pressure_failure("full", full, l),
             (None, Some(l)) => pressure_failure("some", some, l),
             (None, None) => Observation::Success,
-        }
-    }
-
-    /// True when the OOM counters rose since the previous sample (a smaller count is a new
-    /// cgroup, after a container restart: a new baseline).
-    fn oom_moved(&mut self, s: &Sample) -> bool {
-        let Some(now) = s.oom else {
-            // Nothing to follow up on where nothing can be read.
-            self.follow_up = None;
-            return false;
-        };
-        let Some(seen) = self.oom_seen.replace(now) else {
-            return false;
-        };
-        if now.kills < seen.kills || now.group_kills < seen.group_kills {
-            self.burst = None;
-            self.follow_up = None;
-            return false;
-        }
-        self.follow_up = match self.follow_up {
-            _ if now.kills > seen.kills => None,
-            _ if now.ooms > seen.ooms => Some((s.at + OOM_FOLLOW_UP_FIRST, 1)),
-            Some((at, n)) if s.at >= at && n < OOM_FOLLOW_UPS => {
-                Some((s.at + OOM_FOLLOW_UP_FIRST * 2u32.pow(n), n + 1))
-            }
-            Some((at, n)) if s.at < at => Some((at, n)),
-            _ => None,
-        };
-        if now.kills == seen.kills && now.group_kills == seen.group_kills {
-            return false;
-        }
-        self.oom_until = Some(s.at + self.t.oom_cooldown);
-        match &mut self.burst {
-            Some(burst) => burst.settle_at = s.at + OOM_SETTLE,
-            None => {
-                self.burst = Some(Burst {
-                    base: seen,
-                    counted: 0,
-                    settle_at: s.at + OOM_SETTLE,
-                })
-            }
-        }
-        true
-    }
-
-    /// The kills to count now: one at once when a burst starts (a kill happened, whatever it
-    /// turns out to be), the rest when it settles, with its account. It settles on the last
-    /// counters seen, also when the cgroup can no longer be read (gone with the app's last
-    /// process, or removed).
-    fn oom_count(&mut self, at: Instant, moved: bool) -> (u64, Option<OomSettled>) {
-        let (Some(now), Some(burst)) = (self.oom_seen, self.burst.as_mut()) else {
-            return (0, None);
-        };
-        if moved && burst.counted == 0 {
-            burst.counted = 1;
-            return (1, None);
-        }
-        if moved || at < burst.settle_at {
-            return (0, None);
-        }
-        let settled = OomSettled::from_rise(OomCounts {
-            kills: now.kills - burst.base.kills,
-            group_kills: now.group_kills - burst.base.group_kills,
-            ooms: 0,
-        });
-        let more = settled.kills.saturating_sub(burst.counted);
-        self.burst = None;
-        (more, Some(settled))
-    }
-
-    /// `None` when the source shows no OOM kills and none is cooling down; while one is, a
-    /// failure even when the cgroup cannot be read any more: the kill happened.
-    fn oom_observation(&mut self, at: Instant, counts: Option<OomCounts>) -> Option<Observation> {
-        if self.oom_until.is_some_and(|until| at >= until) {
-            self.oom_until = None;
-        }
-        let cooldown = humantime::format_duration(self.t.oom_cooldown);
-        match (self.oom_until, counts) {
-            (Some(_), Some(c)) => Some(Observation::Failure {
-                reason: Reason::OomKilled,
-                message: format!(
-                    "OOM kill in the app's cgroup (the kernel's counters: oom_kill {}, oom_group_kill {}); ready again {cooldown} after the last",
-                    c.kills, c.group_kills
-                ),
-            }),
-            (Some(_), None) => Some(Observation::Failure {
-                reason: Reason::OomKilled,
-                message: format!("OOM kill in the app's cgroup; ready again {cooldown} after the last"),
-            }),
-            (None, Some(_)) => Some(Observation::Success),
-            (None, None) => None,
-        }
-    }
-
-    /// What is left to say while the memory cannot be read: no veto but a cooling OOM kill, and
-    /// the account of a burst that settles meanwhile.
-    pub fn unreadable(&mut self, at: Instant) -> Assessment {
-        self.follow_up = None;
-        let (new_oom_kills, settled) = self.oom_count(at, false);
-        Assessment {
-            usage: Observation::Success,
-            pressure: None,
-            trend: Observation::Success,
-            predicted_oom: None,
-            oom: self.oom_observation(at, None),
-            new_oom_kills,
-            settled,
-            new_high_events: 0,
         }
     }
 
@@ -422,5 +262,9 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+mod oom;
 #[cfg(test)]
 mod tests;
+
+use oom::OomTracker;
+pub use oom::{OomSettled, OOM_SETTLE};

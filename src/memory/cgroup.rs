@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use procfs::process::{MountInfos, Process};
 use procfs::ProcessCGroups;
 
-use super::read::Scope;
+use super::sample::Scope;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::assess::Thresholds;
 use crate::units::{duration, serde_via_str, Bytes, Fraction};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -57,6 +58,17 @@ impl Default for MemoryConfig {
 }
 
 impl MemoryConfig {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            unready_above: self.unready_above.0,
+            ready_below: self.ready_below.0,
+            pressure_full_above: self.pressure_full_avg10_above,
+            pressure_some_above: self.pressure_some_avg10_above,
+            predict_within: self.predict_oom_within,
+            oom_cooldown: self.oom_cooldown,
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.ready_below.0 >= self.unready_above.0 {
             return Err(format!(

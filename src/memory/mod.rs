@@ -8,6 +8,7 @@ pub mod config;
 pub mod events;
 mod plan;
 pub mod read;
+pub mod sample;
 mod series;
 mod watched;
 
@@ -23,10 +24,11 @@ use crate::engine::{Memory, Observation, Signal};
 use crate::process;
 use crate::reason::Reason;
 use crate::util::sleep_until;
-use assess::{Assessment, Assessor, Thresholds};
+use assess::{Assessment, Assessor};
 use cgroup::{CgroupDir, Version};
 use config::MemoryConfig;
-use read::{ReadError, Sample};
+use read::ReadError;
+use sample::Sample;
 
 /// The reasons the memory signals give.
 pub const REASONS: [Reason; 4] = [
@@ -54,20 +56,8 @@ enum Target {
 }
 
 impl MemoryWatcher {
-    fn thresholds(&self) -> Thresholds {
-        let c = &self.config;
-        Thresholds {
-            unready_above: c.unready_above.0,
-            ready_below: c.ready_below.0,
-            pressure_full_above: c.pressure_full_avg10_above,
-            pressure_some_above: c.pressure_some_avg10_above,
-            predict_within: c.predict_oom_within,
-            oom_cooldown: c.oom_cooldown,
-        }
-    }
-
     pub async fn run(self) {
-        let mut assessor = Assessor::new(self.thresholds());
+        let mut assessor = Assessor::new(self.config.thresholds());
         let (wake_tx, mut wake_rx) = mpsc::channel(16);
         let mut armed = Armed::default();
         let mut target = Target::Nothing;
@@ -169,12 +159,12 @@ impl MemoryWatcher {
         match target {
             Target::Cgroup(dir) => match dir.version {
                 Version::V1 => {
-                    read::sample_v1(files, &dir.path, &dir.ancestors, dir.psi.as_deref())
+                    sample::sample_v1(files, &dir.path, &dir.ancestors, dir.psi.as_deref())
                 }
-                Version::V2 => read::sample_v2(files, &dir.path, &dir.ancestors),
+                Version::V2 => sample::sample_v2(files, &dir.path, &dir.ancestors),
             },
             Target::Processes { main } => {
-                read::sample_proc(&process::family(*main), self.config.limit.map(|b| b.0))
+                sample::sample_proc(&process::family(*main), self.config.limit.map(|b| b.0))
             }
             Target::Nothing => Ok(Sample::empty(std::time::Instant::now())),
         }
@@ -322,13 +312,13 @@ impl MemoryWatcher {
         self.count_ooms(a, s.limit, s.bound);
     }
 
-    fn count_ooms(&self, a: &Assessment, limit: Option<u64>, bound: Option<read::Bound>) {
+    fn count_ooms(&self, a: &Assessment, limit: Option<u64>, bound: Option<sample::Bound>) {
         let m = &self.metrics;
         m.oom_kills.inc_by(a.new_oom_kills);
         let Some(settled) = a.settled else { return };
         m.oom_group_kills.inc_by(settled.group_kills);
         m.oom_killed_processes.inc_by(settled.processes);
-        let message = oom_message(&settled, limit, bound);
+        let message = settled.describe(limit, bound);
         tracing::warn!(
             kills = settled.kills,
             group_kills = settled.group_kills,
@@ -396,34 +386,6 @@ impl MemoryWatcher {
         let assessment = assessor.unreadable(std::time::Instant::now());
         self.count_ooms(&assessment, None, None);
         self.send_all(assessment, sent).await
-    }
-}
-
-/// What an OOM burst was, for the log and the Event: "1 OOM kill: the whole group, 3
-/// processes (memory.oom.group), at the pod's memory.max of 64.0 MiB".
-fn oom_message(
-    settled: &assess::OomSettled,
-    limit: Option<u64>,
-    bound: Option<read::Bound>,
-) -> String {
-    let what = match (settled.kills, settled.group_kills) {
-        (k, g) if g == k => format!(
-            "{k} OOM kill(s) of the whole group (memory.oom.group), {} process(es) killed",
-            settled.processes
-        ),
-        (k, 0) => format!("{k} OOM kill(s), one process each"),
-        (k, g) => format!(
-            "{k} OOM kill(s), {g} of them of the whole group, {} process(es) killed",
-            settled.processes
-        ),
-    };
-    match (limit, bound) {
-        (Some(limit), Some(bound)) => format!(
-            "{what}, at {} {} of {limit} bytes",
-            bound.scope.describe(),
-            bound.file
-        ),
-        _ => format!("{what}, with no memory limit seen"),
     }
 }
 

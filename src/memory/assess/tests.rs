@@ -1,4 +1,4 @@
-use super::super::read::Scope;
+use super::super::sample::{OomCounts, Scope};
 use super::*;
 
 const MIB: u64 = 1 << 20;
