@@ -38,7 +38,7 @@ def run_once():
     reports = {}
     for line in (out.stdout + out.stderr).splitlines():
         _, sep, rest = line.partition("guest | VMTEST ")
-        if sep:
+        if sep and rest.startswith("{"):
             report = json.loads(rest)
             reports[report["scenario"]] = report
     if out.returncode != 0:

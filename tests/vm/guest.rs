@@ -552,11 +552,16 @@ async fn single_process_kill() -> serde_json::Value {
 }
 
 async fn group_kill_of_one() -> serde_json::Value {
-    let pod = Pod::systemd("0f5b6d3e-0003");
-    let app = pod.container("c3", Some(48 * MIB), true);
+    fast_leak(Pod::systemd("0f5b6d3e-0003"), "c3", true).await
+}
+
+/// One process leaking 4 MiB every 100 ms into 48 MiB, to its kill: a group kill under
+/// `memory.oom.group=1` (v2), one process's on v1.
+async fn fast_leak(pod: Pod, id: &str, group: bool) -> serde_json::Value {
+    let app = pod.container(id, Some(48 * MIB), group);
     let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
     let spec = HogSpec {
-        label: "one",
+        label: "fast",
         step_mib: 4,
         delay_ms: 100,
         sleepers: 0,
@@ -564,10 +569,10 @@ async fn group_kill_of_one() -> serde_json::Value {
         go: None,
     };
     let hog = Hog::spawn(&app, spec);
-    let (killed, answers, _, _) = to_the_kill(&sw, hog, false).await;
+    let (killed, answers, lead, _) = to_the_kill(&sw, hog, false).await;
     let (readyz_ms, metric_ms) = kill_to_seen(&sw, killed, &answers).await;
-    let (kernel_kills, kernel_groups) = assert_counted(&sw, &app, true, 1).await;
-    json!({"kill_to_readyz_ms": readyz_ms, "kill_to_metric_ms": metric_ms,
+    let (kernel_kills, kernel_groups) = assert_counted(&sw, &app, group, 1).await;
+    json!({"lead_s": lead, "kill_to_readyz_ms": readyz_ms, "kill_to_metric_ms": metric_ms,
            "kernel_oom_kill": kernel_kills, "kernel_oom_group_kill": kernel_groups})
 }
 
@@ -752,20 +757,5 @@ async fn steady_leak_v1() -> serde_json::Value {
 }
 
 async fn fast_leak_v1() -> serde_json::Value {
-    let pod = Pod::cgroupfs("0f5b6d3e-0102");
-    let app = pod.container("v1b", Some(48 * MIB), false);
-    let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
-    let spec = HogSpec {
-        label: "fastv1",
-        step_mib: 4,
-        delay_ms: 100,
-        sleepers: 0,
-        cgroupns: false,
-        go: None,
-    };
-    let hog = Hog::spawn(&app, spec);
-    let (killed, answers, lead, _) = to_the_kill(&sw, hog, false).await;
-    let (readyz_ms, metric_ms) = kill_to_seen(&sw, killed, &answers).await;
-    assert_counted(&sw, &app, false, 1).await;
-    json!({"lead_s": lead, "kill_to_readyz_ms": readyz_ms, "kill_to_metric_ms": metric_ms})
+    fast_leak(Pod::cgroupfs("0f5b6d3e-0102"), "v1b", false).await
 }
