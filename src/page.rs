@@ -57,6 +57,9 @@ pub fn render(published: &Published, now: SystemTime) -> String {
                         }
                     }
                 }
+                @for n in &published.not_watched {
+                    p class="not_watched" { (n.part) ": not watched, because " (n.why) }
+                }
                 h2 { "Last transitions" }
                 @if published.history.is_empty() {
                     p { "None since sidewatch started." }

@@ -245,6 +245,8 @@ fn effective_config(args: &[String], env: &[(String, String)]) -> Result<Value, 
 /// What one fixture left to check once all are through: its injected pod for the schemas and
 /// the sidecar to run.
 struct Injected {
+    /// The sidecar reads the app's memory (its effective `memory.source` is not `none`).
+    memory: bool,
     name: String,
     pod: Value,
     schema_since: SchemaSince,
@@ -270,6 +272,11 @@ async fn real_workloads_are_injected_whole_and_their_sidecars_start() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert!(injected.len() >= 30, "only {} injected", injected.len());
+    let with_memory = injected.iter().filter(|i| i.memory).count();
+    eprintln!(
+        "{with_memory} of {} injected pods have memory signals; every other one was told why and how to turn them on",
+        injected.len()
+    );
     validate_all(&injected);
     run_all(&injected);
 }
@@ -393,7 +400,22 @@ async fn check_one(hook: &Webhook, f: &Fixture) -> Result<Option<Injected>, Stri
         .map_or_else(|| format!("[::]:{admin_port}"), str::to_owned)
         .into();
     contained(&want_config, &config, "config").map_err(|e| format!("{e}\n{config:#}"))?;
+    // No memory signals is never silent: whoever created the pod is told why, and how to turn
+    // them on, unless they asked for none.
+    let memory = config["memory"]["source"] != "none";
+    let asked_none = f.pod["metadata"]["annotations"]["sidewatch.io/memory"] == "none";
+    if !memory
+        && !asked_none
+        && !said
+            .iter()
+            .any(|w| w.contains("memory signals off for this pod"))
+    {
+        return Err(format!(
+            "memory signals off without a warning that says how to turn them on: {said:?}"
+        ));
+    }
     Ok(Some(Injected {
+        memory,
         name: f.name.clone(),
         pod,
         schema_since: f.schema_since.clone(),

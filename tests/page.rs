@@ -52,6 +52,11 @@ async fn the_verbose_readyz_has_the_signals_and_the_transitions_with_their_evide
     assert_eq!(body["ready"], true);
     assert_eq!(body["signals"][0]["signal"], "probe:app");
     assert_eq!(body["signals"][0]["state"], "up");
+    // Ready, knowing what was not looked at: memory, and why, as the features metric says.
+    let not_watched = serde_json::json!([{"part": "memory", "why": "memory.source is none"}]);
+    assert_eq!(body["not_watched"], not_watched);
+    let off = sw.metric("sidewatch_features{feature=\"memory\"}").await;
+    assert_eq!(off, Some(0.0));
     let history = body["history"].as_array().unwrap();
     // Newest first: back to ready, not ready, back, not ready, and the start-up's ready.
     let turns: Vec<(&str, &str)> = history
@@ -159,6 +164,10 @@ async fn the_status_page_shows_the_verdict_the_signals_and_the_history_in_a_brow
         "{dom}"
     );
     assert!(dom.contains("probe:app"), "{dom}");
+    assert!(
+        dom.contains("memory: not watched, because memory.source is none"),
+        "{dom}"
+    );
     // The app's markup is text on the page, not markup: its script did not run.
     assert!(dom.contains("&lt;script&gt;"), "{dom}");
     assert!(!dom.contains("<b>overloaded</b>"), "{dom}");

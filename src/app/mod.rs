@@ -114,6 +114,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         success_threshold: 1,
         critical: true,
     };
+    if memory_plan.is_none() {
+        engine.not_watched("memory", memory_why.clone());
+    }
     if memory_plan.is_some() {
         for signal in Memory::ALL {
             engine.register(Signal::Memory(signal), single, now);

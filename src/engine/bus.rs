@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::history::Transition;
-use super::{Engine, Observation, Signal, SignalView, Verdict};
+use super::{Engine, NotWatched, Observation, Signal, SignalView, Verdict};
 
 pub enum Input {
     Observe {
@@ -27,6 +27,7 @@ pub struct Published {
     pub verdict: Verdict,
     pub body: Bytes,
     pub signals: Vec<SignalView>,
+    pub not_watched: Vec<NotWatched>,
     pub history: Arc<[Transition]>,
 }
 
@@ -38,6 +39,7 @@ impl Published {
             verdict: verdict.clone(),
             body: Bytes::from(body),
             signals: engine.signals(),
+            not_watched: engine.parts_not_watched().to_vec(),
             history,
         })
     }
@@ -49,11 +51,14 @@ impl Published {
             #[serde(flatten)]
             verdict: &'a Verdict,
             signals: &'a [SignalView],
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            not_watched: &'a [NotWatched],
             history: &'a [Transition],
         }
         let verbose = Verbose {
             verdict: &self.verdict,
             signals: &self.signals,
+            not_watched: &self.not_watched,
             history: &self.history,
         };
         serde_json::to_vec(&verbose).unwrap_or_default()

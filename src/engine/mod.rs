@@ -84,6 +84,14 @@ pub struct SignalView {
     pub failure: Option<Cause>,
 }
 
+/// A part that watches nothing, and why: said by `/readyz?verbose` and the status page, so that
+/// "ready" is read knowing what was not looked at.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NotWatched {
+    pub part: &'static str,
+    pub why: String,
+}
+
 /// What a drain does to readiness.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -130,6 +138,7 @@ struct SignalState {
 #[derive(Debug)]
 pub struct Engine {
     signals: BTreeMap<Signal, SignalState>,
+    not_watched: Vec<NotWatched>,
     drain: Option<Cause>,
     drain_readiness: DrainReadiness,
     verdict: Verdict,
@@ -149,6 +158,7 @@ impl Engine {
     pub fn with_drain_readiness(drain_readiness: DrainReadiness) -> Self {
         Self {
             signals: BTreeMap::new(),
+            not_watched: Vec::new(),
             drain: None,
             drain_readiness,
             verdict: Verdict {
@@ -236,6 +246,15 @@ impl Engine {
 
     pub fn verdict(&self) -> &Verdict {
         &self.verdict
+    }
+
+    /// Says that `part` watches nothing, and why.
+    pub fn not_watched(&mut self, part: &'static str, why: String) {
+        self.not_watched.push(NotWatched { part, why });
+    }
+
+    pub fn parts_not_watched(&self) -> &[NotWatched] {
+        &self.not_watched
     }
 
     /// Every registered signal as it stands, for the status page.

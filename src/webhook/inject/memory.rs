@@ -46,6 +46,7 @@ pub(super) fn memory(
         }
         (Memory::Auto, Err(why)) => {
             notes.push(format!("memory signals off: {why}"));
+            warnings.push(memory_off(&why));
             (Memory::None, None)
         }
         (Memory::AppRoot, Err(why)) => {
@@ -54,14 +55,13 @@ pub(super) fn memory(
             } else {
                 Memory::None
             };
-            warnings.push(format!(
-                "sidewatch.io/memory app-root: {why}; memory {}",
-                if fallback == Memory::Proc {
-                    "from the app's processes instead"
-                } else {
-                    "signals off"
-                }
-            ));
+            warnings.push(if fallback == Memory::Proc {
+                format!(
+                    "sidewatch.io/memory app-root: {why}; memory from the app's processes instead"
+                )
+            } else {
+                memory_off(&format!("sidewatch.io/memory app-root: {why}"))
+            });
             (fallback, None)
         }
         (other, _) => (other, None),
@@ -110,6 +110,18 @@ pub(super) fn memory(
         volume,
         run_as,
     })
+}
+
+/// The admission warning of a pod that gets no memory signals: why, what it loses, and what
+/// would turn them on for it.
+fn memory_off(why: &str) -> String {
+    format!(
+        "memory signals off for this pod ({why}): no OOM prediction, no OOM kill counted by \
+         sidewatch. To turn them on, set the app container's securityContext runAsUser and \
+         runAsGroup (not 0), or annotate sidewatch.io/process-match with a part of the app's \
+         command line (memory from its processes), or sidewatch.io/memory: cgroup (the node's \
+         cgroup tree by hostPath, Pod Security privileged)"
+    )
 }
 
 /// The user and group the app container runs as, when the pod spec states both (the

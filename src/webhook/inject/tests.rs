@@ -65,7 +65,17 @@ fn an_annotated_pod_gets_a_native_sidecar_first_and_a_drain_hook() {
     );
     p["spec"]["initContainers"] = json!([{"name": "migrate", "image": "x", "x-future": {"a": 1}}]);
     let (out, warnings) = injected(&p);
-    assert!(warnings.is_empty(), "{warnings:?}");
+    // The spec does not say the app's user and group: no memory signals, and the one warning
+    // says why and what would turn them on.
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    for what in [
+        "memory signals off for this pod",
+        "runAsUser",
+        "sidewatch.io/process-match",
+        "sidewatch.io/memory: cgroup",
+    ] {
+        assert!(warnings[0].contains(what), "{what}: {warnings:?}");
+    }
     let init = out["spec"]["initContainers"].as_array().unwrap();
     assert_eq!(init[0]["name"], "sidewatch");
     assert_eq!(init[0]["restartPolicy"], "Always");
@@ -123,7 +133,10 @@ fn an_existing_pre_stop_hook_is_kept_and_an_empty_lifecycle_filled() {
     app["lifecycle"] = json!({"preStop": {"exec": {"command": ["sleep", "10"]}}});
     let (out, warnings) = injected(&pod(opted_in(), app.clone()));
     assert_eq!(out["spec"]["containers"][0]["lifecycle"], app["lifecycle"]);
-    assert!(warnings[0].contains("preStop"), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("preStop")),
+        "{warnings:?}"
+    );
     app["lifecycle"] = json!({});
     let (out, _) = injected(&pod(opted_in(), app));
     assert_eq!(
