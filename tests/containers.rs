@@ -74,7 +74,16 @@ impl Cluster {
         let podman = Podman::get()?;
         let hook = Webhook::start_image(SIDEWATCH_IMAGE, &[]);
         let response = hook.review("/mutate", &pod).await;
-        assert!(response["warnings"].is_null(), "{response}");
+        // No warning but, for a pod that does not state the app's user and group, that its
+        // memory signals are off and how to turn them on.
+        let warnings = response["warnings"].as_array().cloned().unwrap_or_default();
+        let memory_off = |w: &Value| {
+            w.as_str()
+                .is_some_and(|w| w.contains("memory signals off for this pod"))
+        };
+        assert!(warnings.iter().all(memory_off), "{response}");
+        let ids = pod["spec"]["securityContext"]["runAsGroup"].is_number();
+        assert_eq!(warnings.len(), usize::from(!ids), "{response}");
         let injected = apply(&pod, &response);
         let net = PodNet::next();
         let facts = kubelet::PodFacts::of(&injected, &net.ip);
