@@ -114,14 +114,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         success_threshold: 1,
         critical: true,
     };
-    if memory_plan.is_none() {
-        engine.not_watched("memory", memory_why.clone());
-    }
-    if memory_plan.is_some() {
-        for signal in Memory::ALL {
-            engine.register(Signal::Memory(signal), single, now);
+    match &memory_plan {
+        Some(_) => {
+            for signal in Memory::ALL {
+                engine.register(Signal::Memory(signal), single, now);
+            }
+            reasons.extend(memory::REASONS);
         }
-        reasons.extend(memory::REASONS);
+        None => engine.not_watched("memory", memory_why.clone()),
     }
     if config.process.pattern.is_some() {
         engine.register(Signal::Process, single, now);
@@ -145,7 +145,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let watched_port = traffic.as_ref().map(TrafficWatcher::port);
     let traffic_on = traffic.is_some();
     let access = Access {
-        token: drain_token(&config)?,
+        token: config.drain.token().map_err(StartError::NoDrainToken)?,
     };
 
     // Nothing fails from here: every input, the engine and the outputs are started.
@@ -305,18 +305,6 @@ fn traffic_watcher(
             port,
             error,
         }),
-    }
-}
-
-/// The drain token from the variable `drain.token_env` names; a named but empty variable is an
-/// error, since it would leave the preStop hook locked out.
-fn drain_token(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
-    let Some(var) = &config.drain.token_env else {
-        return Ok(None);
-    };
-    match std::env::var(var) {
-        Ok(token) if !token.is_empty() => Ok(Some(token.into_bytes())),
-        _ => Err(StartError::NoDrainToken(var.clone())),
     }
 }
 

@@ -60,6 +60,18 @@ impl Default for DrainConfig {
 }
 
 impl DrainConfig {
+    /// The drain token from the variable `token_env` names; a named but unset or empty variable
+    /// is an error (its name), since it would leave the preStop hook locked out.
+    pub fn token(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(var) = &self.token_env else {
+            return Ok(None);
+        };
+        match std::env::var(var) {
+            Ok(token) if !token.is_empty() => Ok(Some(token.into_bytes())),
+            _ => Err(var.clone()),
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.max < self.delay {
             return Err(format!(
