@@ -281,6 +281,62 @@ async fn real_workloads_are_injected_whole_and_their_sidecars_start() {
     run_all(&injected);
 }
 
+/// The chart's install-wide memory source, as its Deployment hands it to the real webhook: with
+/// `cgroup` every injected corpus pod that does not annotate its own source gets memory signals;
+/// with `none`, every such pod is told why not and how.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_memory_source_reaches_every_pod_it_injects() {
+    for value in ["cgroup", "none"] {
+        let Some(yaml) =
+            common::chart::render(&["--set", &format!("webhook.memorySource={value}")])
+        else {
+            return;
+        };
+        let arg = yaml
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("- --memory-source="))
+            .expect("the webhook's Deployment passes --memory-source");
+        let hook = Webhook::start_with(&[arg.trim_start_matches("- ")]);
+        let (mut injected, mut with_memory) = (0, 0);
+        for f in fixtures() {
+            if f.pod["metadata"]["annotations"]["sidewatch.io/memory"].is_string() {
+                continue;
+            }
+            let response = hook.review(f.scope, &f.pod).await;
+            if response.get("patch").is_none() {
+                continue;
+            }
+            injected += 1;
+            let pod = apply(&f.pod, &response);
+            let (container, _) = sidecar(&pod);
+            let source = container["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == "SIDEWATCH_MEMORY_SOURCE")
+                .and_then(|e| e["value"].as_str());
+            if source == Some(value) && value != "none" {
+                with_memory += 1;
+            }
+            let warned = warnings(&response)
+                .iter()
+                .any(|w| w.contains("memory signals off for this pod"));
+            assert_eq!(
+                warned,
+                value == "none",
+                "{}: memory source {source:?}, warnings {:?}",
+                f.name,
+                warnings(&response)
+            );
+        }
+        assert!(injected >= 30, "only {injected} injected");
+        let want = if value == "none" { 0 } else { injected };
+        assert_eq!(with_memory, want, "webhook.memorySource={value}");
+        eprintln!("webhook.memorySource={value}: {with_memory} of {injected} injected pods have memory signals");
+    }
+}
+
 async fn check_one(hook: &Webhook, f: &Fixture) -> Result<Option<Injected>, String> {
     let response = hook.review(f.scope, &f.pod).await;
     let said = warnings(&response);

@@ -80,6 +80,14 @@ pub struct WebhookArgs {
     /// Inject a plain container instead of a native sidecar (Kubernetes before 1.29).
     #[arg(long, env = "SIDEWATCH_PLAIN_SIDECAR")]
     pub plain_sidecar: bool,
+    /// The memory source of the pods that do not annotate `sidewatch.io/memory` (docs/memory.md).
+    #[arg(
+        long,
+        env = "SIDEWATCH_MEMORY_SOURCE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub memory_source: inject::Memory,
 }
 
 fn nonzero_duration(text: &str) -> Result<Duration, String> {
@@ -118,6 +126,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let settings = Arc::new(Settings {
         image: args.image,
         native: !args.plain_sidecar,
+        memory: args.memory_source,
         ..Settings::default()
     });
     let slots = Arc::new(Semaphore::new(args.max_connections as usize));

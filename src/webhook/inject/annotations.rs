@@ -13,8 +13,9 @@ pub const PREFIX: &str = "sidewatch.io/";
 pub const INJECTED: &str = "sidewatch.io/injected";
 pub const INJECTION: &str = "sidewatch.io/injection";
 
-/// Where the app's memory is read; see docs/memory.md.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the app's memory is read; see docs/memory.md. The annotation `sidewatch.io/memory`,
+/// and the webhook's `--memory-source` for the pods without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Memory {
     /// The app container's own cgroup when the sidecar can run as the app's user, else none.
     Auto,
@@ -87,13 +88,10 @@ impl Options {
                 "readiness-gate" => o.readiness_gate = boolean(text).map_err(bad)?,
                 "overload-signal" => o.overload_signal = boolean(text).map_err(bad)?,
                 "memory" => {
-                    o.memory = Some(match text {
-                        "auto" => Memory::Auto,
-                        "app-root" => Memory::AppRoot,
-                        "cgroup" => Memory::Cgroup,
-                        "proc" => Memory::Proc,
-                        "none" => Memory::None,
-                        _ => {
+                    use clap::ValueEnum;
+                    o.memory = Some(match Memory::from_str(text, false) {
+                        Ok(memory) => memory,
+                        Err(_) => {
                             return Err(bad(format!(
                                 "{text:?}: want auto, app-root, cgroup, proc or none"
                             )))

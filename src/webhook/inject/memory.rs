@@ -9,6 +9,7 @@ use super::sidecar;
 /// The memory source the sidecar gets, with what it needs added to the pod, and why.
 pub(super) fn memory(
     options: &Options,
+    install_default: Memory,
     spec: &Value,
     app: &Value,
     edits: &mut Edits<'_>,
@@ -24,7 +25,11 @@ pub(super) fn memory(
                 .into(),
         );
     }
-    let asked = options.memory.unwrap_or(Memory::Auto);
+    // The pod's annotation, else the install's choice (the chart's `webhook.memorySource`).
+    let (asked, asked_by) = match options.memory {
+        Some(memory) => (memory, "sidewatch.io/memory"),
+        None => (install_default, "the webhook's --memory-source"),
+    };
     // Entering the app's root takes the app's own user and group, and no capability: the sidecar
     // runs as them (never as root: Pod Security "restricted" forbids it, and so does sidewatch).
     let ids = app_ids(spec, app);
@@ -47,6 +52,17 @@ pub(super) fn memory(
         (Memory::Auto, Err(why)) => {
             notes.push(format!("memory signals off: {why}"));
             warnings.push(memory_off(&why));
+            (Memory::None, None)
+        }
+        (Memory::Proc, _) if pattern.is_none() => {
+            // Only an install-wide proc gets here: the annotation alone is refused at parsing.
+            warnings.push(memory_off(&format!(
+                "{asked_by} is proc, which needs sidewatch.io/process-match"
+            )));
+            (Memory::None, None)
+        }
+        (Memory::None, _) if options.memory.is_none() => {
+            warnings.push(memory_off(&format!("{asked_by} is none")));
             (Memory::None, None)
         }
         (Memory::AppRoot, Err(why)) => {
@@ -99,7 +115,7 @@ pub(super) fn memory(
         }
         Memory::None | Memory::Auto => {
             if asked == Memory::None {
-                notes.push("memory signals off (sidewatch.io/memory)".into());
+                notes.push(format!("memory signals off ({asked_by})"));
             }
             None
         }
@@ -120,7 +136,8 @@ fn memory_off(why: &str) -> String {
          sidewatch. To turn them on, set the app container's securityContext runAsUser and \
          runAsGroup (not 0), or annotate sidewatch.io/process-match with a part of the app's \
          command line (memory from its processes), or sidewatch.io/memory: cgroup (the node's \
-         cgroup tree by hostPath, Pod Security privileged)"
+         cgroup tree by hostPath, Pod Security privileged); install-wide, the chart's \
+         webhook.memorySource"
     )
 }
 

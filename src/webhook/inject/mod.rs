@@ -17,6 +17,7 @@ pub mod view;
 
 use serde_json::{json, Value};
 
+pub use annotations::Memory;
 use annotations::{Options, TargetSetting};
 pub use annotations::{INJECTED, INJECTION};
 pub use outcome::{Outcome, Scope, Skip};
@@ -36,6 +37,8 @@ pub struct Settings {
     pub native: bool,
     /// The sidecar's numeric user (the image's `nonroot` user by default).
     pub uid: i64,
+    /// The memory source of the pods that do not annotate one (`--memory-source`).
+    pub memory: Memory,
 }
 
 impl Default for Settings {
@@ -44,6 +47,7 @@ impl Default for Settings {
             image: "sidewatch:0.1.0".into(),
             native: true,
             uid: 65532,
+            memory: Memory::Auto,
         }
     }
 }
@@ -128,6 +132,7 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
     let mut edits = Edits::new(pod);
     let memory = memory::memory(
         &options,
+        settings.memory,
         spec,
         app,
         &mut edits,

@@ -214,6 +214,57 @@ fn dead_ends_are_refused_or_degraded_with_a_reason() {
     assert!(refused(&pod(bad, web()), RefusalKind::AppContainer).contains("nope"));
 }
 
+/// The install-wide memory source (`--memory-source`, the chart's `webhook.memorySource`) for
+/// the pods that do not annotate one; the annotation still wins.
+#[test]
+fn the_install_chooses_the_memory_source_of_pods_that_do_not() {
+    let with = |memory: Memory, p: &Value| {
+        let view = view::of(&p.to_string()).unwrap();
+        let settings = Settings {
+            memory,
+            ..Settings::default()
+        };
+        match mutate(&view, &settings, Scope::Annotated, "t") {
+            Outcome::Patch { patch, warnings } => {
+                let mut doc = p.clone();
+                json_patch::patch(&mut doc, &patch).unwrap();
+                (doc, warnings)
+            }
+            other => panic!("no patch: {other:?}"),
+        }
+    };
+    let plain = pod(opted_in(), web());
+    let (out, warnings) = with(Memory::Cgroup, &plain);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        out["spec"]["volumes"][0]["hostPath"]["path"],
+        "/sys/fs/cgroup"
+    );
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(env(sidecar, "SIDEWATCH_MEMORY_SOURCE"), Some("cgroup"));
+    // proc needs the app's command line, which only the pod can name: off, and said.
+    for (memory, why) in [
+        (Memory::Proc, "--memory-source is proc"),
+        (Memory::None, "--memory-source is none"),
+    ] {
+        let (out, warnings) = with(memory, &plain);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains(why), "{warnings:?}");
+        assert!(warnings[0].contains("memory signals off for this pod"));
+        let sidecar = &out["spec"]["initContainers"][0];
+        assert_eq!(env(sidecar, "SIDEWATCH_MEMORY_SOURCE"), Some("none"));
+    }
+    let mut annotated = opted_in();
+    annotated["sidewatch.io/process-match"] = "java".into();
+    let (out, _) = with(Memory::Proc, &pod(annotated.clone(), web()));
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(env(sidecar, "SIDEWATCH_MEMORY_SOURCE"), Some("proc"));
+    annotated["sidewatch.io/memory"] = "none".into();
+    let (out, warnings) = with(Memory::Cgroup, &pod(annotated, web()));
+    assert!(warnings.is_empty(), "the pod asked for none: {warnings:?}");
+    assert!(out["spec"]["volumes"].is_null());
+}
+
 #[test]
 fn memory_modes_bring_what_they_need_and_respect_names() {
     let mut p = pod(
