@@ -195,7 +195,19 @@ async fn a_psi_trigger_on_the_v2_hierarchy_fires_under_a_real_stall() {
     let marker = format!("sidewatch-psi-stall-{}", std::process::id());
     let mut stall = Stall::spawn(&[&cgroups.v1.join("app"), &cgroups.v2], 40, &marker);
     wait_process(&marker);
-    // In its cgroups already: `sh` moved itself there before it became python.
+    // In its cgroups before sidewatch looks (polling at an hour, it looks once): `sh`, whose
+    // command line already names the marker, joins the v1 cgroup, then the v2 one, then becomes
+    // python.
+    let deadline = std::time::Instant::now() + WITHIN;
+    while std::fs::read_to_string(cgroups.v2.join("cgroup.procs"))
+        .is_ok_and(|p| p.trim().is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stall never joined its cgroups"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let sw = Sidewatch::start(
         &["--cgroup", "auto"],
         &[
