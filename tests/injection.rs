@@ -491,7 +491,7 @@ fn patch_ops(response: &Value) -> Vec<Value> {
 }
 
 /// A resource quantity (`500m`, `1`, `256Mi`, `1G`) in thousandths of its unit (millicores,
-/// millibytes), as the pods of the corpus write them; `None` when absent.
+/// millibytes), read as the kubelet's model reads it; `None` when absent.
 fn quantity(q: &Value) -> Option<i128> {
     let text = match q {
         Value::Null => return None,
@@ -499,27 +499,8 @@ fn quantity(q: &Value) -> Option<i128> {
         Value::Number(n) => n.to_string(),
         other => panic!("a quantity: {other}"),
     };
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let scale: f64 = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => panic!("a quantity this test does not read: {text}"),
-    };
-    let number: f64 = number
-        .parse()
-        .unwrap_or_else(|_| panic!("a quantity: {text}"));
-    Some((number * scale * 1000.0).round() as i128)
+    let number = kubelet::quantity(&text).unwrap_or_else(|e| panic!("{e}"));
+    Some((number * 1000.0).round() as i128)
 }
 
 /// With pod-level resources (`spec.resources`, beta and on by default since 1.34), the API

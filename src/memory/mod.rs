@@ -180,10 +180,15 @@ impl MemoryWatcher {
         assessor: &mut Assessor,
         sent: &mut Sent,
     ) -> bool {
+        // Only a path through another process's root can vanish while its cgroup lives (a
+        // removed cgroup's open files fail to read too): no extra look at other paths.
         let Target::Cgroup(dir) = target else {
             return true;
         };
-        if !files.holds_any() || !matches!(dir_id(&dir.path), Presence::Gone) {
+        if !dir.path.starts_with("/proc") || !files.holds_any() {
+            return true;
+        }
+        if !matches!(dir_id(&dir.path), Presence::Gone) {
             return true;
         }
         let Ok(sample) = self.read_sample(files, target) else {

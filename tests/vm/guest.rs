@@ -253,6 +253,20 @@ struct HogSpec {
     go: Option<PathBuf>,
 }
 
+impl HogSpec {
+    /// `step_mib` every `delay_ms`, from its start, beside `sleepers` idle processes.
+    fn leak(label: &'static str, step_mib: u64, delay_ms: u64, sleepers: u64) -> HogSpec {
+        HogSpec {
+            label,
+            step_mib,
+            delay_ms,
+            sleepers,
+            cgroupns: false,
+            go: None,
+        }
+    }
+}
+
 impl Hog {
     fn spawn(cgroup: &Cgroup, spec: HogSpec) -> Hog {
         let procs = File::options()
@@ -507,14 +521,7 @@ async fn steady_leak_group_kill() -> serde_json::Value {
     sw.wait_log("PSI trigger memory.pressure").await;
     sw.wait_log("inotify memory.events").await;
     // The same leak as tests/memory_v1_oom.rs' slow one: 1 MiB every 300 ms into 64 MiB.
-    let spec = HogSpec {
-        label: "steady",
-        step_mib: 1,
-        delay_ms: 300,
-        sleepers: 2,
-        cgroupns: false,
-        go: None,
-    };
+    let spec = HogSpec::leak("steady", 1, 300, 2);
     let hog = Hog::spawn(&app, spec);
     app.wait_procs(3).await;
     let (killed, answers, lead, message) = to_the_kill(&sw, hog, true).await;
@@ -532,14 +539,7 @@ async fn single_process_kill() -> serde_json::Value {
     let pod = Pod::cgroupfs("0f5b6d3e-0002");
     let app = pod.container("b2", Some(48 * MIB), false);
     let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
-    let spec = HogSpec {
-        label: "single",
-        step_mib: 4,
-        delay_ms: 100,
-        sleepers: 2,
-        cgroupns: false,
-        go: None,
-    };
+    let spec = HogSpec::leak("single", 4, 100, 2);
     let hog = Hog::spawn(&app, spec);
     app.wait_procs(3).await;
     let (killed, answers, lead, _) = to_the_kill(&sw, hog, false).await;
@@ -560,14 +560,7 @@ async fn group_kill_of_one() -> serde_json::Value {
 async fn fast_leak(pod: Pod, id: &str, group: bool) -> serde_json::Value {
     let app = pod.container(id, Some(48 * MIB), group);
     let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
-    let spec = HogSpec {
-        label: "fast",
-        step_mib: 4,
-        delay_ms: 100,
-        sleepers: 0,
-        cgroupns: false,
-        go: None,
-    };
+    let spec = HogSpec::leak("fast", 4, 100, 0);
     let hog = Hog::spawn(&app, spec);
     let (killed, answers, lead, _) = to_the_kill(&sw, hog, false).await;
     let (readyz_ms, metric_ms) = kill_to_seen(&sw, killed, &answers).await;
@@ -586,14 +579,7 @@ async fn pod_limit_only() -> serde_json::Value {
     let (sw, _up) = sidewatch(Some(&app), Some(&sidecar), &[]).await;
     wait_metric(&sw, "sidewatch_memory_limit_bytes", (80 * MIB) as f64).await;
     sw.wait_log("inotify memory.events.local (the pod's)").await;
-    let spec = HogSpec {
-        label: "podlimit",
-        step_mib: 2,
-        delay_ms: 200,
-        sleepers: 0,
-        cgroupns: false,
-        go: None,
-    };
+    let spec = HogSpec::leak("podlimit", 2, 200, 0);
     let hog = Hog::spawn(&app, spec);
     let (killed, answers, lead, message) = to_the_kill(&sw, hog, true).await;
     assert!(message.contains("the pod's memory.max"), "{message}");
@@ -609,14 +595,7 @@ async fn both_limits_resized() -> serde_json::Value {
     pod.cgroup().set("memory.max", &(128 * MIB).to_string());
     let app = pod.container("e5", Some(48 * MIB), true);
     let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
-    let spec = HogSpec {
-        label: "resize",
-        step_mib: 30,
-        delay_ms: 3_600_000,
-        sleepers: 0,
-        cgroupns: false,
-        go: None,
-    };
+    let spec = HogSpec::leak("resize", 30, 3_600_000, 0);
     let _hog = Hog::spawn(&app, spec);
     let mut followed = Vec::new();
     let steps: [(&Cgroup, u64, u64); 4] = [
@@ -644,14 +623,7 @@ async fn memory_qos() -> serde_json::Value {
     app.set("memory.high", &high.to_string());
     let (sw, _up) = sidewatch(Some(&app), None, &[("SIDEWATCH_MEMORY_INTERVAL", "1h")]).await;
     wait_metric(&sw, "sidewatch_memory_limit_bytes", high as f64).await;
-    let spec = HogSpec {
-        label: "qos",
-        step_mib: 123,
-        delay_ms: 3_600_000,
-        sleepers: 0,
-        cgroupns: false,
-        go: None,
-    };
+    let spec = HogSpec::leak("qos", 123, 3_600_000, 0);
     let hog = Hog::spawn(&app, spec);
     let body = sw.wait_reason("memory_high", WITHIN).await;
     let seen = hog.started.elapsed().as_secs_f64();
@@ -683,14 +655,7 @@ async fn auto_picks_the_pod() -> serde_json::Value {
     let (sw, _up) = sidewatch(None, Some(&sidecar), &[]).await;
     sw.wait_log("the pod's cgroup, parent of sidewatch's own")
         .await;
-    let spec = HogSpec {
-        label: "auto",
-        step_mib: 4,
-        delay_ms: 100,
-        sleepers: 1,
-        cgroupns: false,
-        go: None,
-    };
+    let spec = HogSpec::leak("auto", 4, 100, 1);
     let hog = Hog::spawn(&app, spec);
     hog.killed().await;
     sw.wait_reason("oom_killed", WITHIN).await;
@@ -704,12 +669,9 @@ async fn app_root_in_a_cgroup_namespace() -> serde_json::Value {
     let pod = Pod::systemd("0f5b6d3e-0008");
     let app = pod.container("h8", Some(48 * MIB), true);
     let spec = HogSpec {
-        label: "approot",
-        step_mib: 2,
-        delay_ms: 150,
-        sleepers: 0,
         cgroupns: true,
         go: Some(PathBuf::from("/tmp/approot-go")),
+        ..HogSpec::leak("approot", 2, 150, 0)
     };
     let hog = Hog::spawn(&app, spec);
     let env = [
@@ -739,14 +701,7 @@ async fn steady_leak_v1() -> serde_json::Value {
     let app = pod.container("v1a", Some(64 * MIB), false);
     let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
     sw.wait_log("eventfd memory.oom_control").await;
-    let spec = HogSpec {
-        label: "steadyv1",
-        step_mib: 1,
-        delay_ms: 300,
-        sleepers: 2,
-        cgroupns: false,
-        go: None,
-    };
+    let spec = HogSpec::leak("steadyv1", 1, 300, 2);
     let hog = Hog::spawn(&app, spec);
     app.wait_procs(3).await;
     let (killed, answers, lead, message) = to_the_kill(&sw, hog, true).await;
