@@ -219,6 +219,19 @@ async fn oom_kills_arrive_through_inotify_and_cool_down() {
         sw.metric("sidewatch_oom_group_kills_total").await,
         Some(0.0)
     );
+    // The memory counters' exposition, the new ones among them, as Prometheus's own checker
+    // reads it.
+    let (_, text) = sw.get("/metrics").await;
+    for name in [
+        "sidewatch_oom_group_kills_total",
+        "sidewatch_oom_killed_processes_total",
+        "sidewatch_memory_high_events_total",
+    ] {
+        assert!(text.contains(&format!("\n{name} ")), "{name} missing");
+    }
+    if let Some((clean, report)) = common::promtool_check_metrics(&text) {
+        assert!(clean, "promtool failed or warned: {report}");
+    }
     sw.wait_ready(WITHIN).await;
     sw.wait_log("inotify memory.events").await;
 }
