@@ -11,6 +11,7 @@ pub mod read;
 pub mod sample;
 mod series;
 mod watched;
+pub mod wire;
 
 pub use plan::{plan, Plan, PlanError};
 pub use series::MemoryMetrics;
