@@ -7,7 +7,7 @@
 //! ID when it is replaced, and see its main process die at once, with the memory interval at 5 s.
 //!
 //! The sidewatch image is `localhost/sidewatch:dev` (`scripts/image`), or the one named by
-//! `SIDEWATCH_TEST_IMAGE`; the busybox image is built here from the host's static busybox.
+//! `TEST_SIDEWATCH_IMAGE`; the busybox image is built here from the host's static busybox.
 
 mod common;
 #[path = "common/fake_api.rs"]
@@ -71,31 +71,37 @@ fn busybox_image(podman: &Podman) -> Option<()> {
     Some(())
 }
 
-fn the_pod(image: &str) -> Value {
+/// Two app-like containers, the small one first ("the first container that is not sidewatch"
+/// would be wrong), and sidewatch with `memory.source: proc`, `kubernetes.app_container: big`
+/// and `env` besides.
+fn the_pod(image: &str, env: &[Value]) -> Value {
     let app = |name: &str, mib: u64| {
         json!({"name": name, "image": BUSYBOX_IMAGE, "command": holder(mib),
             "resources": {"limits": {"memory": "128Mi"}}})
     };
+    let mut all = vec![
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        json!({"name": "CONTAINER_NAME", "value": "sidewatch"}),
+        json!({"name": "SIDEWATCH_KUBERNETES_APP_CONTAINER", "value": "big"}),
+        json!({"name": "SIDEWATCH_MEMORY_SOURCE", "value": "proc"}),
+    ];
+    all.extend_from_slice(env);
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "inpod-1", "namespace": "shop"},
         "spec": {
             "shareProcessNamespace": true,
             "terminationGracePeriodSeconds": 2,
-            // The small one first: "the first container that is not sidewatch" would be wrong.
             "containers": [app("small", 5), app("big", 60),
-                {"name": "sidewatch", "image": image,
-                 "env": [
-                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                    {"name": "CONTAINER_NAME", "value": "sidewatch"},
-                    {"name": "SIDEWATCH_KUBERNETES_ENABLED", "value": "true"},
-                    {"name": "SIDEWATCH_KUBERNETES_APP_CONTAINER", "value": "big"},
-                    {"name": "SIDEWATCH_MEMORY_SOURCE", "value": "proc"},
-                    {"name": "SIDEWATCH_MEMORY_INTERVAL", "value": "5s"}],
+                {"name": "sidewatch", "image": image, "env": all,
                  "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9102}},
                  "securityContext": {"runAsUser": 65532, "runAsGroup": 65532,
                     "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                     "capabilities": {"drop": ["ALL"]}}}]}})
+}
+
+fn image() -> String {
+    std::env::var("TEST_SIDEWATCH_IMAGE").unwrap_or_else(|_| SIDEWATCH_IMAGE.into())
 }
 
 /// Names the container `name` in the pod status by `id`, as the kubelet does once it runs.
@@ -114,7 +120,6 @@ fn report_id(api: &FakeApi, name: &str, id: &str, restarts: i64) {
 
 struct Pod {
     pod: RunningPod,
-    api: Arc<ApiAccess>,
     client: reqwest::Client,
 }
 
@@ -144,8 +149,13 @@ async fn the_named_app_container_is_watched_by_its_id_and_followed_to_its_next()
     if busybox_image(&podman).is_none() {
         return;
     }
-    let image = std::env::var("SIDEWATCH_TEST_IMAGE").unwrap_or_else(|_| SIDEWATCH_IMAGE.into());
-    let spec = the_pod(&image);
+    let spec = the_pod(
+        &image(),
+        &[
+            json!({"name": "SIDEWATCH_KUBERNETES_ENABLED", "value": "true"}),
+            json!({"name": "SIDEWATCH_MEMORY_INTERVAL", "value": "5s"}),
+        ],
+    );
     let net = PodNet::next();
     let facts = kubelet::PodFacts::of(&spec, &net.ip);
     let pki = pki::Pki::new();
@@ -160,7 +170,6 @@ async fn the_named_app_container_is_watched_by_its_id_and_followed_to_its_next()
         tokio::task::block_in_place(|| RunningPod::start(&podman, &spec, net, Some(api.clone())));
     let p = Pod {
         pod: running,
-        api,
         client: common::client(),
     };
 
@@ -179,7 +188,7 @@ async fn the_named_app_container_is_watched_by_its_id_and_followed_to_its_next()
 
     for name in ["small", "big"] {
         let id = p.pod.container(name).podman.clone();
-        report_id(&p.api.api, name, &id, 0);
+        report_id(&api.api, name, &id, 0);
     }
     let big = p
         .wait_usage("the big container's RSS (~60 MiB)", 55.0..100.0)
@@ -210,7 +219,7 @@ async fn the_named_app_container_is_watched_by_its_id_and_followed_to_its_next()
     let command = holder(30);
     args.extend(command[1..].iter().map(String::as_str));
     let next = p.pod.podman.ok(&args);
-    report_id(&p.api.api, "big", &next, 1);
+    report_id(&api.api, "big", &next, 1);
     let followed = p
         .wait_usage("the next big container's RSS (~30 MiB)", 25.0..50.0)
         .await;
@@ -258,7 +267,7 @@ async fn the_named_app_container_is_watched_by_its_id_and_followed_to_its_next()
     );
 
     // An OOM kill is the pod watch's to report for this source (RSS sees no kills): still so.
-    p.api.api.update_pod(|pod| {
+    api.api.update_pod(|pod| {
         let big = &mut pod["status"]["containerStatuses"][1];
         big["restartCount"] = 2.into();
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -272,4 +281,60 @@ async fn the_named_app_container_is_watched_by_its_id_and_followed_to_its_next()
     })
     .await;
     p.pod.podman.ok(&["rm", "--force", "--time", "0", &next]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_pod_watch_only_a_lone_other_container_is_the_app() {
+    let Some(podman) = Podman::get() else { return };
+    if busybox_image(&podman).is_none() {
+        return;
+    }
+    let limit = json!({"name": "SIDEWATCH_MEMORY_LIMIT", "valueFrom":
+        {"resourceFieldRef": {"containerName": "big", "resource": "limits.memory"}}});
+    let spec = the_pod(
+        &image(),
+        &[
+            json!({"name": "SIDEWATCH_KUBERNETES_ENABLED", "value": "false"}),
+            json!({"name": "SIDEWATCH_MEMORY_INTERVAL", "value": "250ms"}),
+            limit,
+        ],
+    );
+    let running =
+        tokio::task::block_in_place(|| RunningPod::start(&podman, &spec, PodNet::next(), None));
+    let p = Pod {
+        pod: running,
+        client: common::client(),
+    };
+    // Two other containers and no pod watch to say which is the app: none, and why, once.
+    eventually("the sidecar's /metrics", WITHIN, || async {
+        p.metric(r#"sidewatch_memory_source{source="none"}"#)
+            .await
+            .filter(|v| *v == 1.0)
+    })
+    .await;
+    eventually("the log saying why nothing is watched", WITHIN, || async {
+        let logs = p.pod.logs("sidewatch");
+        logs.contains("without the pod watch").then_some(())
+    })
+    .await;
+    // The small one gone, the big one is the only other container: it is the app.
+    p.pod.podman.ok(&[
+        "rm",
+        "--force",
+        "--time",
+        "0",
+        &p.pod.container("small").podman,
+    ]);
+    let big = p
+        .wait_usage("the big container's RSS (~60 MiB)", 55.0..100.0)
+        .await;
+    eprintln!("watching the lone other container: {big:.1} MiB");
+    let proc = r#"sidewatch_memory_source{source="proc"}"#;
+    assert_eq!(p.metric(proc).await, Some(1.0));
+    let limit = p.metric("sidewatch_memory_limit_bytes").await;
+    assert_eq!(
+        limit,
+        Some((128u64 << 20) as f64),
+        "the downward API's limit"
+    );
 }
