@@ -62,15 +62,16 @@ pub fn find(pattern: &str) -> Option<AppProcess> {
 /// The app's main process in a pod that shares its process namespace, when no `process.match`
 /// names it: the oldest process of the one container other than sidewatch's and the pod's pause
 /// process (PID 1). Containers are told apart by their cgroup (`/proc/<pid>/cgroup`, readable by
-/// all). `None` when no other container's process is visible, or more than one container's are:
-/// which one is the app is then for `process.match` to say.
-pub fn other_container() -> Option<AppProcess> {
+/// all). None when no other container's process is visible, or more than one container's are:
+/// which one is the app is then for the container ID (the pod watch) or `process.match` to say.
+pub fn other_container() -> Result<AppProcess, OtherContainer> {
     let own = std::process::id() as i32;
     let cgroup_of = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok();
-    let mine = cgroup_of(own)?;
+    let mine = cgroup_of(own).ok_or(OtherContainer::None)?;
     let pause = cgroup_of(1);
     let mut app: Option<(String, u64, AppProcess)> = None;
-    for process in procfs::process::all_processes().ok()?.flatten() {
+    let all = procfs::process::all_processes().map_err(|_| OtherContainer::None)?;
+    for process in all.flatten() {
         if process.pid == own || process.pid == 1 {
             continue;
         }
@@ -87,7 +88,7 @@ pub fn other_container() -> Option<AppProcess> {
             continue; // a kernel thread, or a zombie
         }
         match &app {
-            Some((seen, ..)) if *seen != cgroup => return None, // two containers: ambiguous
+            Some((seen, ..)) if *seen != cgroup => return Err(OtherContainer::Several),
             Some((_, start, _)) if *start <= stat.starttime => {}
             _ => {
                 let command = cmdline.join(" ");
@@ -102,7 +103,14 @@ pub fn other_container() -> Option<AppProcess> {
             }
         }
     }
-    app.map(|(_, _, p)| p)
+    app.map(|(_, _, p)| p).ok_or(OtherContainer::None)
+}
+
+/// Why `other_container` found no app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtherContainer {
+    None,
+    Several,
 }
 
 /// True in a pod whose containers share one process namespace: PID 1 is the pod's pause process
@@ -211,7 +219,7 @@ impl ProcessWatcher {
 }
 
 /// Resolves when `pid` exits: at once through a pidfd, else by polling `/proc/<pid>`.
-async fn wait_for_exit(pid: i32, poll: Duration) {
+pub(crate) async fn wait_for_exit(pid: i32, poll: Duration) {
     let pidfd = rustix::process::Pid::from_raw(pid)
         .ok_or(rustix::io::Errno::INVAL)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))

@@ -88,3 +88,31 @@ async fn no_matching_process_is_not_ready() {
     };
     sw.wait_ready(WITHIN).await;
 }
+
+#[test]
+fn proc_without_match_needs_a_shared_process_namespace() {
+    use common::Within;
+    // This test's own PID 1 is no pod's pause process: the pod shares no process namespace.
+    let init = std::fs::read("/proc/1/cmdline").unwrap_or_default();
+    let init = String::from_utf8_lossy(&init);
+    if init.contains("pause") || init.contains("catatonit") {
+        common::skip_or_fail("this test runs inside a pod that shares its process namespace");
+        return;
+    }
+    let out = common::sidewatch_command()
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .args(["--target", "tcp://127.0.0.1:9"])
+        .env("SIDEWATCH_MEMORY_SOURCE", "proc")
+        .env_remove("SIDEWATCH_PROCESS_MATCH")
+        .env_remove("SIDEWATCH_MEMORY_LIMIT")
+        // Had it started, it would serve until the deadline and fail the test.
+        .output_within(Duration::from_secs(30))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("memory.source is proc without process.match")
+            && stderr.contains("shareProcessNamespace: true"),
+        "{stderr}"
+    );
+}

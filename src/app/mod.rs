@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DrainConfig};
+use crate::container::{AppContainer, Discovery};
 use crate::drain::{Access, Drain, DrainMetrics};
 use crate::engine::bus::{DrainEnd, Published};
 use crate::engine::task::{self, EngineMetrics};
@@ -183,8 +184,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         };
         tasks.spawn(name, drain.draining(), watcher.run());
     }
+    let (app_tx, app_rx) = watch::channel(AppContainer::default());
     if let Some(plan) = memory_plan {
         let watcher = MemoryWatcher {
+            discovery: Discovery::new(identity.is_some().then_some(app_rx)),
             plan,
             config: config.memory.clone(),
             inputs: inputs_tx.clone(),
@@ -210,6 +213,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics: KubeMetrics::new(&registry),
             verdict: verdict.clone(),
             notices: notices_rx,
+            app: app_tx,
         };
         watcher.spawn(&tasks, &shutdown);
     }

@@ -17,6 +17,7 @@ use kube::{Api, Client, Resource};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::container::AppContainer;
 use crate::engine::bus::{Input, Notice, Published};
 use crate::engine::{Kube, Observation, Signal};
 use crate::liveness::Tasks;
@@ -167,6 +168,8 @@ pub struct KubeWatcher {
     pub metrics: KubeMetrics,
     pub verdict: watch::Receiver<Arc<Published>>,
     pub notices: mpsc::Receiver<Notice>,
+    /// Where the app container's ID and limit go (the memory watcher's discovery).
+    pub app: watch::Sender<AppContainer>,
 }
 
 impl KubeWatcher {
@@ -180,6 +183,7 @@ impl KubeWatcher {
             metrics,
             verdict,
             notices,
+            app,
         } = self;
         let (info_tx, info_rx) = watch::channel(None);
         let publisher = Publisher::new(&identity, &config, metrics.clone());
@@ -204,6 +208,7 @@ impl KubeWatcher {
             info: info_tx,
             relists: 0,
             failing: false,
+            app,
         };
         tasks.spawn("kubernetes", stop, pods.run());
     }
@@ -220,6 +225,7 @@ struct PodWatcher {
     info: watch::Sender<Option<PodInfo>>,
     relists: u64,
     failing: bool,
+    app: watch::Sender<AppContainer>,
 }
 
 impl PodWatcher {
@@ -299,6 +305,14 @@ impl PodWatcher {
             tracing::warn!(container = %r.container, reason = r.reason, count = r.count, "container restarted");
         }
         self.send(Kube::App, update.app).await;
+        self.app.send_if_modified(|app| {
+            let changed = *app != update.app_container;
+            if changed {
+                tracing::info!(id = ?update.app_container.id, limit = ?update.app_container.limit, "kubernetes: the app container");
+            }
+            *app = update.app_container.clone();
+            changed
+        });
         if update.terminating {
             if !std::mem::replace(&mut self.terminating, true) {
                 tracing::info!("kubernetes: the pod is terminating; /drain is open to the kubelet");

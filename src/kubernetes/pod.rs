@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, ResourceRequirements};
 
+use crate::container::{strip_scheme, AppContainer};
 use crate::engine::Observation;
 use crate::reason::Reason;
 
@@ -31,6 +32,8 @@ pub struct PodUpdate {
     pub has_gate: bool,
     /// Every container of the pod but sidewatch's own, whose restarts are counted.
     pub containers: Vec<String>,
+    /// The app container's runtime ID and memory limit, for the memory watcher.
+    pub app_container: AppContainer,
 }
 
 /// The `reason` label values of `sidewatch_container_restarts_total`.
@@ -98,6 +101,10 @@ impl Tracker {
         });
         let mut restarts = Vec::new();
         let mut containers = Vec::new();
+        let mut app_container = AppContainer {
+            id: None,
+            limit: app.as_deref().and_then(|name| memory_limit(pod, name)),
+        };
         self.crash_loop = false;
         for s in statuses {
             if s.name == self.own_container {
@@ -130,6 +137,11 @@ impl Tracker {
                 _ => {}
             }
             if is_app {
+                app_container.id = s
+                    .container_id
+                    .as_deref()
+                    .and_then(strip_scheme)
+                    .map(str::to_owned);
                 let waiting = s.state.as_ref().and_then(|st| st.waiting.as_ref());
                 self.crash_loop =
                     waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff");
@@ -146,6 +158,7 @@ impl Tracker {
             restarts,
             has_gate,
             containers,
+            app_container,
         }
     }
 
@@ -204,6 +217,22 @@ impl Tracker {
             .find(|n| **n != self.own_container)
             .cloned()
     }
+}
+
+/// The container's `resources.limits.memory`, else the pod-level `spec.resources.limits.memory`
+/// (Kubernetes 1.34+). A quantity this parser cannot read counts as none: the log says so.
+fn memory_limit(pod: &Pod, container: &str) -> Option<u64> {
+    let spec = pod.spec.as_ref()?;
+    let own = spec.containers.iter().find(|c| c.name == container);
+    let limit = |r: Option<&ResourceRequirements>| r?.limits.as_ref()?.get("memory").cloned();
+    let quantity =
+        limit(own.and_then(|c| c.resources.as_ref())).or_else(|| limit(spec.resources.as_ref()))?;
+    quantity
+        .0
+        .parse::<crate::units::Bytes>()
+        .inspect_err(|e| tracing::info!(container, error = %e, "kubernetes: the app container's memory limit is unreadable; set memory.limit"))
+        .ok()
+        .map(|b| b.0)
 }
 
 fn last_termination(s: &ContainerStatus) -> (Option<String>, Option<SystemTime>) {

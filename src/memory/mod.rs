@@ -8,6 +8,7 @@ pub mod config;
 pub mod events;
 mod plan;
 pub mod read;
+mod resolve;
 pub mod sample;
 mod series;
 mod watched;
@@ -22,7 +23,6 @@ use tokio::sync::mpsc;
 
 use crate::engine::bus::{Input, Notice};
 use crate::engine::{Memory, Observation, Signal};
-use crate::process;
 use crate::reason::Reason;
 use crate::util::sleep_until;
 use assess::{Assessment, Assessor};
@@ -46,13 +46,18 @@ pub struct MemoryWatcher {
     pub metrics: MemoryMetrics,
     /// Where OOM kills go to become Kubernetes Events (the kubelet posts none for them).
     pub notices: Option<mpsc::Sender<Notice>>,
+    /// The app container's ID and limit from the pod watch, to find its processes.
+    pub discovery: crate::container::Discovery,
 }
 
 /// Where the current samples come from; re-resolved when the app process changes.
 #[derive(Clone, Debug, PartialEq)]
 enum Target {
     Cgroup(CgroupDir),
-    Processes { main: i32 },
+    Processes {
+        main: i32,
+        container: Option<String>,
+    },
     Nothing,
 }
 
@@ -60,6 +65,7 @@ impl MemoryWatcher {
     pub async fn run(self) {
         let mut assessor = Assessor::new(self.config.thresholds());
         let (wake_tx, mut wake_rx) = mpsc::channel(16);
+        self.discovery.forward_changes(wake_tx.clone());
         let mut armed = Armed::default();
         let mut target = Target::Nothing;
         let mut reported = false;
@@ -85,8 +91,17 @@ impl MemoryWatcher {
             if next != target || !reported {
                 armed.disarm();
                 files = read::Files::default();
-                if let Target::Processes { main } = &next {
-                    tracing::info!(pid = main, limit = ?self.config.limit.map(|b| b.0), "memory: watching the RSS of the app's processes");
+                if let Target::Processes { main, container } = &next {
+                    tracing::info!(
+                        pid = main,
+                        container,
+                        limit = self.limit(),
+                        "memory: watching the RSS of the app's processes"
+                    );
+                    let poll = self.config.interval;
+                    armed
+                        .tasks
+                        .push(resolve::on_exit(*main, poll, wake_tx.clone()));
                 }
                 self.metrics.source(match &next {
                     Target::Cgroup(dir) if dir.path.starts_with("/proc") => "app-root",
@@ -164,8 +179,9 @@ impl MemoryWatcher {
                 }
                 Version::V2 => sample::sample_v2(files, &dir.path, &dir.ancestors),
             },
-            Target::Processes { main } => {
-                sample::sample_proc(&process::family(*main), self.config.limit.map(|b| b.0))
+            Target::Processes { main, container } => {
+                let family = Self::family(*main, container.as_deref());
+                sample::sample_proc(&family, self.limit())
             }
             Target::Nothing => Ok(Sample::empty(std::time::Instant::now())),
         }
@@ -261,45 +277,6 @@ impl MemoryWatcher {
             old.abort();
         }
         armed_now
-    }
-
-    fn resolve(&self, current: &Target) -> Target {
-        let (pattern, cgroup, app_root, proc) = match &self.plan {
-            Plan::Cgroup(dir) => return Target::Cgroup(dir.clone()),
-            Plan::Process {
-                pattern,
-                cgroup,
-                app_root,
-                proc,
-            } => (pattern, *cgroup, *app_root, *proc),
-        };
-        let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
-        match current {
-            Target::Processes { main } if alive(*main) => return current.clone(),
-            Target::Cgroup(dir) if dir.path.is_dir() => return current.clone(),
-            _ => {}
-        }
-        let app = match pattern {
-            Some(pattern) => process::find(pattern),
-            None => process::other_container(),
-        };
-        let Some(app) = app else {
-            return Target::Nothing;
-        };
-        if cgroup {
-            if let Some(dir) = cgroup::of_process(app.pid) {
-                return Target::Cgroup(dir);
-            }
-        }
-        if app_root {
-            if let Some(dir) = cgroup::in_root_of(app.pid) {
-                return Target::Cgroup(dir);
-            }
-        }
-        if proc {
-            return Target::Processes { main: app.pid };
-        }
-        Target::Nothing
     }
 
     fn limit_v1(&self, dir: &CgroupDir) -> Option<u64> {

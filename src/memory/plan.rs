@@ -12,8 +12,8 @@ pub enum PlanError {
     SourceAndCgroup(&'static str),
     #[error("{} is not a memory cgroup: it has neither memory.current (v2) nor memory.usage_in_bytes (v1)", .0.display())]
     NotACgroup(std::path::PathBuf),
-    #[error("memory.source is proc, which needs process.match to find the app")]
-    ProcWithoutMatch,
+    #[error("memory.source is proc without process.match, which finds the app container's processes in a shared process namespace, but this pod shares none (PID 1 is not the pod's pause process): set shareProcessNamespace: true, or process.match")]
+    ProcWithoutSharedNamespace,
     #[error("memory.source is cgroup but no pod cgroup is visible: set memory.cgroup (--cgroup) or process.match")]
     NoPodCgroup,
 }
@@ -23,8 +23,8 @@ pub enum PlanError {
 pub enum Plan {
     /// A cgroup directory fixed at start-up (`--cgroup PATH`, or the pod's cgroup).
     Cgroup(CgroupDir),
-    /// Follow the app's process (matched by `process.match`, or the one other container's in a
-    /// shared process namespace), through the first way allowed that works: its cgroup as this
+    /// Follow the app's process (matched by `process.match`, or in a shared process namespace
+    /// the app container's by its ID from the pod watch, or the one other container's), through the first way allowed that works: its cgroup as this
     /// container's mounts show it (a hostPath of the node's tree), its cgroup as its own
     /// container sees it (through `/proc/<pid>/root`), or the RSS of it and its children.
     Process {
@@ -36,7 +36,8 @@ pub enum Plan {
 }
 
 /// Chooses the memory source at start-up, or says why there is none. An impossible explicit
-/// choice (a path that is no memory cgroup, `proc` without `process.match`) is an error.
+/// choice (a path that is no memory cgroup, `proc` without `process.match` nor a shared process
+/// namespace) is an error.
 pub fn plan(
     memory: &MemoryConfig,
     pattern: Option<&str>,
@@ -70,13 +71,17 @@ pub fn plan(
             };
             let mut why = format!("{why} ({pattern:?})");
             if matches!(source, Auto | Proc) && limit.is_none() {
-                why.push_str("; without memory.limit the RSS source has no limit to compare with");
+                why.push_str("; without memory.limit the RSS source compares with the limit in the pod spec, when the pod watch is on");
             }
             Ok((Some(process(Some(pattern), source)), why))
         }
-        (Proc, CgroupSetting::Auto, Option::None) => {
-            Err(PlanError::ProcWithoutMatch)
-        }
+        (Proc, CgroupSetting::Auto, Option::None) if process::shared_namespace() => Ok((
+            Some(process(Option::None, Proc)),
+            "the RSS of the app container's processes, found by its container ID from the pod \
+             status, or as the only other container's (shared process namespace)"
+                .into(),
+        )),
+        (Proc, CgroupSetting::Auto, Option::None) => Err(PlanError::ProcWithoutSharedNamespace),
         (AppRoot, CgroupSetting::Auto, Option::None) => Ok((
             Some(process(Option::None, AppRoot)),
             "the cgroup of the other container's process, through its container's root \

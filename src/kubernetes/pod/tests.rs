@@ -188,3 +188,72 @@ fn deletion_and_a_missing_gate_are_reported() {
     assert!(u.terminating);
     assert!(!u.has_gate);
 }
+
+fn tracker_of(app: Option<&str>) -> Tracker {
+    Tracker::new(
+        app.map(str::to_owned),
+        "sidewatch".into(),
+        "sidewatch.io/healthy".into(),
+        Duration::from_secs(15),
+    )
+}
+
+#[test]
+fn the_app_containers_id_and_limit_follow_its_restarts() {
+    let mut p = pod(0, None, None, false);
+    let mut tr = tracker_of(None);
+    // Before the kubelet reports an ID, and without limits: nothing known.
+    assert_eq!(tr.observe(&p, at(0)).app_container, AppContainer::default());
+    let json = |p: &Pod| serde_json::to_value(p).unwrap();
+    let mut v = json(&p);
+    v["status"]["containerStatuses"][0]["containerID"] = "containerd://abc123".into();
+    v["status"]["containerStatuses"][1]["containerID"] = "containerd://def456".into();
+    v["spec"]["containers"][0]["resources"] = serde_json::json!({"limits": {"memory": "64Mi"}});
+    p = serde_json::from_value(v.clone()).unwrap();
+    let seen = tr.observe(&p, at(1)).app_container;
+    assert_eq!(seen.id.as_deref(), Some("abc123"));
+    assert_eq!(seen.limit, Some(64 << 20));
+    // The restart brings a new ID; the one of another container never counts.
+    v["status"]["containerStatuses"][0]["containerID"] = "cri-o://0f0f0f".into();
+    p = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(
+        tr.observe(&p, at(2)).app_container.id.as_deref(),
+        Some("0f0f0f")
+    );
+    let mut logger = tracker_of(Some("logger"));
+    assert_eq!(
+        logger.observe(&p, at(2)).app_container.id.as_deref(),
+        Some("def456")
+    );
+    assert_eq!(logger.observe(&p, at(2)).app_container.limit, None);
+}
+
+#[test]
+fn the_pod_level_limit_counts_when_the_container_has_none() {
+    let mut v = serde_json::to_value(pod(0, None, None, false)).unwrap();
+    v["spec"]["resources"] = serde_json::json!({"limits": {"memory": "1Gi"}});
+    v["spec"]["containers"][1]["resources"] = serde_json::json!({"limits": {"memory": "32Mi"}});
+    let p: Pod = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(
+        tracker_of(None).observe(&p, at(0)).app_container.limit,
+        Some(1 << 30)
+    );
+    assert_eq!(
+        tracker_of(Some("logger"))
+            .observe(&p, at(0))
+            .app_container
+            .limit,
+        Some(32 << 20)
+    );
+    // A quantity the parser cannot read is no limit, not a panic, and not the pod's either: the
+    // container's own is the tighter one.
+    v["spec"]["containers"][1]["resources"] = serde_json::json!({"limits": {"memory": "lots"}});
+    let p: Pod = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        tracker_of(Some("logger"))
+            .observe(&p, at(0))
+            .app_container
+            .limit,
+        None
+    );
+}
