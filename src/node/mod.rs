@@ -55,7 +55,7 @@ pub struct NodeArgs {
     )]
     pub cgroup_root: PathBuf,
     /// The node this agent serves (downward API spec.nodeName): pods elsewhere are refused.
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = "NODE_NAME", value_parser = nonempty)]
     pub node_name: String,
     /// How often a stream looks when its client does not ask (kernel events come at once).
     #[arg(long, env = "SIDEWATCH_NODE_INTERVAL", default_value = "250ms", value_parser = interval)]
@@ -63,6 +63,14 @@ pub struct NodeArgs {
     /// Streams open at once, all pods together; the node's pod capacity is a good value.
     #[arg(long, env = "SIDEWATCH_NODE_MAX_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: u32,
+}
+
+/// An empty name (a downward-API variable left unset) would refuse every pod, silently.
+fn nonempty(text: &str) -> Result<String, String> {
+    match text.trim() {
+        "" => Err("must not be empty".into()),
+        name => Ok(name.to_owned()),
+    }
 }
 
 fn interval(text: &str) -> Result<Duration, String> {
