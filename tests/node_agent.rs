@@ -156,6 +156,41 @@ impl Drop for ReadOnly {
     }
 }
 
+/// The fake API server with pods A and B on this node and C on another, and a token of each for
+/// the agent's audience, and A's for the API server's.
+async fn api() -> FakeApi {
+    let api = FakeApi::start(pod("web-a", UID_A, NODE, ID_A)).await;
+    api.add_pod(pod("web-b", UID_B, NODE, ID_B));
+    api.add_pod(pod("web-c", UID_C, "node-b", "cccc0001"));
+    for (token, pod, uid) in [
+        ("token-a", "web-a", UID_A),
+        ("token-b", "web-b", UID_B),
+        ("token-c", "web-c", UID_C),
+    ] {
+        let user = policy::pod_token("shop", "default", pod, uid);
+        api.set_token(token, &[AUDIENCE], user);
+    }
+    let api_audience = "https://kubernetes.default.svc";
+    let a = policy::pod_token("shop", "default", "web-a", UID_A);
+    api.set_token("token-a-for-the-api", &[api_audience], a);
+    api
+}
+
+fn launch(root: &str, interval: &str, kubeconfig: &Path) -> Sidewatch {
+    let args = [
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--cgroup-root",
+        root,
+        "--node-name",
+        NODE,
+        "--interval",
+        interval,
+    ];
+    Sidewatch::launch(None, &args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
+}
+
 async fn setup(name: &str, interval: &str) -> Option<Setup> {
     setup_with(name, interval, false).await
 }
@@ -171,24 +206,7 @@ async fn setup_with(name: &str, interval: &str, read_only: bool) -> Option<Setup
         &format!("kubepods/burstable/pod{UID_B}/{ID_B}"),
         Some(96 << 20),
     );
-    let api = FakeApi::start(pod("web-a", UID_A, NODE, ID_A)).await;
-    api.add_pod(pod("web-b", UID_B, NODE, ID_B));
-    api.add_pod(pod("web-c", UID_C, "node-b", "cccc0001"));
-    for (token, pod, uid) in [
-        ("token-a", "web-a", UID_A),
-        ("token-b", "web-b", UID_B),
-        ("token-c", "web-c", UID_C),
-    ] {
-        api.set_token(
-            token,
-            &[AUDIENCE],
-            policy::pod_token("shop", "default", pod, uid),
-        );
-    }
-    // A's own token, but for the API server: not for the agent.
-    let api_audience = "https://kubernetes.default.svc";
-    let a = policy::pod_token("shop", "default", "web-a", UID_A);
-    api.set_token("token-a-for-the-api", &[api_audience], a);
+    let api = api().await;
     let dir = common::tempdir::Dir::new();
     let kubeconfig = api.kubeconfig(dir.path());
     let mount = match read_only {
@@ -199,18 +217,7 @@ async fn setup_with(name: &str, interval: &str, read_only: bool) -> Option<Setup
         Some(m) => m.0.to_str().unwrap().to_owned(),
         None => tree.root.to_str().unwrap().to_owned(),
     };
-    let args = [
-        "node",
-        "--listen",
-        "127.0.0.1:0",
-        "--cgroup-root",
-        &root,
-        "--node-name",
-        NODE,
-        "--interval",
-        interval,
-    ];
-    let agent = Sidewatch::launch(None, &args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let agent = launch(&root, interval, &kubeconfig);
     Some(Setup {
         agent,
         _mount: mount,
@@ -514,4 +521,71 @@ async fn a_restarted_container_is_followed_to_its_new_id() {
     };
     assert_eq!(back.limit, Some(48 << 20), "the new container's cgroup");
     assert_eq!(s.agent.metric("sidewatch_node_streams").await, Some(1.0));
+}
+
+/// A cgroup v2 directory of regular files, as `memory.*` files read.
+fn v2_files(dir: &Path, current: u64, max: &str, oom_kills: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    write("memory.current", format!("{current}\n"));
+    write("memory.max", format!("{max}\n"));
+    write("memory.high", "max\n".into());
+    write("memory.stat", "anon 1\ninactive_file 0\n".into());
+    write(
+        "memory.events",
+        format!("low 0\nhigh 0\nmax 0\noom {oom_kills}\noom_kill {oom_kills}\noom_group_kill {oom_kills}\n"),
+    );
+    write(
+        "memory.events.local",
+        "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n".into(),
+    );
+}
+
+/// A cgroup v2 node with the systemd driver (a tree of regular files: the names are what this
+/// tests): A's container is found by its `cri-containerd-<id>.scope`, the pod-level limit on its
+/// `kubepods-burstable-pod<uid with _>.slice` binds, and a change of `memory.events` (inotify)
+/// is streamed at once though polling is at 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_systemd_tree_gives_the_pod_level_limit_and_memory_events_at_once() {
+    let dir = common::tempdir::Dir::new();
+    let root = dir.path().join("cgroup");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    let pod = root.join(format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        UID_A.replace('-', "_")
+    ));
+    let app = pod.join(format!("cri-containerd-{ID_A}.scope"));
+    v2_files(&pod, 200 << 20, &(256u64 << 20).to_string(), 0);
+    v2_files(&app, 150 << 20, "max", 0);
+    let api = api().await;
+    let agent = launch(root.to_str().unwrap(), "5s", &api.kubeconfig(dir.path()));
+    let mut a = stream(&agent, "token-a", "web-a").await;
+    let (first, tick) = match a.next(Duration::from_secs(5)).await {
+        Some((Line::Sample(s), at)) => (s, at),
+        other => panic!("want a sample, got {other:?}"),
+    };
+    assert_eq!(first.limit, Some(256 << 20), "{first:?}");
+    let bound = first.bound.expect("bound");
+    assert_eq!((bound.level, bound.scope.as_str()), (1, "pod"));
+    assert_eq!(
+        first.working_set,
+        200 << 20,
+        "the pod's usage against its limit"
+    );
+    v2_files(&app, 150 << 20, "max", 1);
+    // A rewrite is a truncation and a write: a look may come between them.
+    let (kill, at) = loop {
+        match a.next(Duration::from_secs(10)).await {
+            Some((Line::Sample(s), at)) if s.oom.is_some_and(|o| o.kills > 0) => break (s, at),
+            Some(_) => {}
+            None => panic!("the stream ended"),
+        }
+    };
+    eprintln!(
+        "memory.events' change streamed {:.0} ms after the first line (polling at 5 s)",
+        (at - tick).as_secs_f64() * 1e3
+    );
+    assert_eq!(kill.oom.map(|o| o.kills), Some(1));
+    assert!(at - tick < Duration::from_secs(4), "it waited for the tick");
 }
