@@ -1,4 +1,4 @@
-//! The command line (`run`, `check-config`, `demo`, `version`) and its dispatch.
+//! The command line (`run`, `check-config`, `demo`, `webhook`, `node`, `version`) and its dispatch.
 
 use std::process::ExitCode;
 
@@ -26,6 +26,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Serve the mutating admission webhook that injects sidewatch into pods.
     Webhook(crate::webhook::WebhookArgs),
+    /// The node agent (a DaemonSet): serves each pod's sidecar its pod's memory from the node's
+    /// cgroup tree (memory source `node`).
+    Node(crate::node::NodeArgs),
     /// Print the version.
     Version,
 }
@@ -61,6 +64,10 @@ pub fn main() -> ExitCode {
         Command::Webhook(args) => {
             logging::init(LogFormat::Text, "info");
             block_on(crate::webhook::run(args))
+        }
+        Command::Node(args) => {
+            logging::init(LogFormat::Text, "info");
+            block_on(async move { Ok(crate::node::run(args).await?) })
         }
         Command::Demo(args) => {
             logging::init(LogFormat::Text, "warn");

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod net;
+pub mod node;
 pub mod overload;
 pub mod page;
 pub mod probe;

@@ -6,7 +6,10 @@
 //! and closed unanswered, and counted). Every write passes the own-pod ValidatingAdmissionPolicy
 //! shipped in deploy/policy first, evaluated on the caller's token (by default the projected
 //! token of the fake's pod for the `sidewatch` service account; `set_caller` changes it), and is
-//! refused with 403 as the API server does when it denies. Its waits poll with
+//! refused with 403 as the API server does when it denies. It also answers GET of one pod by name
+//! (the fake's pod and those added with `add_pod`) and TokenReviews (authentication.k8s.io/v1)
+//! from a token table the test sets (`set_token`), as the API server's authenticator would,
+//! audiences included. Its waits poll with
 //! `common::eventually`: a test crate that includes it includes `common` too.
 #![allow(dead_code)] // each test crate uses its own subset
 
@@ -60,6 +63,10 @@ struct State {
     events: std::collections::HashMap<String, Value>,
     /// The policy's verdict on each write it was asked about: (method path, verdict).
     verdicts: Vec<(String, Verdict)>,
+    /// Pods beside `pod`, served by GET by name only.
+    others: Vec<Value>,
+    /// Token → (audiences it was issued for, the userInfo it authenticates as).
+    tokens: std::collections::HashMap<String, (Vec<String>, Value)>,
 }
 
 #[derive(Clone)]
@@ -116,6 +123,8 @@ impl FakeApi {
                 caller,
                 events: Default::default(),
                 verdicts: Vec::new(),
+                others: Vec::new(),
+                tokens: Default::default(),
             })),
             changed: Arc::new(Notify::new()),
             cut: Arc::new(tokio::sync::watch::channel(0).0),
@@ -167,6 +176,22 @@ impl FakeApi {
     /// The requests come from this userInfo from now on (`policy::pod_token` of another pod…).
     pub fn set_caller(&self, caller: Value) {
         self.state.lock().unwrap().caller = caller;
+    }
+
+    /// Another pod, answered to GET by its namespace and name.
+    pub fn add_pod(&self, pod: Value) {
+        self.state.lock().unwrap().others.push(pod);
+    }
+
+    /// A token the TokenReviews know: issued for `audiences`, authenticating as `user` (a
+    /// `policy::pod_token` userInfo for a pod's projected token).
+    pub fn set_token(&self, token: &str, audiences: &[&str], user: Value) {
+        let audiences = audiences.iter().map(|a| (*a).to_owned()).collect();
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .insert(token.to_owned(), (audiences, user));
     }
 
     /// The own-pod policy's verdict on each write so far: ("PATCH /api/v1/…", verdict).
@@ -345,7 +370,29 @@ impl FakeApi {
             return json_response(code, status_body(code, "injected failure"));
         }
         let pods = path.starts_with("/api/v1/namespaces/") && path.ends_with("/pods");
+        let segments: Vec<&str> = path.split('/').collect();
+        // ["", "api", "v1", "namespaces", ns, "pods", name]
+        let one_pod = (segments.len() == 7 && segments[5] == "pods")
+            .then(|| (segments[4].to_owned(), segments[6].to_owned()));
         match (&method, path.as_str()) {
+            (&Method::GET, _) if one_pod.is_some() => {
+                let (namespace, name) = one_pod.unwrap_or_default();
+                let s = self.state.lock().unwrap();
+                let found = std::iter::once(&s.pod).chain(&s.others).find(|p| {
+                    p["metadata"]["namespace"] == namespace.as_str()
+                        && p["metadata"]["name"] == name.as_str()
+                });
+                match found {
+                    Some(pod) => json_response(200, pod.clone()),
+                    None => {
+                        json_response(404, status_body(404, &format!("pods \"{name}\" not found")))
+                    }
+                }
+            }
+            (&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
+                let s = self.state.lock().unwrap();
+                json_response(201, token_review(&s.tokens, &body))
+            }
             (&Method::GET, _) if pods && query.contains("watch=true") => self.watch(&query),
             (&Method::GET, _) if pods => {
                 let s = self.state.lock().unwrap();
@@ -510,6 +557,37 @@ fn merge_conditions(pod: &mut Value, patch: &Value) {
             None => conditions.push(c.clone()),
         }
     }
+}
+
+/// The API server's answer to a TokenReview: authenticated when the token is known and was
+/// issued for one of the audiences asked (the API server's own when none are).
+fn token_review(
+    tokens: &std::collections::HashMap<String, (Vec<String>, Value)>,
+    review: &Value,
+) -> Value {
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = match review["spec"]["audiences"].as_array() {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec!["https://kubernetes.default.svc".to_owned()],
+    };
+    let status = match tokens.get(token) {
+        None => {
+            json!({"authenticated": false, "error": "[invalid bearer token, token lookup failed]"})
+        }
+        Some((issued, user)) => {
+            let common: Vec<&String> = asked.iter().filter(|a| issued.contains(a)).collect();
+            if common.is_empty() {
+                json!({"authenticated": false, "error": "[invalid bearer token, token audiences is invalid for the target audiences]"})
+            } else {
+                json!({"authenticated": true, "user": user, "audiences": common})
+            }
+        }
+    };
+    json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null}, "spec": review["spec"].clone(), "status": status})
 }
 
 fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
