@@ -58,7 +58,9 @@ pub fn render(published: &Published, now: SystemTime) -> String {
                     }
                 }
                 @for n in &published.not_watched {
-                    p class="not_watched" { (n.part) ": not watched, because " (n.why) }
+                    p class="not_watched" {
+                        (n.part) ": " @if n.blind { "blind" } @else { "not watched" } ", because " (n.why)
+                    }
                 }
                 h2 { "Last transitions" }
                 @if published.history.is_empty() {
