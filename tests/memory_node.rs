@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use common::{eventually, tempdir, Sidewatch, Within};
 use fake_agent::{sample, FakeAgent};
 use serde_json::Value;
+use sidewatch::memory::read::ReadError;
+use sidewatch::memory::wire::Line;
 
 const WITHIN: Duration = Duration::from_secs(15);
 const POD: [&str; 3] = ["shop", "web-1", "app"];
@@ -85,6 +87,13 @@ impl Setup {
     }
 }
 
+fn gone_line() -> Vec<u8> {
+    let gone = ReadError::Gone {
+        path: "/sys/fs/cgroup/kubepods/pod1/app".into(),
+    };
+    Line::from_read(&Err(gone)).encode()
+}
+
 const NODE_AWAY: &str = "sidewatch_memory_read_errors_total{kind=\"node_away\"}";
 const NODE_REFUSED: &str = "sidewatch_memory_read_errors_total{kind=\"node_refused\"}";
 const GARBLED: &str = "sidewatch_memory_read_errors_total{kind=\"garbled\"}";
@@ -140,6 +149,16 @@ async fn the_agents_samples_make_the_verdict_and_an_oom_kill_counts_once() {
     s.sw.wait_reason("oom_killed", WITHIN).await;
     s.wait_metric("sidewatch_oom_group_kills_total", 2.0).await;
     assert_eq!(s.metric("sidewatch_oom_kills_total").await, 2.0);
+    // The container restarts: the agent finds its cgroup gone, then reads the new one, whose
+    // counters start from zero. Its first kill is a kill, though the count is below the old one.
+    s.agent.set_line(sample(60, 100, 1));
+    s.sw.wait_ready(WITHIN).await;
+    s.agent.send_once(gone_line());
+    s.sw.wait_metric_at_least("sidewatch_memory_read_errors_total{kind=\"gone\"}", 1.0)
+        .await;
+    s.wait_metric("sidewatch_oom_group_kills_total", 3.0).await;
+    assert_eq!(s.metric("sidewatch_oom_kills_total").await, 3.0);
+    s.sw.wait_log("the node agent reads a new cgroup").await;
     // All of it on one stream.
     assert_eq!(s.agent.seen().len(), 1, "{:?}", s.agent.seen());
 }

@@ -43,6 +43,8 @@ struct Session {
     last_error: Option<String>,
     /// Why memory is blind now, as the engine was told.
     blind: Option<String>,
+    /// The agent said the cgroup is gone (a container restart): the next sample is a new one's.
+    gone: bool,
     gauge: prometheus::IntGauge,
 }
 
@@ -57,6 +59,7 @@ impl MemoryWatcher {
             sent: Sent::default(),
             last_error: None,
             blind: None,
+            gone: false,
             gauge: self.metrics.node(),
         };
         tracing::info!(agent = %endpoint.describe(), "memory: reading this pod's memory from the node agent");
@@ -97,7 +100,13 @@ impl MemoryWatcher {
         let (mut body, _driver) = match tokio::time::timeout(silence, e.open(&token)).await {
             Ok(Ok(opened)) => opened,
             Ok(Err(away)) => return Ok((away, false)),
-            Err(_) => return Ok((silent(), false)),
+            Err(_) => {
+                let why = format!(
+                    "did not answer within {}",
+                    humantime::format_duration(silence)
+                );
+                return Ok((Away::new(why), false));
+            }
         };
         let mut lines = Lines::default();
         let mut pieces = Vec::new();
@@ -150,6 +159,11 @@ impl MemoryWatcher {
                     if s.last_error.take().is_some() {
                         tracing::info!("memory: readable again");
                     }
+                    if std::mem::take(&mut s.gone) {
+                        // Its counters start at zero: every kill it counts is new.
+                        s.assessor.new_cgroup();
+                        tracing::info!("memory: the node agent reads a new cgroup (a container restart?): watching it from zero");
+                    }
                     let assessment = s.assessor.assess(&sample);
                     self.publish(&sample, &assessment);
                     ok(self.send_all(assessment, &mut s.sent).await)?;
@@ -163,6 +177,7 @@ impl MemoryWatcher {
             },
             Line::Unreadable(e) => {
                 self.see_again(s).await?;
+                s.gone |= e.kind == "gone";
                 let kind = match e.kind.as_str() {
                     "gone" => "gone",
                     "missing" => "missing",
