@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Overrides};
 use crate::logging::{self, LogFormat};
+use crate::memory::node::Endpoint;
 
 /// Watches the app beside it and takes the pod out of rotation before clients see 502s.
 #[derive(Debug, Parser)]
@@ -48,6 +49,17 @@ pub fn main() -> ExitCode {
         }
         Command::CheckConfig(args) => match config::load_with(&args.config) {
             Ok(config) => {
+                // What only the environment completes, checked as `run` will at start-up.
+                if config.memory.source == config::MemorySource::Node {
+                    let app = config.kubernetes.app_container.as_deref();
+                    match Endpoint::new(&config.memory, app, |k| std::env::var(k).ok()) {
+                        Ok(e) => eprintln!("memory: the node agent's stream, {}", e.describe()),
+                        Err(e) => {
+                            eprintln!("sidewatch: config error: memory: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
                 println!("{}", config::render(&config));
                 ExitCode::SUCCESS
             }

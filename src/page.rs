@@ -15,7 +15,7 @@ h1.ready{background:#1a7f37}h1.not_ready{background:#cf222e}h1.draining{backgrou
 h2{font-size:1.1em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse}td,th{border:1px solid #d0d7de;padding:.25em .6em;\
 text-align:left;vertical-align:top}th{background:#f6f8fa}\
-td.up{color:#1a7f37}td.down{color:#cf222e}td.failing{color:#9a6700}td.starting{color:#656d76}\
+td.up{color:#1a7f37}td.down{color:#cf222e}td.failing{color:#9a6700}td.starting{color:#656d76}td.blind{color:#656d76}\
 .message{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-all}";
 
 pub fn render(published: &Published, now: SystemTime) -> String {
@@ -58,7 +58,9 @@ pub fn render(published: &Published, now: SystemTime) -> String {
                     }
                 }
                 @for n in &published.not_watched {
-                    p class="not_watched" { (n.part) ": not watched, because " (n.why) }
+                    p class="not_watched" {
+                        (n.part) ": " @if n.blind { "blind" } @else { "not watched" } ", because " (n.why)
+                    }
                 }
                 h2 { "Last transitions" }
                 @if published.history.is_empty() {

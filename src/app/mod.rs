@@ -68,8 +68,11 @@ pub struct Running {
 
 /// Starts everything; must be called inside a tokio runtime, which then serves the admin port.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let (memory_plan, memory_why) =
-        memory::plan(&config.memory, config.process.pattern.as_deref())?;
+    let (memory_plan, memory_why) = memory::plan(
+        &config.memory,
+        config.process.pattern.as_deref(),
+        config.kubernetes.app_container.as_deref(),
+    )?;
     match &memory_plan {
         Some(_) => tracing::info!(source = %memory_why, "memory: source chosen"),
         None => tracing::info!(why = %memory_why, "memory: no source, memory signals off"),

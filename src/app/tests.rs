@@ -44,7 +44,7 @@ fn the_metric_table_lists_exactly_the_registered_metrics() {
         always(r, false);
         MemoryMetrics::new(r);
     });
-    let parts: [(&str, BTreeSet<String>, &BTreeSet<String>); 8] = [
+    let parts: [(&str, BTreeSet<String>, &BTreeSet<String>); 9] = [
         ("always", base.clone(), &BTreeSet::new()),
         (
             "probes",
@@ -60,6 +60,14 @@ fn the_metric_table_lists_exactly_the_registered_metrics() {
             names(|r| {
                 always(r, false);
                 MemoryMetrics::new(r).pressure(Some(Default::default()));
+            }),
+            &memory,
+        ),
+        (
+            "memory source `node`",
+            names(|r| {
+                always(r, false);
+                MemoryMetrics::new(r).node();
             }),
             &memory,
         ),

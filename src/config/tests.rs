@@ -237,7 +237,7 @@ fn bad_or_unknown_env_is_named() {
 fn none_turns_memory_off_in_the_file_as_on_the_command_line() {
     let c = parse("memory: {cgroup: none}\n").unwrap();
     assert_eq!(c.memory.cgroup, CgroupSetting::None);
-    let (plan, why) = crate::memory::plan(&c.memory, Some("app")).unwrap();
+    let (plan, why) = crate::memory::plan(&c.memory, Some("app"), None).unwrap();
     assert!(plan.is_none(), "{why}");
     let mut c = Config::default();
     let flags = Overrides {
@@ -250,5 +250,67 @@ fn none_turns_memory_off_in_the_file_as_on_the_command_line() {
         render(&c).contains("\"cgroup\": \"none\""),
         "{}",
         render(&c)
+    );
+}
+
+#[test]
+fn the_node_source_and_its_agent_parse_with_defaults() {
+    use crate::memory::config::NodeAgent;
+    let c = parse("memory: {source: node}\n").unwrap();
+    assert_eq!(c.memory.source, MemorySource::Node);
+    assert_eq!(c.memory.node.agent, NodeAgent::Auto);
+    assert_eq!(
+        c.memory.node.token_file,
+        Path::new("/var/run/secrets/sidewatch.io/node/token")
+    );
+    let c = parse(
+        "memory:\n  source: node\n  node:\n    agent: http://[fd00::1]:9000\n    token_file: /t\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.memory.node.agent,
+        NodeAgent::Http("[fd00::1]:9000".into())
+    );
+    assert_eq!(c.memory.node.token_file, Path::new("/t"));
+    // Without a port, the agent's own.
+    let c = parse("memory: {node: {agent: \"http://node-a\"}}\n").unwrap();
+    assert_eq!(c.memory.node.agent.to_string(), "http://node-a:9465");
+    assert_eq!(parse(&render(&c)).unwrap(), c);
+}
+
+#[test]
+fn a_bad_node_agent_is_named_with_its_line_and_field() {
+    for (agent, says) in [
+        ("https://10.0.0.1:9465", "not http"),
+        ("http://10.0.0.1:9465/v1/memory", "path"),
+        ("10.0.0.1:9465", "not http"),
+        ("http://u:p@10.0.0.1:9465", "user info"),
+    ] {
+        let (line, _, field, message) = file_error(&format!(
+            "memory:\n  source: node\n  node:\n    agent: {agent}\n"
+        ));
+        assert_eq!((line, field.as_str()), (4, "memory.node.agent"), "{agent}");
+        assert!(message.contains(says), "{agent}: {message}");
+    }
+    let (line, _, field, _) = file_error("memory:\n  node:\n    token: /t\n");
+    assert_eq!((line, field.as_str()), (3, "memory.node.token"));
+}
+
+#[test]
+fn the_node_source_is_set_by_the_environment() {
+    let env = [
+        ("SIDEWATCH_MEMORY_SOURCE", "node"),
+        (
+            "SIDEWATCH_MEMORY_NODE",
+            "{agent: \"http://127.0.0.1:9000\"}",
+        ),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let c = load(None, env, &Overrides::default()).unwrap();
+    assert_eq!(c.memory.source, MemorySource::Node);
+    assert_eq!(c.memory.node.agent.to_string(), "http://127.0.0.1:9000");
+    assert_eq!(
+        c.memory.node.token_file,
+        crate::memory::config::NodeConfig::default().token_file
     );
 }

@@ -18,6 +18,11 @@ pub enum Input {
     Drain {
         message: String,
     },
+    /// A part cannot see now (`why`), or sees again (`None`): `Engine::blind`.
+    Blind {
+        part: &'static str,
+        why: Option<String>,
+    },
 }
 
 /// A verdict as the HTTP server serves it: reading it never waits on the engine. With every

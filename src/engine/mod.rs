@@ -85,11 +85,14 @@ pub struct SignalView {
 }
 
 /// A part that watches nothing, and why: said by `/readyz?verbose` and the status page, so that
-/// "ready" is read knowing what was not looked at.
+/// "ready" is read knowing what was not looked at. `blind`: the part is set up to watch but cannot
+/// see now (its source is away); its signals veto nothing until it sees again.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NotWatched {
     pub part: &'static str,
     pub why: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub blind: bool,
 }
 
 /// What a drain does to readiness.
@@ -250,7 +253,36 @@ impl Engine {
 
     /// Says that `part` watches nothing, and why.
     pub fn not_watched(&mut self, part: &'static str, why: String) {
-        self.not_watched.push(NotWatched { part, why });
+        self.not_watched.push(NotWatched {
+            part,
+            why,
+            blind: false,
+        });
+    }
+
+    /// Says that `part` cannot see now, and why (`Some`), or that it sees again (`None`). While
+    /// blind, its signals neither veto nor warn: what it cannot see is no verdict on the app,
+    /// and a source shared by a whole node (its agent restarting) must not take every pod out.
+    pub fn blind(&mut self, part: &'static str, why: Option<String>) -> Change {
+        let before = self.not_watched.clone();
+        self.not_watched.retain(|n| !(n.blind && n.part == part));
+        if let Some(why) = why {
+            self.not_watched.push(NotWatched {
+                part,
+                why,
+                blind: true,
+            });
+        }
+        match self.recompute() {
+            Change::None if self.not_watched != before => Change::Detail,
+            change => change,
+        }
+    }
+
+    fn is_blind(&self, signal: &Signal) -> bool {
+        self.not_watched
+            .iter()
+            .any(|n| n.blind && n.part == signal.part())
     }
 
     pub fn parts_not_watched(&self) -> &[NotWatched] {
@@ -264,6 +296,7 @@ impl Engine {
             .map(|(signal, state)| SignalView {
                 signal: signal.clone(),
                 state: match state.health {
+                    _ if self.is_blind(signal) => "blind",
                     Health::Starting => "starting",
                     Health::Up if state.failure.is_some() => "failing",
                     Health::Up => "up",
@@ -280,6 +313,7 @@ impl Engine {
         let mut warnings = Vec::new();
         for (name, state) in &self.signals {
             let cause = match (state.health, &state.failure) {
+                _ if self.is_blind(name) => continue,
                 (Health::Up, _) => continue,
                 (_, Some(failure)) => failure.clone(),
                 (Health::Starting, None) => Cause {

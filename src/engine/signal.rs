@@ -52,6 +52,18 @@ impl Signal {
     pub fn probe(name: &str) -> Signal {
         Signal::Probe(name.into())
     }
+
+    /// The part that feeds it, as the engine's "not watched" list names parts.
+    pub fn part(&self) -> &'static str {
+        match self {
+            Signal::Kube(_) => "kubernetes",
+            Signal::Memory(_) => "memory",
+            Signal::Overload => "overload",
+            Signal::Probe(_) => "probes",
+            Signal::Process => "process",
+            Signal::Drain => "drain",
+        }
+    }
 }
 
 impl fmt::Display for Signal {

@@ -101,6 +101,7 @@ pub async fn run_engine(
                 observation,
             } => engine.observe(&signal, observation, now),
             Input::Drain { message } => engine.start_drain(&message, now),
+            Input::Blind { part, why } => engine.blind(part, why),
         };
         if change == Change::None {
             continue;

@@ -260,3 +260,69 @@ fn serving_while_terminating_still_fails_a_drain_of_a_pod_kubernetes_keeps() {
     assert!(!v.ready && v.draining);
     assert_eq!(v.reasons[0].reason, Reason::Draining);
 }
+
+#[test]
+fn a_blind_part_vetoes_nothing_says_why_and_sees_again() {
+    let mut e = Engine::new();
+    let usage = Signal::Memory(Memory::Usage);
+    e.register(probe("app"), SPEC, t(0));
+    e.register(usage.clone(), SPEC, t(0));
+    e.observe(&probe("app"), Observation::Success, t(1));
+    assert_eq!(reasons(&e), [("memory:usage".into(), Reason::Starting)]);
+    // Blind before its first sample: not starting, not ready-vetoing, and said.
+    let why = "the node agent at http://10.0.0.1:9465 cannot be reached".to_owned();
+    assert_eq!(e.blind("memory", Some(why.clone())), Change::Readiness);
+    assert!(e.verdict().ready);
+    assert!(e.verdict().warnings.is_empty());
+    assert_eq!(
+        e.parts_not_watched(),
+        [NotWatched {
+            part: "memory",
+            why: why.clone(),
+            blind: true
+        }]
+    );
+    let state = |e: &Engine, s: &Signal| {
+        e.signals()
+            .into_iter()
+            .find(|v| v.signal == *s)
+            .unwrap()
+            .state
+    };
+    assert_eq!(state(&e, &usage), "blind");
+    assert_eq!(state(&e, &probe("app")), "up");
+    // The same again changes nothing; another reason is a detail.
+    assert_eq!(e.blind("memory", Some(why)), Change::None);
+    assert_eq!(
+        e.blind("memory", Some("ended the stream".into())),
+        Change::Detail
+    );
+    assert_eq!(e.parts_not_watched().len(), 1);
+    // Observations while blind are kept: the signal is judged on them once it sees again.
+    e.observe(&usage, fail(Reason::MemoryHigh), t(2));
+    e.observe(&usage, fail(Reason::MemoryHigh), t(3));
+    assert!(e.verdict().ready);
+    assert_eq!(e.blind("memory", None), Change::Readiness);
+    assert_eq!(reasons(&e), [("memory:usage".into(), Reason::MemoryHigh)]);
+    assert!(e.parts_not_watched().is_empty());
+    assert_eq!(e.blind("memory", None), Change::None);
+}
+
+#[test]
+fn a_part_not_watched_stays_when_another_is_blind_and_serialises_as_before() {
+    let mut e = Engine::new();
+    e.not_watched("process", "process.match is not set".into());
+    e.blind("memory", Some("x".into()));
+    e.blind("memory", None);
+    let json = serde_json::to_value(e.parts_not_watched()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([{"part": "process", "why": "process.match is not set"}])
+    );
+    e.blind("memory", Some("x".into()));
+    let json = serde_json::to_value(&e.parts_not_watched()[1]).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"part": "memory", "why": "x", "blind": true})
+    );
+}

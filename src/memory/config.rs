@@ -17,6 +17,8 @@ pub enum MemorySource {
     /// The app container's own cgroup, through its mount namespace (`/proc/<pid>/root`).
     AppRoot,
     Proc,
+    /// The node agent's stream of this pod's memory (`sidewatch node` on the pod's node).
+    Node,
     None,
 }
 
@@ -38,7 +40,77 @@ pub struct MemoryConfig {
     pub predict_oom_within: Option<Duration>,
     #[serde(with = "duration")]
     pub oom_cooldown: Duration,
+    /// Where the node agent is, for `source: node`.
+    pub node: NodeConfig,
 }
+
+/// The `memory.node` section: the node agent and the token the sidecar shows it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub agent: NodeAgent,
+    /// The projected service account token whose audience is the agent's; read anew at each
+    /// connection, as the kubelet rotates it.
+    pub token_file: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            agent: NodeAgent::Auto,
+            token_file: PathBuf::from("/var/run/secrets/sidewatch.io/node/token"),
+        }
+    }
+}
+
+/// `memory.node.agent`: `auto` (`http://$HOST_IP:9465`, the node's address from the downward
+/// API) or `http://HOST:PORT`. Plain HTTP on purpose: the agent is on the same node, and the
+/// token proves who asks (TLS would need a certificate per node for no secret on the wire but
+/// the token, whose audience is the agent's alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeAgent {
+    Auto,
+    /// The authority, `HOST:PORT` (an IPv6 host in brackets).
+    Http(String),
+}
+
+impl FromStr for NodeAgent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(NodeAgent::Auto);
+        }
+        let bad = |why: &str| format!("bad node agent {s:?}: {why}; want auto or http://HOST:PORT");
+        let uri: http::Uri = s.parse().map_err(|e| bad(&format!("{e}")))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad("the scheme is not http"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("it has a path"));
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(bad("no host"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "user info is not taken; the token is read from memory.node.token_file",
+            ));
+        }
+        let port = authority.port_u16().unwrap_or(super::wire::PORT);
+        Ok(NodeAgent::Http(format!("{}:{port}", authority.host())))
+    }
+}
+
+impl std::fmt::Display for NodeAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeAgent::Auto => f.write_str("auto"),
+            NodeAgent::Http(authority) => write!(f, "http://{authority}"),
+        }
+    }
+}
+
+serde_via_str!(NodeAgent);
 
 impl Default for MemoryConfig {
     fn default() -> Self {
@@ -53,6 +125,7 @@ impl Default for MemoryConfig {
             pressure_some_avg10_above: None,
             predict_oom_within: Some(Duration::from_secs(30)),
             oom_cooldown: Duration::from_secs(15),
+            node: NodeConfig::default(),
         }
     }
 }

@@ -6,6 +6,8 @@ pub mod assess;
 pub mod cgroup;
 pub mod config;
 pub mod events;
+mod failed;
+pub mod node;
 mod plan;
 pub mod read;
 mod resolve;
@@ -63,6 +65,10 @@ enum Target {
 
 impl MemoryWatcher {
     pub async fn run(self) {
+        if let Plan::Node(endpoint) = &self.plan {
+            let endpoint = (**endpoint).clone();
+            return self.run_node(endpoint).await;
+        }
         let mut assessor = Assessor::new(self.config.thresholds());
         let (wake_tx, mut wake_rx) = mpsc::channel(16);
         self.discovery.forward_changes(wake_tx.clone());
@@ -342,33 +348,6 @@ impl MemoryWatcher {
             }
         }
         true
-    }
-
-    /// Unreadable memory is no verdict on the app: counted, logged once per kind of failure, and
-    /// the memory signals do not veto. A vanished cgroup (container restart) is looked up again.
-    async fn read_failed(
-        &self,
-        e: ReadError,
-        last: &mut Option<String>,
-        target: &mut Target,
-        sent: &mut Sent,
-        assessor: &mut Assessor,
-    ) -> bool {
-        self.metrics
-            .read_errors
-            .with_label_values(&[e.kind()])
-            .inc();
-        let text = e.to_string();
-        if last.as_deref() != Some(text.as_str()) {
-            tracing::warn!(error = %text, "memory: cannot read; memory signals do not veto until it can");
-            *last = Some(text);
-        }
-        if matches!(e, ReadError::Missing { .. }) && matches!(self.plan, Plan::Process { .. }) {
-            *target = Target::Nothing;
-        }
-        let assessment = assessor.unreadable(std::time::Instant::now());
-        self.count_ooms(&assessment, None, None);
-        self.send_all(assessment, sent).await
     }
 }
 

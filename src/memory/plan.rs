@@ -16,6 +16,8 @@ pub enum PlanError {
     ProcWithoutSharedNamespace,
     #[error("memory.source is cgroup but no pod cgroup is visible: set memory.cgroup (--cgroup) or process.match")]
     NoPodCgroup,
+    #[error(transparent)]
+    Node(#[from] super::node::NodeSetupError),
 }
 
 /// How the watcher finds the memory to read.
@@ -33,14 +35,18 @@ pub enum Plan {
         app_root: bool,
         proc: bool,
     },
+    /// The node agent's stream of this pod's memory.
+    Node(Box<super::node::Endpoint>),
 }
 
 /// Chooses the memory source at start-up, or says why there is none. An impossible explicit
 /// choice (a path that is no memory cgroup, `proc` without `process.match` nor a shared process
-/// namespace) is an error.
+/// namespace) is an error. `app_container` (`kubernetes.app_container`) is what the node source
+/// asks its agent for.
 pub fn plan(
     memory: &MemoryConfig,
     pattern: Option<&str>,
+    app_container: Option<&str>,
 ) -> Result<(Option<Plan>, String), PlanError> {
     use MemorySource::*;
     let limit = memory.limit.map(|b| b.0);
@@ -53,6 +59,14 @@ pub fn plan(
     match (memory.source, &memory.cgroup, pattern) {
         (None, _, _) => Ok((Option::None, "memory.source is none".into())),
         (_, CgroupSetting::None, _) => Ok((Option::None, "memory.cgroup is none".into())),
+        (Node, CgroupSetting::Path(_), _) => Err(PlanError::SourceAndCgroup("node")),
+        (Node, CgroupSetting::Auto, _) => {
+            let endpoint = super::node::Endpoint::new(memory, app_container, |k| {
+                std::env::var(k).ok()
+            })?;
+            let why = format!("the node agent's stream, {}", endpoint.describe());
+            Ok((Some(Plan::Node(Box::new(endpoint))), why))
+        }
         (Proc | AppRoot, CgroupSetting::Path(_), _) => Err(PlanError::SourceAndCgroup(
             if memory.source == Proc { "proc" } else { "app-root" },
         )),

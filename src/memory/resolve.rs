@@ -13,6 +13,7 @@ use crate::process;
 impl MemoryWatcher {
     pub(super) fn resolve(&self, current: &Target) -> Target {
         let (pattern, cgroup, app_root, proc) = match &self.plan {
+            Plan::Node(_) => return Target::Nothing,
             Plan::Cgroup(dir) => return Target::Cgroup(dir.clone()),
             Plan::Process {
                 pattern,

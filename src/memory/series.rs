@@ -8,7 +8,9 @@ use crate::metrics::{self, Registry};
 pub(super) const PREDICTION_HORIZON: f64 = 24.0 * 60.0 * 60.0;
 
 /// The `source` label values of `sidewatch_memory_source`.
-const SOURCES: [&str; 4] = ["cgroup", "app-root", "proc", "none"];
+const SOURCES: [&str; 5] = ["cgroup", "app-root", "proc", "node", "none"];
+/// The `kind` values of `sidewatch_memory_read_errors_total` that only the node source gives.
+pub(super) const NODE_KINDS: [&str; 2] = ["node_away", "node_refused"];
 
 /// The memory watcher's metrics, only when it runs; PSI's only where the cgroup has PSI.
 #[derive(Clone)]
@@ -31,7 +33,8 @@ impl MemoryMetrics {
         registry.feature("memory");
         let read_errors = registry.register(metrics::counter_vec(
             "sidewatch_memory_read_errors_total",
-            "Failed reads of the app's memory files, by kind (gone = the cgroup directory was removed, as at a container restart; missing, garbled, io); \
+            "Failed reads of the app's memory files, by kind (gone = the cgroup directory was removed, as at a container restart; missing, garbled, io; \
+             with memory.source node: node_away = the node agent unreachable or its stream broken, node_refused = it refused the token, see the logs); \
              while they fail, memory signals do not veto readiness.",
             &["kind"],
         ));
@@ -40,7 +43,7 @@ impl MemoryMetrics {
         }
         let source = registry.register(metrics::gauge_vec(
             "sidewatch_memory_source",
-            "1 for where the app's memory is read now: cgroup (a host path of the node's tree), app-root (the app container's own cgroup through its root), proc (its processes' RSS) or none (the app not found yet).",
+            "1 for where the app's memory is read now: cgroup (a host path of the node's tree), app-root (the app container's own cgroup through its root), proc (its processes' RSS), node (the node agent's stream) or none (the app not found yet).",
             &["source"],
         ));
         for s in SOURCES {
@@ -80,6 +83,18 @@ impl MemoryMetrics {
             source,
             pressure: Default::default(),
         }
+    }
+
+    /// The node source's own series: the blind gauge and its read error kinds, from the start.
+    pub(crate) fn node(&self) -> prometheus::IntGauge {
+        for kind in NODE_KINDS {
+            self.read_errors.with_label_values(&[kind]);
+        }
+        self.registry.register(metrics::gauge(
+            "sidewatch_memory_blind",
+            "1 while the node agent's stream of this pod's memory is away (memory.source node): memory signals then veto nothing. \
+             Lasting: check the agent on this pod's node and sidewatch_memory_read_errors_total{kind=~\"node_.*\"}.",
+        ))
     }
 
     pub(super) fn source(&self, now: &str) {
