@@ -589,3 +589,171 @@ async fn a_v2_systemd_tree_gives_the_pod_level_limit_and_memory_events_at_once()
     assert_eq!(kill.oom.map(|o| o.kills), Some(1));
     assert!(at - tick < Duration::from_secs(4), "it waited for the tick");
 }
+
+/// A sidecar (`sidewatch run`) of pod `pod` whose memory comes from the agent with `token`, or,
+/// when `cgroup` is given, from that cgroup directly, as the comparison.
+async fn sidecar(
+    s: &Setup,
+    dir: &Path,
+    pod: &str,
+    token: &str,
+    cgroup: Option<&Path>,
+) -> (Sidewatch, common::Upstream) {
+    let up = common::Upstream::start(common::healthy()).await;
+    let url = up.url();
+    let mut args = vec![
+        "run",
+        "--target",
+        &url,
+        "--interval",
+        "200ms",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let token_file = dir.join(format!("token-of-{pod}-{token}"));
+    std::fs::write(&token_file, token).unwrap();
+    let node = format!(
+        "{{agent: \"{}\", token_file: \"{}\"}}",
+        s.agent.url("").trim_end_matches('/'),
+        token_file.display()
+    );
+    let path = cgroup.map(|c| c.to_str().unwrap().to_owned());
+    let mut env = vec![
+        ("POD_NAME", pod),
+        ("POD_NAMESPACE", "shop"),
+        ("SIDEWATCH_KUBERNETES_ENABLED", "false"),
+        ("SIDEWATCH_KUBERNETES_APP_CONTAINER", "app"),
+        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "3s"),
+    ];
+    match &path {
+        Some(path) => args.extend(["--cgroup", path]),
+        None => env.extend([
+            ("SIDEWATCH_MEMORY_SOURCE", "node"),
+            ("SIDEWATCH_MEMORY_NODE", &node),
+        ]),
+    }
+    let sw = Sidewatch::launch(None, &args, &env);
+    (sw, up)
+}
+
+/// The memory reason of the first not-ready answer before `killed`, and how long before it.
+fn lead(answers: &[common::Answer], killed: Instant) -> Option<(f64, String)> {
+    let first = answers.iter().find(|a| {
+        a.at < killed
+            && a.status == 503
+            && (a.body.contains("memory_high") || a.body.contains("oom_predicted"))
+    })?;
+    Some(((killed - first.at).as_secs_f64(), first.body.clone()))
+}
+
+/// From the kill to the first recorded `/readyz` that names it, in ms.
+fn kill_seen(answers: &[common::Answer], killed: Instant) -> f64 {
+    let seen = answers
+        .iter()
+        .find(|a| a.status == 503 && a.body.contains("oom_killed"))
+        .map(|a| a.at)
+        .expect("/readyz never said oom_killed");
+    if seen >= killed {
+        (seen - killed).as_secs_f64() * 1e3
+    } else {
+        -((killed - seen).as_secs_f64() * 1e3)
+    }
+}
+
+/// Two pods' real sidecars through the real agent, beside a third reading pod A's cgroup itself:
+/// each sees only its own pod's limit; a sidecar that says it is another pod is refused and
+/// blind, never unready; a steady leak in A's app is predicted and its OOM kill counted through
+/// the agent as through the cgroup, B untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_through_the_agent_see_what_the_cgroup_shows() {
+    let Some(s) = setup("sidecars", "250ms").await else {
+        return;
+    };
+    let dir = common::tempdir::Dir::new();
+    let app = s
+        .tree
+        .root
+        .join(format!("kubepods/burstable/pod{UID_A}/{ID_A}"));
+    let (a, _up_a) = sidecar(&s, dir.path(), "web-a", "token-a", None).await;
+    let (b, _up_b) = sidecar(&s, dir.path(), "web-b", "token-b", None).await;
+    let (direct, _up_d) = sidecar(&s, dir.path(), "web-a", "token-a", Some(&app)).await;
+    // A sidecar with A's token that says it is B: the agent refuses it.
+    let (liar, _up_l) = sidecar(&s, dir.path(), "web-b", "token-a", None).await;
+    let within = Duration::from_secs(20);
+    for (sw, limit) in [(&a, 64u64 << 20), (&b, 96 << 20), (&direct, 64 << 20)] {
+        sw.wait_ready(within).await;
+        eventually("the app's limit", within, || async {
+            (sw.metric("sidewatch_memory_limit_bytes").await == Some(limit as f64)).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        a.metric("sidewatch_memory_source{source=\"node\"}").await,
+        Some(1.0)
+    );
+    liar.wait_ready(within).await;
+    liar.wait_metric_at_least(
+        "sidewatch_memory_read_errors_total{kind=\"node_refused\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(liar.metric("sidewatch_memory_blind").await, Some(1.0));
+    assert_eq!(liar.metric("sidewatch_memory_limit_bytes").await, Some(0.0));
+    assert_eq!(liar.readyz().await.0, 200, "blind is not unready");
+
+    // The leak of tests/memory_v1_oom.rs' slow one: 1 MiB every 300 ms into 64 MiB.
+    let Some(mut hog) = Hog::spawn(1, 300, 1024, "node-agent-sidecars") else {
+        return;
+    };
+    std::fs::write(app.join("cgroup.procs"), hog.pid().to_string()).unwrap();
+    let (rec_a, rec_d, rec_b) = (
+        a.record_readyz(Duration::from_millis(5)),
+        direct.record_readyz(Duration::from_millis(5)),
+        b.record_readyz(Duration::from_millis(20)),
+    );
+    hog.go();
+    let status = eventually("the kernel's kill", Duration::from_secs(60), || {
+        let status = hog.child.try_wait().expect("try_wait");
+        async move { status }
+    })
+    .await;
+    let killed = Instant::now();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    for sw in [&a, &direct] {
+        sw.wait_reason("oom_killed", within).await;
+        eventually("the kill counted once", within, || async {
+            (sw.metric("sidewatch_oom_kills_total").await == Some(1.0)).then_some(())
+        })
+        .await;
+    }
+    let (answers_a, answers_d, answers_b) = (rec_a.stop(), rec_d.stop(), rec_b.stop());
+    let (lead_a, why_a) = lead(&answers_a, killed).expect("A (node) not ready before the kill");
+    let (lead_d, _) = lead(&answers_d, killed).expect("A (cgroup) not ready before the kill");
+    let (seen_a, seen_d) = (kill_seen(&answers_a, killed), kill_seen(&answers_d, killed));
+    // The kill's moment is when the test saw the hog dead, after the kernel's count: both
+    // figures may be negative; their difference is what the agent's way costs.
+    eprintln!(
+        "through the agent: not ready {lead_a:.2} s before the kill, oom_killed at {seen_a:.0} ms; \
+         reading the cgroup: {lead_d:.2} s, {seen_d:.0} ms; the agent's way {:.0} ms later",
+        seen_a - seen_d
+    );
+    assert!(
+        seen_a - seen_d < 1000.0,
+        "the kill came {:.0} ms later through the agent",
+        seen_a - seen_d
+    );
+    assert!(
+        why_a.contains("64.0 MiB"),
+        "the reason names A's limit: {why_a}"
+    );
+    // The agent's line and the sidecar's tick each add at most one memory interval (250 ms).
+    assert!(
+        lead_a >= lead_d - 0.75,
+        "the prediction through the agent came {:.2} s later than from the cgroup",
+        lead_d - lead_a
+    );
+    // B saw none of it: ready throughout, nothing counted.
+    assert!(answers_b.iter().all(|x| x.status == 200), "B stayed ready");
+    assert_eq!(b.metric("sidewatch_oom_kills_total").await, Some(0.0));
+}
