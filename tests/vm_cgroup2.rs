@@ -15,6 +15,8 @@
 //! scripts/image builds.
 
 mod common;
+#[path = "common/fake_api.rs"]
+mod fake_api;
 #[path = "vm/guest.rs"]
 mod guest;
 

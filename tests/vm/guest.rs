@@ -23,7 +23,7 @@ pub const SCENARIOS_V1: [&str; 2] = [
 ];
 
 /// Every cgroup v2 scenario, in the order it runs and reports.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "steady leak, container limit, oom.group=1, three processes (systemd driver)",
     "oom.group=0 (singleProcessOOMKill), three processes (cgroupfs driver)",
     "oom.group=1, one process",
@@ -32,6 +32,7 @@ pub const SCENARIOS: [&str; 8] = [
     "memory QoS: memory.high as the kubelet sets it",
     "no --cgroup: the pod's cgroup, from the sidecar's own",
     "app-root: the app's own cgroup through a private cgroup namespace",
+    "node agent: two pods' sidecars through it, beside one reading the cgroup",
 ];
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -70,6 +71,7 @@ pub fn run() {
             memory_qos().await,
             auto_picks_the_pod().await,
             app_root_in_a_cgroup_namespace().await,
+            node_agent().await,
         ];
         for (name, mut report) in SCENARIOS.iter().zip(reports) {
             report["scenario"] = json!(name);
@@ -713,4 +715,120 @@ async fn steady_leak_v1() -> serde_json::Value {
 
 async fn fast_leak_v1() -> serde_json::Value {
     fast_leak(Pod::cgroupfs("0f5b6d3e-0102"), "v1b", false).await
+}
+
+/// A sidecar of pod `pod` (namespace `vm`) whose memory comes from the agent at `agent`,
+/// proving itself with `token`.
+async fn node_sidecar(agent: &str, pod: &str, token: &str) -> (Sidewatch, Upstream) {
+    let up = Upstream::start(healthy()).await;
+    let url = up.url();
+    let token_file = format!("/tmp/token-{pod}");
+    std::fs::write(&token_file, token).expect("token file");
+    let node = format!("{{agent: \"{agent}\", token_file: \"{token_file}\"}}");
+    let args = [
+        "run",
+        "--target",
+        &url,
+        "--interval",
+        "200ms",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let env = [
+        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "2s"),
+        ("SIDEWATCH_MEMORY_SOURCE", "node"),
+        ("SIDEWATCH_MEMORY_NODE", &node),
+        ("SIDEWATCH_KUBERNETES_ENABLED", "false"),
+        ("SIDEWATCH_KUBERNETES_APP_CONTAINER", "app"),
+        ("POD_NAME", pod),
+        ("POD_NAMESPACE", "vm"),
+    ];
+    let sw = Sidewatch::launch_under(&[], &args, &env);
+    sw.wait_ready(WITHIN).await;
+    (sw, up)
+}
+
+/// The node agent on v2 (systemd and cgroupfs drivers side by side): two pods' sidecars get
+/// their own pod's memory through it; A's group kill and the leak before it reach A's sidecar
+/// as they reach a sidecar reading A's cgroup itself; B sees nothing of it.
+async fn node_agent() -> serde_json::Value {
+    use super::fake_api::FakeApi;
+    use sidewatch::memory::wire::AUDIENCE;
+    let (uid_a, uid_b) = ("0f5b6d3e-0009", "0f5b6d3e-000a");
+    let pod_a = Pod::systemd(uid_a);
+    let app_a = pod_a.container("a9", Some(64 * MIB), true);
+    let pod_b = Pod::cgroupfs(uid_b);
+    let _app_b = pod_b.container("b10", Some(96 * MIB), true);
+    let pod = |name: &str, uid: &str, id: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "vm", "uid": uid},
+            "spec": {"nodeName": "vm", "containers": [{"name": "app", "image": "app"}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": "a",
+                "imageID": "", "ready": true, "restartCount": 0,
+                "containerID": format!("containerd://{id}"), "state": {"running": {}}}]}})
+    };
+    let api = FakeApi::start(pod("a", uid_a, "a9")).await;
+    api.add_pod(pod("b", uid_b, "b10"));
+    for (token, name, uid) in [("token-a", "a", uid_a), ("token-b", "b", uid_b)] {
+        let user = super::common::policy::pod_token("vm", "default", name, uid);
+        api.set_token(token, &[AUDIENCE], user);
+    }
+    let kubeconfig = api.kubeconfig(Path::new("/tmp"));
+    let node_args = [
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--cgroup-root",
+        ROOT,
+        "--node-name",
+        "vm",
+    ];
+    let kube_env = [("KUBECONFIG", kubeconfig.to_str().expect("UTF-8"))];
+    let agent = Sidewatch::launch_under(&[], &node_args, &kube_env);
+    agent.wait_log("inotify").await;
+    let at = agent.url("");
+    let at = at.trim_end_matches('/');
+    let (a, _up_a) = node_sidecar(at, "a", "token-a").await;
+    let (b, _up_b) = node_sidecar(at, "b", "token-b").await;
+    let (direct, _up_d) = sidewatch(Some(&app_a), None, &[]).await;
+    for (sw, limit) in [(&a, 64 * MIB), (&b, 96 * MIB), (&direct, 64 * MIB)] {
+        wait_metric(sw, "sidewatch_memory_limit_bytes", limit as f64).await;
+    }
+    let spec = HogSpec::leak("agent", 1, 300, 2);
+    let hog = Hog::spawn(&app_a, spec);
+    app_a.wait_procs(3).await;
+    let (rec_d, rec_b) = (
+        direct.record_readyz(Duration::from_millis(5)),
+        b.record_readyz(Duration::from_millis(20)),
+    );
+    let (killed, answers, lead, message) = to_the_kill(&a, hog, true).await;
+    let (readyz_ms, metric_ms) = kill_to_seen(&a, killed, &answers).await;
+    let (answers_d, answers_b) = (rec_d.stop(), rec_b.stop());
+    let (direct_readyz_ms, _) = kill_to_seen(&direct, killed, &answers_d).await;
+    let direct_lead = answers_d
+        .iter()
+        .find(|x| {
+            x.at < killed
+                && x.status == 503
+                && (x.body.contains("oom_predicted") || x.body.contains("memory_high"))
+        })
+        .map_or(0.0, |x| (killed - x.at).as_secs_f64());
+    app_a.wait_procs(0).await;
+    assert_counted(&a, &app_a, true, 3).await;
+    assert_counted(&direct, &app_a, true, 3).await;
+    assert!(message.contains("64.0 MiB"), "{message}");
+    // One memory interval each for the agent's look and the sidecar's: the leak is the same.
+    assert!(
+        lead >= direct_lead - 0.75,
+        "through the agent {lead:.2} s, direct {direct_lead:.2} s"
+    );
+    assert!(
+        readyz_ms - direct_readyz_ms < 1000.0,
+        "the kill {readyz_ms:.0} ms through the agent, {direct_readyz_ms:.0} ms direct"
+    );
+    assert!(answers_b.iter().all(|x| x.status == 200), "B stayed ready");
+    assert_eq!(b.metric("sidewatch_oom_kills_total").await, Some(0.0));
+    json!({"lead_s": lead, "direct_lead_s": direct_lead, "kill_to_readyz_ms": readyz_ms,
+           "kill_to_metric_ms": metric_ms, "direct_kill_to_readyz_ms": direct_readyz_ms,
+           "first_reason": message})
 }
