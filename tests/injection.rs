@@ -509,7 +509,10 @@ fn check_choice(
             if !mounted || !host_ip {
                 return Err(format!("token mounted: {mounted}, HOST_IP: {host_ip}"));
             }
-            if own_sharing.is_none() && !pod["spec"]["shareProcessNamespace"].is_null() {
+            // Shared only for a process the pod names itself (`process_exited`).
+            let named =
+                original["metadata"]["annotations"]["sidewatch.io/process-match"].is_string();
+            if own_sharing.is_none() && !named && !pod["spec"]["shareProcessNamespace"].is_null() {
                 return Err("the node source shared the process namespace".into());
             }
             if after != before {
