@@ -257,6 +257,8 @@ struct Injected {
     env: Vec<(String, String)>,
     pod_ip: String,
     admin_port: u16,
+    /// The pod shares its process namespace: its sidecar runs under a pause process as PID 1.
+    shares: bool,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +293,13 @@ async fn real_workloads_are_injected_whole_and_their_sidecars_start() {
 /// every pod has memory signals or a warning that says how to get them with this install.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_memory_choices_reach_every_pod_it_injects() {
-    let node_known = sidecar_loads(&[("SIDEWATCH_MEMORY_SOURCE", "node"), ("HOST_IP", "10.0.0.1")]);
+    let node_known = sidecar_loads(&[
+        ("SIDEWATCH_MEMORY_SOURCE", "node"),
+        ("HOST_IP", "10.0.0.1"),
+        ("POD_NAME", "web-0"),
+        ("POD_NAMESPACE", "shop"),
+        ("SIDEWATCH_KUBERNETES_APP_CONTAINER", "web"),
+    ]);
     let mut counts = Vec::new();
     for (name, set) in [
         ("defaults", ""),
@@ -706,12 +714,13 @@ async fn check_one(hook: &Webhook, f: &Fixture) -> Result<Option<Injected>, Stri
     Ok(Some(Injected {
         memory,
         name: f.name.clone(),
-        pod,
         schema_since: f.schema_since.clone(),
         args,
         env,
         pod_ip: f.pod_ip.clone(),
         admin_port,
+        shares: pod["spec"]["shareProcessNamespace"] == true,
+        pod,
     }))
 }
 
@@ -917,9 +926,35 @@ fn by_container_id(env: &[(String, String)]) -> bool {
         && !env.iter().any(|(k, _)| k == "SIDEWATCH_PROCESS_MATCH")
 }
 
-/// Whether `sidewatch run` starts with `memory.source: proc` and no `process.match`.
+/// The command that runs the rest in a PID namespace of its own whose PID 1 is a pause process
+/// (podman's catatonit), as in a pod that shares its process namespace, where the kubelet's
+/// pause container is PID 1; when it ends, so does everything in that namespace.
+fn pause_pid_1() -> Result<Vec<String>, String> {
+    let (Some(unshare), Some(pause)) = (which("unshare"), which("catatonit")) else {
+        return Err(
+            "unshare (util-linux) and catatonit are needed for a pod's PID namespace".into(),
+        );
+    };
+    Ok([
+        unshare.to_string_lossy().as_ref(),
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        pause.to_string_lossy().as_ref(),
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+}
+
+/// Whether `sidewatch run` starts with `memory.source: proc` and no `process.match`, in a
+/// shared process namespace.
 fn proc_by_container_runs() -> Result<(), String> {
-    let mut child = common::sidewatch_command()
+    let wrapper = pause_pid_1()?;
+    let mut child = Command::new(&wrapper[0])
+        .args(&wrapper[1..])
+        .arg(common::BIN)
         .args([
             "run",
             "--target",
@@ -1034,6 +1069,7 @@ fn run_one(ns: &Netns, nsenter: &Path, i: &Injected) -> Result<(), String> {
     let mut child = command
         .arg(format!("--net=/run/netns/{}", ns.0))
         .arg("--")
+        .args(if i.shares { pause_pid_1()? } else { Vec::new() })
         .arg(common::BIN)
         .args(&i.args)
         .env_clear()
@@ -1201,9 +1237,15 @@ async fn injected_sidecars_pass_where_the_kubelet_passes() {
             writeln!(stdin, "set hipstershop.CartService SERVING").unwrap();
             assert!(out.wait_for("ok", Duration::from_secs(30)).is_some());
         }
+        let pid_1 = if i.shares {
+            pause_pid_1().unwrap_or_else(|e| panic!("{}: {e}", f.name))
+        } else {
+            Vec::new()
+        };
         let mut sidecar = Command::new(&nsenter)
             .arg(format!("--net=/run/netns/{}", ns.0))
             .arg("--")
+            .args(pid_1)
             .arg(common::BIN)
             .args(&i.args)
             .env_clear()
