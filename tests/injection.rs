@@ -6,7 +6,9 @@
 //! unknown to it), a second pass changing nothing, and the injected sidecar's args and environment
 //! (downward API filled in as the kubelet fills it) run through the real binary: `check-config`
 //! shows the target the kubelet probes, and `run` starts in a network namespace whose address is
-//! the pod's IP and answers its own probes there.
+//! the pod's IP (and, for a pod that shares its process namespace, in a PID namespace whose PID 1
+//! is a pause process) and answers its own probes there. The chart's memory choices are counted
+//! over the corpus, with each pod's Pod Security level (`common/pod_security.rs`) kept.
 
 mod common;
 #[path = "common/kubelet.rs"]
