@@ -179,7 +179,7 @@ fn memory_off(why: &str, settings: &Settings, pod_refuses: bool) -> String {
     }
     let shared = "memory then comes from the app container's processes, or from its own cgroup \
                   when the app's runAsUser and runAsGroup are set (not 0)";
-    ways.push(if pod_refuses {
+    ways.push(if pod_refuses && settings.share_process_namespace {
         format!("drop shareProcessNamespace: false from the pod spec: {shared}")
     } else if settings.share_process_namespace {
         "annotate sidewatch.io/memory: proc (the app container's processes) or app-root (its own \
@@ -188,8 +188,9 @@ fn memory_off(why: &str, settings: &Settings, pod_refuses: bool) -> String {
             .into()
     } else {
         format!(
-            "set shareProcessNamespace: true in the pod spec (this install does not set it \
-             itself: the chart's webhook.shareProcessNamespace is false): {shared}"
+            "set shareProcessNamespace: true in the pod spec{} (this install does not set it \
+             itself: the chart's webhook.shareProcessNamespace is false): {shared}",
+            if pod_refuses { " instead of false" } else { "" }
         )
     });
     ways.push(

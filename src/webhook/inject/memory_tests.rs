@@ -240,6 +240,16 @@ fn a_pod_that_refuses_sharing_is_never_changed_and_is_told_what_would_help() {
         assert!(w.contains(what), "{what}: {w}");
     }
     assert!(!w.contains("sidewatch.io/memory: node"), "{w}");
+    // Where the install refuses sharing, dropping the field would not be enough.
+    let mut s = spec(web());
+    s["shareProcessNamespace"] = false.into();
+    let c = choose(&refused_sharing(), json!({}), s);
+    let w = &c.warnings[0];
+    assert!(
+        w.contains("set shareProcessNamespace: true in the pod spec instead of false"),
+        "{w}"
+    );
+    assert!(!w.contains("drop shareProcessNamespace"), "{w}");
 }
 
 #[test]
