@@ -1107,8 +1107,30 @@ fn run_one(ns: &Netns, nsenter: &Path, i: &Injected) -> Result<(), String> {
     };
     let _ = child.kill();
     let _ = child.wait();
+    if i.shares {
+        gone(&ns.0, &i.pod_ip, i.admin_port);
+    }
     drop(cgroup);
     result
+}
+
+/// Waits until nothing answers on the admin port any more: killing the PID namespace's parent
+/// ends its PID 1, whose death ends the sidecar a moment later; the next pod needs the port.
+fn gone(ns: &str, pod_ip: &str, port: u16) {
+    let host = if pod_ip.contains(':') {
+        format!("[{pod_ip}]")
+    } else {
+        pod_ip.to_owned()
+    };
+    let url = format!("http://{host}:{port}/livez");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_netns_get(ns, &url).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url}: still answering 10 s after its pod's PID 1 was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A GET from inside the namespace, as the kubelet's probe comes to the pod's IP.
@@ -1284,5 +1306,8 @@ async fn injected_sidecars_pass_where_the_kubelet_passes() {
         wait(503);
         let _ = sidecar.kill();
         let _ = sidecar.wait();
+        if i.shares {
+            gone(&ns.0, &i.pod_ip, i.admin_port);
+        }
     }
 }
