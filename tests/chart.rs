@@ -86,7 +86,14 @@ fn every_option_renders_and_validates_for_every_supported_kubernetes() {
         );
     }
     let all_kinds = kinds(&all);
-    for kind in CRDS.iter().chain(&["ConfigMap", "Role", "RoleBinding"]) {
+    for kind in CRDS.iter().chain(&[
+        "ConfigMap",
+        "Role",
+        "RoleBinding",
+        "DaemonSet",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ]) {
         assert!(
             all_kinds.iter().any(|k| k == kind),
             "{kind} missing with every option on"
@@ -211,4 +218,162 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
         report.contains("Passed checks"),
         "checkov ran no check: {report}"
     );
+}
+
+/// The node agent: off by default; on, a DaemonSet of the sidecar's image on every node's network
+/// with the node's cgroup tree read-only, as strict as the webhook otherwise, and an account that
+/// may do exactly two things. The webhook is told, so that `auto` picks the agent.
+#[test]
+fn the_node_agent_runs_on_every_node_with_two_permissions_and_no_more() {
+    let Some(default) = chart::render(&[]) else {
+        return;
+    };
+    assert!(!kinds(&default).iter().any(|k| k == "DaemonSet"));
+    assert!(!default.contains("--node-agent"));
+    assert!(default.contains("--share-process-namespace=true"));
+    let Some(yaml) = chart::render(&[
+        "--set",
+        "node.enabled=true",
+        "--set",
+        "node.port=9466",
+        "--set",
+        "node.interval=1s",
+        "--set",
+        "webhook.shareProcessNamespace=false",
+    ]) else {
+        return;
+    };
+    let docs = chart::documents(&yaml);
+    let one = |kind: &str| -> &Value {
+        let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "{kind}: {found:?}");
+        found[0]
+    };
+    let webhook = one("Deployment");
+    let webhook_args = &webhook["spec"]["template"]["spec"]["containers"][0]["args"];
+    let webhook_args: Vec<&str> = webhook_args
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(webhook_args.contains(&"--node-agent"), "{webhook_args:?}");
+    assert!(
+        webhook_args.contains(&"--share-process-namespace=false"),
+        "{webhook_args:?}"
+    );
+
+    let ds = one("DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
+    assert!(pod["priorityClassName"].is_null());
+    assert!(pod["hostPID"].is_null() && pod["shareProcessNamespace"].is_null());
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["args"],
+        serde_json::json!([
+            "node",
+            "--listen=[::]:9466",
+            "--cgroup-root=/host/sys/fs/cgroup",
+            "--interval=1s"
+        ])
+    );
+    assert_eq!(
+        c["env"],
+        serde_json::json!([{"name": "NODE_NAME",
+            "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}])
+    );
+    assert_eq!(c["ports"][0]["containerPort"], 9466);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"], serde_json::json!({"drop": ["ALL"]}));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(sc["privileged"].is_null());
+    assert_eq!(
+        c["resources"],
+        serde_json::json!({"requests": {"cpu": "10m", "memory": "24Mi"},
+            "limits": {"memory": "64Mi"}})
+    );
+    assert_eq!(
+        c["volumeMounts"],
+        serde_json::json!([{"name": "cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": true}])
+    );
+    assert_eq!(
+        pod["volumes"],
+        serde_json::json!([{"name": "cgroup",
+            "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}}])
+    );
+    // Its own account, bound to a role of exactly two rules.
+    let account = pod["serviceAccountName"].as_str().unwrap();
+    assert_ne!(
+        account,
+        webhook["spec"]["template"]["spec"]["serviceAccountName"]
+    );
+    assert!(docs
+        .iter()
+        .any(|d| d["kind"] == "ServiceAccount" && d["metadata"]["name"] == account));
+    assert_eq!(
+        one("ClusterRole")["rules"],
+        serde_json::json!([
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
+        ])
+    );
+    let binding = one("ClusterRoleBinding");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        one("ClusterRole")["metadata"]["name"]
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": account, "namespace": "sidewatch"}])
+    );
+    // The webhook's Service and PDB select the webhook's pods alone, never the agents.
+    let agent_labels = ds["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    for kind in ["Service", "PodDisruptionBudget"] {
+        let d = one(kind);
+        let selector = d["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .or(d["spec"]["selector"].as_object())
+            .unwrap();
+        assert!(
+            selector.iter().any(|(k, v)| agent_labels.get(k) != Some(v)),
+            "{kind} selects the node agents: {selector:?}"
+        );
+    }
+    // A priority class when asked; a value that is not a duration is refused by the schema.
+    let Some(yaml) = chart::render(&[
+        "--set",
+        "node.enabled=true",
+        "--set",
+        "node.priorityClassName=system-node-critical",
+    ]) else {
+        return;
+    };
+    assert!(yaml.contains("priorityClassName: system-node-critical"));
+    let Some(out) = run_tool(
+        "helm",
+        &[
+            "template",
+            "sw",
+            "charts/sidewatch",
+            "--set",
+            "node.interval=fast",
+        ],
+    ) else {
+        return;
+    };
+    assert!(!out.status.success(), "{}", output_text(&out));
 }

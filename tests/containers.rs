@@ -33,6 +33,10 @@ use serde_json::{json, Value};
 use webhook::{apply, Webhook};
 
 const WITHIN: Duration = Duration::from_secs(30);
+/// An install that does not let the injector share a pod's process namespace: a pod that does
+/// not state the app's user then gets no memory signals (a warning says so), and its sidecar
+/// watches the probes alone.
+const NOT_SHARED: &[&str] = &["--share-process-namespace=false"];
 
 /// The app's pod as a Deployment would create it, at Pod Security "restricted": non-root,
 /// no privilege escalation, read-only root, no capabilities, RuntimeDefault seccomp. `ids`: the
@@ -69,13 +73,15 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `pod` admitted by the real webhook and run; `None` when podman or the images are missing.
-    async fn run(pod: Value) -> Option<Cluster> {
+    /// `pod` admitted by the real webhook (with `install`'s arguments) and run; `None` when
+    /// podman or the images are missing.
+    async fn run(pod: Value, install: &[&str]) -> Option<Cluster> {
         let podman = Podman::get()?;
-        let hook = Webhook::start_image(SIDEWATCH_IMAGE, &[]);
+        let hook = Webhook::start_image(SIDEWATCH_IMAGE, install);
         let response = hook.review("/mutate", &pod).await;
-        // No warning but, for a pod that does not state the app's user and group, that its
-        // memory signals are off and how to turn them on.
+        // No warning but, for a pod that does not state the app's user and group in an install
+        // that does not share process namespaces, that its memory signals are off and how to
+        // turn them on.
         let warnings = response["warnings"].as_array().cloned().unwrap_or_default();
         let memory_off = |w: &Value| {
             w.as_str()
@@ -200,11 +206,11 @@ impl Cluster {
 }
 
 /// The sidecar as the image and the injector make it, beside an app whose user the pod does not
-/// share (memory signals off): every probe failure class, seen with its reason in `/readyz`, its
+/// state, in an install that does not share process namespaces (memory signals off): every probe failure class, seen with its reason in `/readyz`, its
 /// counter in the metrics, an Event and the readiness gate, and back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_failure_class_is_seen_from_a_real_container() {
-    let Some(c) = Cluster::run(app_pod(None)).await else {
+    let Some(c) = Cluster::run(app_pod(None), NOT_SHARED).await else {
         return;
     };
     c.wait_ready().await;
@@ -245,7 +251,7 @@ async fn the_sidecar_alone_holds_the_token_and_sets_the_gate_with_it() {
     let mut pod = app_pod(None);
     pod["metadata"]["annotations"]["sidewatch.io/token"] = "sidecar".into();
     pod["spec"]["automountServiceAccountToken"] = false.into();
-    let Some(c) = Cluster::run(pod).await else {
+    let Some(c) = Cluster::run(pod, NOT_SHARED).await else {
         return;
     };
     c.wait_ready().await;
@@ -271,7 +277,7 @@ async fn the_sidecar_alone_holds_the_token_and_sets_the_gate_with_it() {
 /// reports), then the app container itself OOM-killed at its limit and restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_kills_of_a_worker_and_of_the_app_are_seen_without_a_host_path() {
-    let Some(c) = Cluster::run(app_pod(Some((1000, 1000)))).await else {
+    let Some(c) = Cluster::run(app_pod(Some((1000, 1000))), &[]).await else {
         return;
     };
     c.wait_ready().await;
@@ -332,7 +338,7 @@ async fn oom_kills_of_a_worker_and_of_the_app_are_seen_without_a_host_path() {
 /// the API server keeps the pod out for the restart cooldown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_killed_is_refused_then_held_out_after_its_restart() {
-    let Some(c) = Cluster::run(app_pod(Some((1000, 1000)))).await else {
+    let Some(c) = Cluster::run(app_pod(Some((1000, 1000))), &[]).await else {
         return;
     };
     c.wait_ready().await;
@@ -360,7 +366,7 @@ async fn the_app_killed_is_refused_then_held_out_after_its_restart() {
 /// sidecar gets its own SIGTERM and exits 0, all within the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_holds_while_outside_traffic_flows_and_ends_when_it_stops() {
-    let Some(mut c) = Cluster::run(app_pod(Some((1000, 1000)))).await else {
+    let Some(mut c) = Cluster::run(app_pod(Some((1000, 1000))), &[]).await else {
         return;
     };
     c.wait_ready().await;

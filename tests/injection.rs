@@ -6,7 +6,9 @@
 //! unknown to it), a second pass changing nothing, and the injected sidecar's args and environment
 //! (downward API filled in as the kubelet fills it) run through the real binary: `check-config`
 //! shows the target the kubelet probes, and `run` starts in a network namespace whose address is
-//! the pod's IP and answers its own probes there.
+//! the pod's IP (and, for a pod that shares its process namespace, in a PID namespace whose PID 1
+//! is a pause process) and answers its own probes there. The chart's memory choices are counted
+//! over the corpus, with each pod's Pod Security level (`common/pod_security.rs`) kept.
 
 mod common;
 #[path = "common/kubelet.rs"]
@@ -15,6 +17,8 @@ mod kubelet;
 mod netns;
 #[path = "common/pki.rs"]
 mod pki;
+#[path = "common/pod_security.rs"]
+mod pod_security;
 #[path = "common/webhook.rs"]
 mod webhook;
 
@@ -26,6 +30,7 @@ use std::time::Duration;
 use common::{kube_minor, output_text, skip_or_fail, tempdir, which, KUBERNETES};
 use kubelet::PodFacts;
 use netns::Netns;
+use pod_security::Level;
 use serde_json::{json, Value};
 use webhook::{apply, Webhook};
 
@@ -254,6 +259,8 @@ struct Injected {
     env: Vec<(String, String)>,
     pod_ip: String,
     admin_port: u16,
+    /// The pod shares its process namespace: its sidecar runs under a pause process as PID 1.
+    shares: bool,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,59 +288,295 @@ async fn real_workloads_are_injected_whole_and_their_sidecars_start() {
     run_all(&injected);
 }
 
-/// The chart's install-wide memory source, as its Deployment hands it to the real webhook: with
-/// `cgroup` every injected corpus pod that does not annotate its own source gets memory signals;
-/// with `none`, every such pod is told why not and how.
+/// The chart's memory choices, as its Deployment hands them to the real webhook, over the whole
+/// corpus: the defaults (sharing allowed, no agent), sharing refused, the node agent, and an
+/// install-wide `cgroup` or `none`. With the agent every pod that does not annotate its own
+/// source reads it, with the token and HOST_IP, at the Pod Security level it had; without it,
+/// every pod has memory signals or a warning that says how to get them with this install.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_charts_memory_source_reaches_every_pod_it_injects() {
-    for value in ["cgroup", "none"] {
-        let Some(yaml) =
-            common::chart::render(&["--set", &format!("webhook.memorySource={value}")])
-        else {
+async fn the_charts_memory_choices_reach_every_pod_it_injects() {
+    let node_known = sidecar_loads(&[
+        ("SIDEWATCH_MEMORY_SOURCE", "node"),
+        ("HOST_IP", "10.0.0.1"),
+        ("POD_NAME", "web-0"),
+        ("POD_NAMESPACE", "shop"),
+        ("SIDEWATCH_KUBERNETES_APP_CONTAINER", "web"),
+    ]);
+    let mut counts = Vec::new();
+    for (name, set) in [
+        ("defaults", ""),
+        (
+            "webhook.shareProcessNamespace=false",
+            "webhook.shareProcessNamespace=false",
+        ),
+        ("node.enabled=true", "node.enabled=true"),
+        ("webhook.memorySource=cgroup", "webhook.memorySource=cgroup"),
+        ("webhook.memorySource=none", "webhook.memorySource=none"),
+    ] {
+        let agent = set == "node.enabled=true";
+        if agent {
+            if let Err(e) = &node_known {
+                skip_or_fail(&format!(
+                    "the sidecar does not load memory.source node yet (the sidecar's part of \
+                     issue 25): {e}"
+                ));
+                continue;
+            }
+        }
+        let helm: &[&str] = if set.is_empty() { &[] } else { &["--set", set] };
+        let Some(yaml) = common::chart::render(helm) else {
             return;
         };
-        let arg = yaml
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("- --memory-source="))
-            .expect("the webhook's Deployment passes --memory-source");
-        let hook = Webhook::start_with(&[arg.trim_start_matches("- ")]);
-        let (mut injected, mut with_memory) = (0, 0);
+        let hook = Webhook::start_with(&webhook_memory_args(&yaml));
+        let mut c = ChoiceCount::default();
         for f in fixtures() {
-            if f.pod["metadata"]["annotations"]["sidewatch.io/memory"].is_string() {
-                continue;
+            // Each pod as it is, and made "restricted" where it can be (most of the corpus
+            // states no securityContext): the injection must keep that level.
+            let hardened = harden(&f.pod);
+            let copies = [Some(&f.pod), (hardened != f.pod).then_some(&hardened)];
+            for (copy, original) in copies.into_iter().flatten().enumerate() {
+                let response = hook.review(f.scope, original).await;
+                if response.get("patch").is_none() {
+                    continue;
+                }
+                let pod = apply(original, &response);
+                let (container, _) = sidecar(&pod);
+                let source = env_value(container, "SIDEWATCH_MEMORY_SOURCE").unwrap_or_default();
+                let annotated = original["metadata"]["annotations"]["sidewatch.io/memory"].as_str();
+                let said = warnings(&response);
+                let outcome =
+                    check_choice(set, original, &pod, container, &source, annotated, &said);
+                if let Err(e) = outcome {
+                    let which = if copy == 0 { "" } else { " (hardened)" };
+                    panic!("{name}: {}{which}: {e}\nwarnings: {said:?}", f.name);
+                }
+                if agent {
+                    let facts = PodFacts::of(&pod, &f.pod_ip);
+                    let env = kubelet::resolve_env(&pod, container, &facts).unwrap();
+                    let config = effective_config(&args(container), &env)
+                        .unwrap_or_else(|e| panic!("{}: check-config: {e}", f.name));
+                    assert_eq!(config["memory"]["source"], source.as_str(), "{}", f.name);
+                }
+                c.add(copy == 0, original, &pod, source != "none");
             }
-            let response = hook.review(f.scope, &f.pod).await;
-            if response.get("patch").is_none() {
-                continue;
+        }
+        assert!(c.injected >= 30, "{name}: only {} injected", c.injected);
+        counts.push(format!("{name}: {c}"));
+    }
+    eprintln!("{}", counts.join("\n"));
+}
+
+/// The webhook's memory arguments in the chart's Deployment.
+fn webhook_memory_args(rendered: &str) -> Vec<&str> {
+    let args: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("- "))
+        .filter(|a| {
+            a.starts_with("--memory-source=")
+                || a.starts_with("--share-process-namespace=")
+                || *a == "--node-agent"
+        })
+        .collect();
+    assert!(args.len() >= 2, "the webhook's memory arguments: {args:?}");
+    args
+}
+
+#[derive(Default)]
+struct ChoiceCount {
+    injected: usize,
+    with_memory: usize,
+    restricted_before: usize,
+    restricted_after: usize,
+}
+
+impl ChoiceCount {
+    /// `corpus`: the fixture as it is (counted for memory signals), not its hardened copy.
+    fn add(&mut self, corpus: bool, before: &Value, after: &Value, memory: bool) {
+        if corpus {
+            self.injected += 1;
+            self.with_memory += usize::from(memory);
+        }
+        if pod_security::level(before) == Level::Restricted {
+            self.restricted_before += 1;
+            if pod_security::level(after) == Level::Restricted {
+                self.restricted_after += 1;
             }
-            injected += 1;
-            let pod = apply(&f.pod, &response);
-            let (container, _) = sidecar(&pod);
-            let source = container["env"]
+        }
+    }
+}
+
+impl std::fmt::Display for ChoiceCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} injected pods with memory signals; {}/{} pods at Pod Security restricted \
+             still there once injected (the corpus, and its pods made restricted)",
+            self.with_memory, self.injected, self.restricted_after, self.restricted_before
+        )
+    }
+}
+
+fn env_value(container: &Value, name: &str) -> Option<String> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// One injected pod against what the chart's choice (`set`) promises.
+fn check_choice(
+    set: &str,
+    original: &Value,
+    pod: &Value,
+    container: &Value,
+    source: &str,
+    annotated: Option<&str>,
+    said: &[String],
+) -> Result<(), String> {
+    let (before, after) = (pod_security::level(original), pod_security::level(pod));
+    let warned = said
+        .iter()
+        .find(|w| w.contains("memory signals off for this pod"));
+    // No memory signals is never silent, unless the pod asked for none.
+    if source == "none" && annotated != Some("none") && warned.is_none() {
+        return Err("no memory signals and no warning".into());
+    }
+    if source != "none" && warned.is_some() {
+        return Err(format!(
+            "memory source {source} and a warning that it is off"
+        ));
+    }
+    if let Some(w) = warned {
+        let ways: &[&str] = match set {
+            "webhook.shareProcessNamespace=false" => &[
+                "webhook.shareProcessNamespace: true",
+                "set shareProcessNamespace: true in the pod spec",
+                "node.enabled",
+            ],
+            "node.enabled=true" => &["sidewatch.io/memory: node"],
+            _ => &["node.enabled", "sidewatch.io/memory: cgroup"],
+        };
+        if let Some(missing) = ways.iter().find(|way| !w.contains(*way)) {
+            return Err(format!("the warning does not name {missing:?}: {w}"));
+        }
+    }
+    let own_sharing = original["spec"]["shareProcessNamespace"].as_bool();
+    if own_sharing.is_some()
+        && pod["spec"]["shareProcessNamespace"] != original["spec"]["shareProcessNamespace"]
+    {
+        return Err("the pod's own shareProcessNamespace changed".into());
+    }
+    if annotated.is_some() {
+        return Ok(());
+    }
+    let want = match set {
+        "" => None,
+        "webhook.shareProcessNamespace=false" => {
+            if own_sharing != Some(true) && pod["spec"]["shareProcessNamespace"] == true {
+                return Err("shareProcessNamespace set though the install refuses it".into());
+            }
+            None
+        }
+        "node.enabled=true" => Some("node"),
+        "webhook.memorySource=cgroup" => Some("cgroup"),
+        _ => Some("none"),
+    };
+    if let Some(want) = want {
+        if source != want {
+            return Err(format!("memory source {source}, want {want}"));
+        }
+    }
+    match set {
+        "node.enabled=true" => {
+            let volume = pod["spec"]["volumes"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|e| e["name"] == "SIDEWATCH_MEMORY_SOURCE")
-                .and_then(|e| e["value"].as_str());
-            if source == Some(value) && value != "none" {
-                with_memory += 1;
+                .find(|v| {
+                    v["projected"]["sources"][0]["serviceAccountToken"]["audience"]
+                        == "sidewatch.io/node"
+                })
+                .ok_or("no projected token for sidewatch.io/node")?;
+            let token = &volume["projected"]["sources"][0]["serviceAccountToken"];
+            if token["expirationSeconds"] != 600 || token["path"] != "token" {
+                return Err(format!("the token: {token}"));
             }
-            let warned = warnings(&response)
-                .iter()
-                .any(|w| w.contains("memory signals off for this pod"));
-            assert_eq!(
-                warned,
-                value == "none",
-                "{}: memory source {source:?}, warnings {:?}",
-                f.name,
-                warnings(&response)
-            );
+            let mounted = container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| {
+                    m["name"] == volume["name"]
+                        && m["mountPath"] == "/var/run/secrets/sidewatch.io/node"
+                        && m["readOnly"] == true
+                });
+            let host_ip = container["env"].as_array().into_iter().flatten().any(|e| {
+                e["name"] == "HOST_IP" && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+            });
+            if !mounted || !host_ip {
+                return Err(format!("token mounted: {mounted}, HOST_IP: {host_ip}"));
+            }
+            // Shared only for a process the pod names itself (`process_exited`).
+            let named =
+                original["metadata"]["annotations"]["sidewatch.io/process-match"].is_string();
+            if own_sharing.is_none() && !named && !pod["spec"]["shareProcessNamespace"].is_null() {
+                return Err("the node source shared the process namespace".into());
+            }
+            if after != before {
+                return Err(format!("Pod Security {before:?} before, {after:?} after"));
+            }
         }
-        assert!(injected >= 30, "only {injected} injected");
-        let want = if value == "none" { 0 } else { injected };
-        assert_eq!(with_memory, want, "webhook.memorySource={value}");
-        eprintln!("webhook.memorySource={value}: {with_memory} of {injected} injected pods have memory signals");
+        // A hostPath of the node's cgroup tree: privileged, as the chart's values say.
+        "webhook.memorySource=cgroup" if after != Level::Privileged => {
+            return Err(format!("Pod Security {after:?} with a hostPath"));
+        }
+        "webhook.memorySource=cgroup" => {}
+        _ if after != before => {
+            return Err(format!("Pod Security {before:?} before, {after:?} after"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `pod` with what Pod Security "restricted" asks that it does not state (non-root, no
+/// privilege escalation, no capabilities, the runtime's seccomp profile); a user it states, a
+/// host namespace or a hostPath is kept, so such a pod stays below the level.
+fn harden(pod: &Value) -> Value {
+    let mut p = pod.clone();
+    let spec = &mut p["spec"];
+    for (key, value) in [
+        ("runAsNonRoot", json!(true)),
+        ("seccompProfile", json!({"type": "RuntimeDefault"})),
+    ] {
+        if spec["securityContext"][key].is_null() {
+            spec["securityContext"][key] = value;
+        }
+    }
+    for list in ["initContainers", "containers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            c["securityContext"]["allowPrivilegeEscalation"] = false.into();
+            c["securityContext"]["capabilities"] = json!({"drop": ["ALL"]});
+        }
+    }
+    p
+}
+
+/// Whether the sidecar's config loader takes these variables (its `check-config`).
+fn sidecar_loads(env: &[(&str, &str)]) -> Result<(), String> {
+    let out = common::sidewatch_command()
+        .args(["check-config", "--target", "tcp://127.0.0.1:9"])
+        .env_clear()
+        .envs(env.iter().copied())
+        .output_within(COMMAND_WITHIN)
+        .expect("run check-config");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(output_text(&out))
     }
 }
 
@@ -473,12 +716,13 @@ async fn check_one(hook: &Webhook, f: &Fixture) -> Result<Option<Injected>, Stri
     Ok(Some(Injected {
         memory,
         name: f.name.clone(),
-        pod,
         schema_since: f.schema_since.clone(),
         args,
         env,
         pod_ip: f.pod_ip.clone(),
         admin_port,
+        shares: pod["spec"]["shareProcessNamespace"] == true,
+        pod,
     }))
 }
 
@@ -651,13 +895,95 @@ fn run_all(injected: &[Injected]) {
             "nsenter (util-linux) is needed to run a sidecar in a network namespace",
         );
     };
+    // `proc` without process.match finds the app container's processes by its ID (the in-pod
+    // part of issue 25): a sidecar built without it refuses to start so.
+    let proc_by_id = proc_by_container_runs();
+    if let Err(e) = &proc_by_id {
+        skip_or_fail(&format!(
+            "the sidecar does not start with memory.source proc and no process.match; its pods \
+             are not run: {e}"
+        ));
+    }
     let mut failures = Vec::new();
     for i in injected {
+        let by_id = i
+            .env
+            .iter()
+            .any(|(k, v)| k == "SIDEWATCH_MEMORY_SOURCE" && v == "proc")
+            && !i.env.iter().any(|(k, _)| k == "SIDEWATCH_PROCESS_MATCH");
+        if by_id && proc_by_id.is_err() {
+            continue;
+        }
         if let Err(e) = run_one(&ns, &nsenter, i) {
             failures.push(format!("{}: {e}", i.name));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The sidecar's environment asks for the proc source by container ID (no process.match).
+fn by_container_id(env: &[(String, String)]) -> bool {
+    env.iter()
+        .any(|(k, v)| k == "SIDEWATCH_MEMORY_SOURCE" && v == "proc")
+        && !env.iter().any(|(k, _)| k == "SIDEWATCH_PROCESS_MATCH")
+}
+
+/// The command that runs the rest in a PID namespace of its own whose PID 1 is a pause process
+/// (podman's catatonit), as in a pod that shares its process namespace, where the kubelet's
+/// pause container is PID 1; when it ends, so does everything in that namespace.
+fn pause_pid_1() -> Result<Vec<String>, String> {
+    let (Some(unshare), Some(pause)) = (which("unshare"), which("catatonit")) else {
+        return Err(
+            "unshare (util-linux) and catatonit are needed for a pod's PID namespace".into(),
+        );
+    };
+    Ok([
+        unshare.to_string_lossy().as_ref(),
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        pause.to_string_lossy().as_ref(),
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+}
+
+/// Whether `sidewatch run` starts with `memory.source: proc` and no `process.match`, in a
+/// shared process namespace.
+fn proc_by_container_runs() -> Result<(), String> {
+    let wrapper = pause_pid_1()?;
+    let mut child = Command::new(&wrapper[0])
+        .args(&wrapper[1..])
+        .arg(common::BIN)
+        .args([
+            "run",
+            "--target",
+            "tcp://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_clear()
+        .env("SIDEWATCH_MEMORY_SOURCE", "proc")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sidewatch");
+    let logs = common::LogLines::read(child.stderr.take().expect("piped stderr"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let result = loop {
+        if logs.all().iter().any(|l| l.contains("sidewatch started")) {
+            break Ok(());
+        }
+        if child.try_wait().ok().flatten().is_some() || std::time::Instant::now() > deadline {
+            break Err(logs.all().join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// The pod's IPs, on the namespace's loopback: addresses of the pod's own, as eth0's are.
@@ -745,6 +1071,7 @@ fn run_one(ns: &Netns, nsenter: &Path, i: &Injected) -> Result<(), String> {
     let mut child = command
         .arg(format!("--net=/run/netns/{}", ns.0))
         .arg("--")
+        .args(if i.shares { pause_pid_1()? } else { Vec::new() })
         .arg(common::BIN)
         .args(&i.args)
         .env_clear()
@@ -780,8 +1107,30 @@ fn run_one(ns: &Netns, nsenter: &Path, i: &Injected) -> Result<(), String> {
     };
     let _ = child.kill();
     let _ = child.wait();
+    if i.shares {
+        gone(&ns.0, &i.pod_ip, i.admin_port);
+    }
     drop(cgroup);
     result
+}
+
+/// Waits until nothing answers on the admin port any more: killing the PID namespace's parent
+/// ends its PID 1, whose death ends the sidecar a moment later; the next pod needs the port.
+fn gone(ns: &str, pod_ip: &str, port: u16) {
+    let host = if pod_ip.contains(':') {
+        format!("[{pod_ip}]")
+    } else {
+        pod_ip.to_owned()
+    };
+    let url = format!("http://{host}:{port}/livez");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_netns_get(ns, &url).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url}: still answering 10 s after its pod's PID 1 was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A GET from inside the namespace, as the kubelet's probe comes to the pod's IP.
@@ -876,11 +1225,21 @@ async fn injected_sidecars_pass_where_the_kubelet_passes() {
         return;
     };
     add_addresses(&ns, &["10.244.1.7", "fd00:10:244::7"]);
+    let proc_by_id = proc_by_container_runs();
+    if let Err(e) = &proc_by_id {
+        skip_or_fail(&format!(
+            "the sidecar does not start with memory.source proc and no process.match; its pods \
+             are not run: {e}"
+        ));
+    }
     for f in &chosen {
         let i = check_one(&hook, f)
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", f.name))
             .expect("injected");
+        if proc_by_id.is_err() && by_container_id(&i.env) {
+            continue;
+        }
         let app = stand_in(&f.name, certs.path());
         let mut server = Command::new(&nsenter)
             .arg(format!("--net=/run/netns/{}", ns.0))
@@ -902,9 +1261,15 @@ async fn injected_sidecars_pass_where_the_kubelet_passes() {
             writeln!(stdin, "set hipstershop.CartService SERVING").unwrap();
             assert!(out.wait_for("ok", Duration::from_secs(30)).is_some());
         }
+        let pid_1 = if i.shares {
+            pause_pid_1().unwrap_or_else(|e| panic!("{}: {e}", f.name))
+        } else {
+            Vec::new()
+        };
         let mut sidecar = Command::new(&nsenter)
             .arg(format!("--net=/run/netns/{}", ns.0))
             .arg("--")
+            .args(pid_1)
             .arg(common::BIN)
             .args(&i.args)
             .env_clear()
@@ -941,5 +1306,8 @@ async fn injected_sidecars_pass_where_the_kubelet_passes() {
         wait(503);
         let _ = sidecar.kill();
         let _ = sidecar.wait();
+        if i.shares {
+            gone(&ns.0, &i.pod_ip, i.admin_port);
+        }
     }
 }

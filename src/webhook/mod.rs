@@ -88,6 +88,14 @@ pub struct WebhookArgs {
         default_value = "auto"
     )]
     pub memory_source: inject::Memory,
+    /// A node agent (`sidewatch node`) runs on every node: `--memory-source auto` is then the
+    /// node source for every pod (full memory signals at Pod Security "restricted").
+    #[arg(long, env = "SIDEWATCH_NODE_AGENT")]
+    pub node_agent: bool,
+    /// Whether the injector may set `shareProcessNamespace: true` for the memory sources that
+    /// need it (app-root, proc); `false` leaves those out unless the pod shares by itself.
+    #[arg(long, env = "SIDEWATCH_SHARE_PROCESS_NAMESPACE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub share_process_namespace: bool,
 }
 
 fn nonzero_duration(text: &str) -> Result<Duration, String> {
@@ -127,10 +135,12 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         image: args.image,
         native: !args.plain_sidecar,
         memory: args.memory_source,
+        node_agent: args.node_agent,
+        share_process_namespace: args.share_process_namespace,
         ..Settings::default()
     });
     let slots = Arc::new(Semaphore::new(args.max_connections as usize));
-    tracing::info!(listen = %listener.local_addr()?, metrics = %metrics_addr, image = %settings.image, native = settings.native, "sidewatch started (webhook)");
+    tracing::info!(listen = %listener.local_addr()?, metrics = %metrics_addr, image = %settings.image, native = settings.native, memory = ?settings.memory, node_agent = settings.node_agent, share_process_namespace = settings.share_process_namespace, "sidewatch started (webhook)");
     loop {
         // Taken before accept: at the cap, new clients wait in the backlog rather than being reset.
         let Ok(slot) = slots.clone().acquire_owned().await else {

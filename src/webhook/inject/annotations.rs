@@ -17,11 +17,15 @@ pub const INJECTION: &str = "sidewatch.io/injection";
 /// and the webhook's `--memory-source` for the pods without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Memory {
-    /// The app container's own cgroup when the sidecar can run as the app's user, else none.
+    /// The node agent when one runs on every node (`--node-agent`), else the app container's
+    /// own cgroup when the sidecar can run as the app's user, else its processes when the
+    /// process namespace may be shared, else none.
     Auto,
     AppRoot,
     Cgroup,
     Proc,
+    /// The node agent (`sidewatch node`) of the pod's node, with a projected token for it.
+    Node,
     None,
 }
 
@@ -93,7 +97,7 @@ impl Options {
                         Ok(memory) => memory,
                         Err(_) => {
                             return Err(bad(format!(
-                                "{text:?}: want auto, app-root, cgroup, proc or none"
+                                "{text:?}: want auto, app-root, cgroup, proc, node or none"
                             )))
                         }
                     })
@@ -140,12 +144,6 @@ impl Options {
                     )))
                 }
             }
-        }
-        if o.memory == Some(Memory::Proc) && o.process_match.is_none() {
-            return Err(format!(
-                "annotation {PREFIX}memory: proc needs {PREFIX}process-match, a part of the \
-                 app's command line to find its processes by"
-            ));
         }
         Ok(o)
     }
@@ -220,8 +218,11 @@ mod tests {
             err.contains("unknown") && err.contains("sidewatch.io/readiness-gate"),
             "{err}"
         );
-        let err = parse(json!({"sidewatch.io/memory": "proc"})).unwrap_err();
-        assert!(err.contains("process-match"), "{err}");
+        // Without process-match, proc finds the app container's processes by its container ID.
+        let ok = parse(json!({"sidewatch.io/memory": "proc"})).unwrap();
+        assert_eq!(ok.memory, Some(Memory::Proc));
+        let err = parse(json!({"sidewatch.io/memory": "agent"})).unwrap_err();
+        assert!(err.contains("node"), "{err}");
         let err = parse(json!({"sidewatch.io/drain-readiness": "serve"})).unwrap_err();
         assert!(err.contains("sidewatch.io/drain-readiness"), "{err}");
         let ok = parse(json!({"sidewatch.io/drain-readiness": "serve_while_terminating"})).unwrap();

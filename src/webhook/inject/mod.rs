@@ -6,6 +6,7 @@
 
 mod annotations;
 mod memory;
+mod node_token;
 mod outcome;
 mod patch;
 mod ports;
@@ -39,6 +40,10 @@ pub struct Settings {
     pub uid: i64,
     /// The memory source of the pods that do not annotate one (`--memory-source`).
     pub memory: Memory,
+    /// A node agent runs on every node (`--node-agent`): `auto` is the node source.
+    pub node_agent: bool,
+    /// The injector may set `shareProcessNamespace: true` (`--share-process-namespace`).
+    pub share_process_namespace: bool,
 }
 
 impl Default for Settings {
@@ -48,6 +53,8 @@ impl Default for Settings {
             native: true,
             uid: 65532,
             memory: Memory::Auto,
+            node_agent: false,
+            share_process_namespace: true,
         }
     }
 }
@@ -132,7 +139,7 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
     let mut edits = Edits::new(pod);
     let memory = memory::memory(
         &options,
-        settings.memory,
+        settings,
         spec,
         app,
         &mut edits,

@@ -17,8 +17,9 @@ const TOKEN_ENV: &str = "SIDEWATCH_INJECTED_DRAIN_TOKEN";
 pub struct MemoryPlan {
     pub source: Memory,
     pub pattern: Option<String>,
-    /// The hostPath volume of the node's cgroup tree, for `Memory::Cgroup`.
-    pub volume: Option<String>,
+    /// The sidecar's mount of what the source reads: the node's cgroup tree (`Memory::Cgroup`),
+    /// the node agent's token (`Memory::Node`).
+    pub mount: Option<Value>,
     /// The app's user and group, for `Memory::AppRoot`: the sidecar runs as them.
     pub run_as: Option<(i64, i64)>,
 }
@@ -90,9 +91,14 @@ impl Sidecar<'_> {
             Memory::AppRoot => "app-root",
             Memory::Cgroup => "cgroup",
             Memory::Proc => "proc",
+            Memory::Node => "node",
             Memory::None | Memory::Auto => "none",
         };
         env.push(value_env("SIDEWATCH_MEMORY_SOURCE", source));
+        if self.memory.source == Memory::Node {
+            // `memory.node.agent: auto` is the agent on this address, the pod's own node.
+            env.push(field_env("HOST_IP", "status.hostIP"));
+        }
         if let Some(pattern) = &self.memory.pattern {
             env.push(value_env("SIDEWATCH_PROCESS_MATCH", pattern));
         }
@@ -135,9 +141,8 @@ impl Sidecar<'_> {
             container["securityContext"]["runAsUser"] = uid.into();
             container["securityContext"]["runAsGroup"] = gid.into();
         }
-        if let Some(volume) = &self.memory.volume {
-            container["volumeMounts"] =
-                json!([{"name": volume, "mountPath": "/sys/fs/cgroup", "readOnly": true}]);
+        if let Some(mount) = &self.memory.mount {
+            container["volumeMounts"] = json!([mount]);
         }
         if self.native {
             container["restartPolicy"] = "Always".into();

@@ -65,17 +65,10 @@ fn an_annotated_pod_gets_a_native_sidecar_first_and_a_drain_hook() {
     );
     p["spec"]["initContainers"] = json!([{"name": "migrate", "image": "x", "x-future": {"a": 1}}]);
     let (out, warnings) = injected(&p);
-    // The spec does not say the app's user and group: no memory signals, and the one warning
-    // says why and what would turn them on.
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    for what in [
-        "memory signals off for this pod",
-        "runAsUser",
-        "sidewatch.io/process-match",
-        "sidewatch.io/memory: cgroup",
-    ] {
-        assert!(warnings[0].contains(what), "{what}: {warnings:?}");
-    }
+    // The spec does not say the app's user and group: memory from the app container's
+    // processes, the process namespace shared (memory_tests.rs has every other choice).
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(out["spec"]["shareProcessNamespace"], true);
     let init = out["spec"]["initContainers"].as_array().unwrap();
     assert_eq!(init[0]["name"], "sidewatch");
     assert_eq!(init[0]["restartPolicy"], "Always");
@@ -242,18 +235,21 @@ fn the_install_chooses_the_memory_source_of_pods_that_do_not() {
     );
     let sidecar = &out["spec"]["initContainers"][0];
     assert_eq!(env(sidecar, "SIDEWATCH_MEMORY_SOURCE"), Some("cgroup"));
-    // proc needs the app's command line, which only the pod can name: off, and said.
-    for (memory, why) in [
-        (Memory::Proc, "--memory-source is proc"),
-        (Memory::None, "--memory-source is none"),
-    ] {
-        let (out, warnings) = with(memory, &plain);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains(why), "{warnings:?}");
-        assert!(warnings[0].contains("memory signals off for this pod"));
-        let sidecar = &out["spec"]["initContainers"][0];
-        assert_eq!(env(sidecar, "SIDEWATCH_MEMORY_SOURCE"), Some("none"));
-    }
+    // proc finds the app container's processes by its container ID; none is off, and said.
+    let (out, warnings) = with(Memory::Proc, &plain);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(env(sidecar, "SIDEWATCH_MEMORY_SOURCE"), Some("proc"));
+    assert_eq!(env(sidecar, "SIDEWATCH_PROCESS_MATCH"), None);
+    let (out, warnings) = with(Memory::None, &plain);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("--memory-source is none"),
+        "{warnings:?}"
+    );
+    assert!(warnings[0].contains("memory signals off for this pod"));
+    let sidecar = &out["spec"]["initContainers"][0];
+    assert_eq!(env(sidecar, "SIDEWATCH_MEMORY_SOURCE"), Some("none"));
     let mut annotated = opted_in();
     annotated["sidewatch.io/process-match"] = "java".into();
     let (out, _) = with(Memory::Proc, &pod(annotated.clone(), web()));
