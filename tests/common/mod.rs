@@ -644,8 +644,11 @@ pub fn healthy() -> Behaviour {
 /// A plain HTTP client for talking to sidewatch's admin port.
 pub fn client() -> reqwest::Client {
     sidewatch::tls::install_crypto_provider();
+    // Idle connections are dropped here well before the admin server's 5 s header timeout closes
+    // them there: a request sent on a connection the server is closing meets a reset.
     reqwest::Client::builder()
         .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()
         .expect("test client")
 }

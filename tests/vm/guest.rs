@@ -92,13 +92,14 @@ struct Pod {
 }
 
 impl Pod {
-    /// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`.
+    /// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`, the uid's
+    /// dashes escaped to underscores as the kubelet does (a dash is systemd's slice separator).
     fn systemd(uid: &str) -> Pod {
         Self::make(
             &[
                 "kubepods.slice",
                 "kubepods-burstable.slice",
-                &format!("kubepods-burstable-pod{uid}.slice"),
+                &format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
             ],
             true,
         )
@@ -785,7 +786,7 @@ async fn node_agent() -> serde_json::Value {
     ];
     let kube_env = [("KUBECONFIG", kubeconfig.to_str().expect("UTF-8"))];
     let agent = Sidewatch::launch_under(&[], &node_args, &kube_env);
-    agent.wait_log("inotify").await;
+    agent.wait_log("cgroup v2").await;
     let at = agent.url("");
     let at = at.trim_end_matches('/');
     let (a, _up_a) = node_sidecar(at, "a", "token-a").await;
