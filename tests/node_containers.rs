@@ -184,6 +184,29 @@ impl Agent {
         })
     }
 
+    /// The agent process runs as the DaemonSet's user with no capabilities, and sees the
+    /// node's memory hierarchy read-only at the mount path.
+    fn assert_confined(&self, sw: &Sidewatch) {
+        let proc = PathBuf::from(format!("/proc/{}", sw.child.id()));
+        let status = std::fs::read_to_string(proc.join("status")).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().to_owned()
+        };
+        assert_eq!(
+            (field("Uid:"), field("Gid:")),
+            (self.uid.clone(), self.gid.clone())
+        );
+        for caps in ["CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(caps), "0000000000000000", "{caps}");
+        }
+        let mounts = std::fs::read_to_string(proc.join("mountinfo")).unwrap();
+        let memory = format!("{}/memory ", self.mount.path.display());
+        let line = mounts.lines().find(|l| l.contains(&memory)).expect(&memory);
+        let options = line.split_whitespace().nth(5).unwrap();
+        assert!(options.split(',').any(|o| o == "ro"), "{line}");
+    }
+
     fn args(&self) -> Vec<String> {
         strings(&self.rendered.agent["args"])
     }
@@ -364,6 +387,7 @@ async fn the_charts_agent_serves_the_injected_pod_its_memory_in_real_containers(
     assert_eq!(node.metric(BLIND).await, Some(0.0));
     let logs = node.pod.logs("sidewatch");
     assert!(logs.contains(&net.host_ip), "{logs}");
+    agent.assert_confined(running.as_ref().unwrap());
     let agent_logs = running.as_ref().unwrap().logs.lock().unwrap().join("\n");
     assert!(
         agent_logs.contains("/host/sys/fs/cgroup/memory"),
