@@ -76,6 +76,8 @@ impl Root {
             format!("crio-{id}"),
             format!("docker-{id}.scope"),
             format!("libpod-{id}.scope"),
+            // podman with the cgroupfs driver names it without `.scope` (its conmon sits beside).
+            format!("libpod-{id}"),
         ];
         candidates.iter().map(|c| pod.join(c)).find(|p| p.is_dir())
     }
@@ -145,6 +147,24 @@ mod tests {
         );
         assert_eq!(r.locate("uid-9", Some("abc")).unwrap().path, root.join(app));
         assert!(Root::detect(&root.join("memory/kubepods")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn podman_cgroupfs_names_beside_its_conmon() {
+        let pod = "memory/kubepods/burstable/poduid-7";
+        let app = format!("{pod}/libpod-feed02");
+        let root = tree(
+            "libpod",
+            &[&app, &format!("{pod}/conmon")],
+            &["memory/memory.usage_in_bytes"],
+        );
+        let r = Root::detect(&root).unwrap();
+        assert_eq!(
+            r.locate("uid-7", Some("feed02")).unwrap().path,
+            root.join(&app)
+        );
+        assert!(r.locate("uid-7", Some("feed03")).is_err());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -181,7 +181,9 @@ impl RunningPod {
         net: PodNet,
         api: Option<Arc<ApiAccess>>,
     ) -> RunningPod {
-        let facts = PodFacts::of(pod, &net.ip);
+        let mut facts = PodFacts::of(pod, &net.ip);
+        // The node as the pod reaches it (`status.hostIP`): the host's end of the veth.
+        facts.host_ip = net.host_ip.clone();
         let name = format!("sw-{}-{}", std::process::id(), net.subnet);
         let spec = &pod["spec"];
         let dir = tempdir::Dir::new();
@@ -265,14 +267,42 @@ impl RunningPod {
                 let code = podman.ok(&["wait", &started.podman]);
                 assert_eq!(code, "0", "init container {} failed", started.name);
             }
+            running.report_id(&started, api.as_deref());
             running.containers.push(started);
         }
         for c in list("containers") {
             let started = running.run_container(&c, &volumes, api.as_deref(), false, false);
+            running.report_id(&started, api.as_deref());
             running.containers.push(started);
         }
         running.spawn_kubelet(api);
         running
+    }
+
+    /// The kubelet's report of a container's runtime ID in the pod's status, which a node agent
+    /// finds its cgroup by. The prefix is the one a containerd node reports; the agent ignores it.
+    fn report_id(&self, c: &Started, api: Option<&ApiAccess>) {
+        let Some(api) = api else { return };
+        let list = if c.init {
+            "initContainerStatuses"
+        } else {
+            "containerStatuses"
+        };
+        api.api.update_pod(|pod| {
+            if let Some(status) = pod["status"][list]
+                .as_array_mut()
+                .and_then(|l| l.iter_mut().find(|s| s["name"] == c.name.as_str()))
+            {
+                status["containerID"] = format!("containerd://{}", c.podman).into();
+            }
+        });
+    }
+
+    /// The pod's cgroup as the kubelet names it with the cgroupfs driver under cgroup v1, for
+    /// the burstable QoS class (`kubepods/burstable/pod<uid>`); podman puts each container's in
+    /// it as `libpod-<id>`, and its conmon's as `conmon`.
+    pub fn cgroup_parent(&self) -> String {
+        format!("/kubepods/burstable/pod{}", self.facts.uid)
     }
 
     /// The host directories of the pod's volumes (emptyDir made here, hostPath as it is), and the
@@ -322,7 +352,10 @@ impl RunningPod {
         };
         for source in projected["sources"].as_array().into_iter().flatten() {
             if let Some(path) = source["serviceAccountToken"]["path"].as_str() {
-                write(path, "a-projected-token");
+                match (source["serviceAccountToken"]["audience"].as_str(), api) {
+                    (Some(audience), Some(api)) => write(path, &self.bound_token(audience, api)),
+                    _ => write(path, "a-projected-token"),
+                }
             }
             if source["configMap"]["name"] == "kube-root-ca.crt" {
                 for item in source["configMap"]["items"]
@@ -350,6 +383,19 @@ impl RunningPod {
         }
         set_mode(&dir, 0o755);
         dir
+    }
+
+    /// A token for `audience` bound to this pod, as the API server issues one for a projected
+    /// volume, and known to the (fake) API server's TokenReview from then on.
+    fn bound_token(&self, audience: &str, api: &ApiAccess) -> String {
+        let sa = self.pod["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
+        let f = &self.facts;
+        let token = format!("bound-{audience}-{}-{}", f.name, f.uid).replace('/', "_");
+        let user = super::common::policy::pod_token(&f.namespace, sa, &f.name, &f.uid);
+        api.api.set_token(&token, &[audience], user);
+        token
     }
 
     /// Where the container `name` has something mounted.
@@ -388,6 +434,7 @@ impl RunningPod {
         ]
         .map(str::to_owned)
         .to_vec();
+        args.push(format!("--cgroup-parent={}", self.cgroup_parent()));
         let pod_sc = &self.pod["spec"]["securityContext"];
         let sc = &c["securityContext"];
         let pick = |key: &str| {
@@ -742,6 +789,8 @@ pub fn api_object(pod: &Value, facts: &PodFacts) -> Value {
     pod["metadata"]["name"] = facts.name.clone().into();
     pod["metadata"]["namespace"] = facts.namespace.clone().into();
     pod["metadata"]["uid"] = facts.uid.clone().into();
+    // Scheduled: a node agent serves only the pods of its own node.
+    pod["spec"]["nodeName"] = facts.node.clone().into();
     let statuses = |key: &str| -> Value {
         pod["spec"][key]
             .as_array()
@@ -754,7 +803,7 @@ pub fn api_object(pod: &Value, facts: &PodFacts) -> Value {
             .collect::<Vec<_>>()
             .into()
     };
-    pod["status"] = json!({"phase": "Running", "podIP": facts.ip,
+    pod["status"] = json!({"phase": "Running", "podIP": facts.ip, "hostIP": facts.host_ip,
         "conditions": [{"type": "Ready", "status": "True"}],
         "initContainerStatuses": statuses("initContainers"),
         "containerStatuses": statuses("containers")});
@@ -778,5 +827,27 @@ impl Drop for RunningPod {
         // The host's end takes the pod's with it.
         netns::ip(&["link", "del", &self.veth]);
         netns::ip(&["netns", "del", &self.ns]);
+        remove_cgroup_parent(&self.cgroup_parent());
+    }
+}
+
+/// The pod's cgroup (and the kubelet's above it) in every v1 hierarchy, once empty: podman
+/// removes its containers' but leaves conmon's and the parents. Another pod of this test
+/// process may still use them (the same uid): then rmdir fails and they stay for it.
+fn remove_cgroup_parent(parent: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let relative = parent.trim_start_matches('/');
+    for h in hierarchies.flatten() {
+        let mut dirs = vec![h.path().join(relative).join("conmon")];
+        let mut dir = h.path().join(relative);
+        while dir != h.path() {
+            dirs.push(dir.clone());
+            dir.pop();
+        }
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
