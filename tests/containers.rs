@@ -104,6 +104,7 @@ impl Cluster {
         let api = Arc::new(ApiAccess {
             api,
             ca_pem: pki.ca_pem(),
+            report_ids: true,
         });
         let running = tokio::task::block_in_place(|| {
             RunningPod::start(&podman, &injected, net, Some(api.clone()))

@@ -165,6 +165,8 @@ async fn the_named_app_container_is_watched_by_its_id_and_followed_to_its_next()
     let api = Arc::new(ApiAccess {
         api,
         ca_pem: pki.ca_pem(),
+        // The test reports the IDs itself, to see the time before the kubelet has.
+        report_ids: false,
     });
     let running =
         tokio::task::block_in_place(|| RunningPod::start(&podman, &spec, net, Some(api.clone())));

@@ -373,6 +373,7 @@ async fn the_charts_agent_serves_the_injected_pod_its_memory_in_real_containers(
     let api = Arc::new(ApiAccess {
         api,
         ca_pem: pki.ca_pem(),
+        report_ids: true,
     });
     let pod = tokio::task::block_in_place(|| {
         RunningPod::start(&podman, &injected, net.clone(), Some(api.clone()))

@@ -133,6 +133,9 @@ impl PodNet {
 pub struct ApiAccess {
     pub api: FakeApi,
     pub ca_pem: String,
+    /// The runner reports each container's ID in the pod status once it runs, as the kubelet
+    /// does; off for a test that plays that part itself, to see the time before.
+    pub report_ids: bool,
 }
 
 /// One container as the runner started it.
@@ -282,7 +285,9 @@ impl RunningPod {
     /// The kubelet's report of a container's runtime ID in the pod's status, which a node agent
     /// finds its cgroup by. The prefix is the one a containerd node reports; the agent ignores it.
     fn report_id(&self, c: &Started, api: Option<&ApiAccess>) {
-        let Some(api) = api else { return };
+        let Some(api) = api.filter(|a| a.report_ids) else {
+            return;
+        };
         let list = if c.init {
             "initContainerStatuses"
         } else {
