@@ -195,3 +195,26 @@ fn the_chart_values_give_each_alert_its_rule_file_for_and_override_it() {
         );
     }
 }
+
+/// Every alert is expected firing by one of the real-Prometheus tests (in its `expected` list): a
+/// new alert without a real exposition behind it is caught here.
+#[test]
+fn every_alert_is_seen_firing_in_a_real_prometheus() {
+    let file: Value = serde_saphyr::from_str(RULES).unwrap();
+    let expected: Vec<&str> = [
+        include_str!("prometheus.rs"),
+        include_str!("prometheus_node.rs"),
+    ]
+    .iter()
+    .map(|text| {
+        let list = text.split("let expected").nth(1).expect("an expected list");
+        list.split("];").next().unwrap_or_default()
+    })
+    .collect();
+    let missing: Vec<&str> = chart::alerts(&file)
+        .into_iter()
+        .filter_map(|r| r["alert"].as_str())
+        .filter(|name| !expected.iter().any(|l| l.contains(&format!("\"{name}\""))))
+        .collect();
+    assert!(missing.is_empty(), "never seen firing: {missing:?}");
+}

@@ -239,6 +239,8 @@ fn the_node_agent_runs_on_every_node_with_two_permissions_and_no_more() {
         "--set",
         "node.interval=1s",
         "--set",
+        "node.maxStreams=120",
+        "--set",
         "webhook.shareProcessNamespace=false",
     ]) else {
         return;
@@ -280,7 +282,8 @@ fn the_node_agent_runs_on_every_node_with_two_permissions_and_no_more() {
             "node",
             "--listen=[::]:9466",
             "--cgroup-root=/host/sys/fs/cgroup",
-            "--interval=1s"
+            "--interval=1s",
+            "--max-streams=120"
         ])
     );
     assert_eq!(

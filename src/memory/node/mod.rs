@@ -230,7 +230,7 @@ impl MemoryWatcher {
             if away.refused {
                 tracing::error!(
                     token_file = %e.token_file.display(),
-                    "memory: blind, because {why}. Likely causes: the token's audience is not {} (the projected volume sidewatch-node-token), the agent's RBAC cannot review tokens, or HOST_IP is not this pod's node",
+                    "memory: blind, because {why}. Likely causes: the token's audience is not {} (the projected volume sidewatch-node-token), HOST_IP is not this pod's node, or POD_NAME and POD_NAMESPACE are not the token's pod",
                     super::wire::AUDIENCE
                 );
             } else {
