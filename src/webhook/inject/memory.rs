@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::annotations::{Memory, Options};
-use super::patch::Edits;
+use super::patch::{free_name, Edits};
 use super::{node_token, sidecar, Settings};
 
 /// The memory source the sidecar gets, with what it needs added to the pod, and why.
@@ -226,15 +226,6 @@ fn app_ids(spec: &Value, app: &Value) -> Option<(i64, i64)> {
             .or_else(|| spec["securityContext"][key].as_i64())
     };
     Some((id("runAsUser")?, id("runAsGroup")?))
-}
-
-/// `base`, or `base-2`, `base-3`… whichever no entry of `list` is named.
-pub(super) fn free_name(list: Option<&Vec<Value>>, base: &str) -> String {
-    let taken = |name: &str| list.into_iter().flatten().any(|v| v["name"] == name);
-    std::iter::once(base.to_owned())
-        .chain((2..).map(|n| format!("{base}-{n}")))
-        .find(|name| !taken(name))
-        .unwrap_or_else(|| base.to_owned())
 }
 
 #[cfg(test)]

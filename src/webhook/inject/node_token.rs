@@ -5,8 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::memory::free_name;
-use super::patch::Edits;
+use super::patch::{free_name, Edits};
 use crate::memory::wire::AUDIENCE;
 
 /// Where the sidecar reads it (`memory.node.token_file` defaults to `{MOUNT}/token`).

@@ -96,6 +96,15 @@ impl<'a> Edits<'a> {
     }
 }
 
+/// `base`, or `base-2`, `base-3`… whichever no entry of `list` is named.
+pub(super) fn free_name(list: Option<&Vec<Value>>, base: &str) -> String {
+    let taken = |name: &str| list.into_iter().flatten().any(|v| v["name"] == name);
+    std::iter::once(base.to_owned())
+        .chain((2..).map(|n| format!("{base}-{n}")))
+        .find(|name| !taken(name))
+        .unwrap_or_else(|| base.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

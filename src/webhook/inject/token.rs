@@ -6,8 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::memory::free_name;
-use super::patch::Edits;
+use super::patch::{free_name, Edits};
 
 /// Where Kubernetes clients (kube's in-cluster config among them) read the token, CA and namespace.
 const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
