@@ -1225,6 +1225,15 @@ async fn injected_sidecars_pass_where_the_kubelet_passes() {
         return;
     };
     add_addresses(&ns, &["10.244.1.7", "fd00:10:244::7"]);
+    // The gRPC fixture's stand-in is grpcio's own health server.
+    let has_grpc = Command::new("python3")
+        .args(["-c", "import grpc_health.v1.health"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_grpc {
+        skip_or_fail("python3 with grpcio and grpcio-health-checking (scripts/install-test-tools)");
+        return;
+    }
     let proc_by_id = proc_by_container_runs();
     if let Err(e) = &proc_by_id {
         skip_or_fail(&format!(
