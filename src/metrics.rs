@@ -10,7 +10,14 @@ use prometheus::{
 };
 
 /// The parts of sidewatch that can be on or off, the `feature` label of `sidewatch_features`.
-pub const FEATURES: [&str; 5] = ["probes", "memory", "process", "kubernetes", "drain_traffic"];
+pub const FEATURES: [&str; 6] = [
+    "probes",
+    "memory",
+    "process",
+    "kubernetes",
+    "drain_traffic",
+    "overload",
+];
 
 #[derive(Clone)]
 pub struct Registry {

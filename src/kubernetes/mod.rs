@@ -29,8 +29,13 @@ use config::KubernetesConfig;
 use pod::Tracker;
 use publish::Publisher;
 
-/// The reasons the Kubernetes signals give.
-pub const REASONS: [Reason; 2] = [Reason::ContainerRestarted, Reason::Terminating];
+/// The reasons the Kubernetes signals give. The pod watch reports an app container's restart, OOMKilled ones apart, with memory
+/// watched or not.
+pub const REASONS: [Reason; 3] = [
+    Reason::ContainerRestarted,
+    Reason::OomKilled,
+    Reason::Terminating,
+];
 
 /// After a failed watch or list, sidewatch waits this long before listing again, doubling up to
 /// `WATCH_RETRY_MAX`, each wait jittered so that the pods of a cluster do not all come back to a
