@@ -9,6 +9,7 @@ pub mod container;
 pub mod demo;
 pub mod drain;
 pub mod engine;
+pub mod http_server;
 pub mod kubernetes;
 pub mod liveness;
 pub mod logging;

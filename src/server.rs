@@ -1,35 +1,36 @@
-//! The admin HTTP server, one listener (`--listen`), boring on purpose:
+//! The sidecar's admin HTTP server, one listener (`--listen`): what it answers, and the
+//! admin port's connection policy; the accept loop itself is `crate::http_server`'s.
 //!
+//! - `GET /`        the status page
 //! - `GET /readyz`  200 `{"ready":true,"reasons":[]}` or 503 with the reasons (the sidecar's readinessProbe)
 //! - `GET /livez`   200 while every watcher task runs, 503 naming the dead ones
 //! - `GET /metrics` Prometheus text format 0.0.4
 //! - `GET|POST /drain` starts or joins the drain, answers 200 when it has ended; from loopback, with
 //!   the `X-Sidewatch-Drain-Token` header, or once the pod is terminating; 403 otherwise
 //!
-//! Probes and the engine run on their own runtime, so nothing here waits on a probe.
+//! At the connection cap an idle connection is evicted (`http_server::Evict`), so that the
+//! kubelet's probe always gets in. Probes and the engine run on their own runtime, so nothing
+//! here waits on a probe.
 
-use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::drain::{Access, Drain};
 use crate::engine::bus::Published;
+use crate::http_server::{self, Evict, Limit, Options};
 use crate::liveness::Liveness;
 use crate::metrics::{self, Registry};
 
@@ -40,6 +41,8 @@ const MAX_BUF: usize = 16 * 1024;
 /// Open admin connections kept at most (fewer under a low descriptor limit, see `connection_cap`).
 /// The kubelet and Prometheus need a handful; the cap bounds what hostile clients can hold.
 const MAX_CONNECTIONS: usize = 256;
+/// At exit, how long a request under way may take; the exit path waits no longer (`app`).
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Admin {
     pub verdict: watch::Receiver<Arc<Published>>,
@@ -81,67 +84,30 @@ impl AdminMetrics {
 const TOKEN_HEADER: &str = "x-sidewatch-drain-token";
 
 /// Serves until `shutdown`, then stops accepting, lets every connection finish the request it is
-/// in (a scrape's answer is written whole) and returns once all are closed.
+/// in (a scrape's answer is written whole, within `STOP_GRACE`) and returns once all are closed.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
-    let connections = Connections::new(connection_cap());
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors, mostly: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        admin.accepted.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.set_nodelay(true);
-        let (slot, evicted) = connections.admit(peer.ip(), &admin.metrics);
+    let options = Options {
+        name: "admin",
+        limit: Limit::Evict(Evict::new(
+            connection_cap(),
+            admin.metrics.connections.clone(),
+            admin.metrics.evictions.clone(),
+        )),
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        max_buf: MAX_BUF,
+        tls: None,
+        max_age: None,
+        grace: STOP_GRACE,
+        accepted: Some(admin.accepted.clone()),
+    };
+    http_server::serve(listener, options, shutdown, move |peer| {
         let admin = admin.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let busy = slot.busy.clone();
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                let busy = Busy::enter(&busy);
-                async move {
-                    let resp = handle(&admin, peer, req).await;
-                    drop(busy);
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_BUF);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = evicted => {
-                    tracing::debug!(%peer, "admin connection closed to make room");
-                    Ok(())
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
-            drop(slot);
-        });
-    }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
+        service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(handle(&admin, peer, req).await) }
+        })
+    })
+    .await;
 }
 
 /// The connection cap: `MAX_CONNECTIONS`, or a quarter of the descriptor limit when that is lower,
@@ -150,127 +116,6 @@ fn connection_cap() -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let quarter = limit.map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX));
     MAX_CONNECTIONS.min(quarter).max(1)
-}
-
-/// The open admin connections, oldest first. At the cap, admitting a connection closes one that is
-/// not inside a request (so idle, or still sending its headers), taken from the client address
-/// that holds the most connections, its oldest first: one client that opens many connections
-/// loses its own, and the kubelet's probe from the node's address always gets in. A connection
-/// inside a request, a held `/drain` above all, is never closed.
-#[derive(Clone)]
-struct Connections {
-    cap: usize,
-    open: Arc<Mutex<Open>>,
-}
-
-#[derive(Default)]
-struct Open {
-    next: u64,
-    slots: BTreeMap<u64, Entry>,
-}
-
-struct Entry {
-    peer: IpAddr,
-    busy: Arc<AtomicBool>,
-    /// Dropping it closes the connection.
-    _evict: oneshot::Sender<()>,
-}
-
-/// A connection's place in `Connections`; dropped when the connection ends.
-struct Slot {
-    id: u64,
-    busy: Arc<AtomicBool>,
-    connections: Connections,
-    open_gauge: prometheus::IntGauge,
-}
-
-impl Connections {
-    fn new(cap: usize) -> Self {
-        Connections {
-            cap,
-            open: Arc::default(),
-        }
-    }
-
-    /// Registers a new connection, closing another (`Open::victim`) if the cap is reached. The
-    /// receiver completes when this connection is closed in turn.
-    fn admit(&self, peer: IpAddr, metrics: &AdminMetrics) -> (Slot, oneshot::Receiver<()>) {
-        let (evict, evicted) = oneshot::channel();
-        let busy = Arc::new(AtomicBool::new(false));
-        let mut open = self.lock();
-        if open.slots.len() >= self.cap {
-            if let Some(id) = open.victim() {
-                open.slots.remove(&id);
-                metrics.evictions.inc();
-            }
-        }
-        let id = open.next;
-        open.next += 1;
-        open.slots.insert(
-            id,
-            Entry {
-                peer,
-                busy: busy.clone(),
-                _evict: evict,
-            },
-        );
-        metrics.connections.set(open.slots.len() as i64);
-        let slot = Slot {
-            id,
-            busy,
-            connections: self.clone(),
-            open_gauge: metrics.connections.clone(),
-        };
-        (slot, evicted)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
-        // The map stays consistent even if a holder panicked: every update is a single insert or remove.
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Open {
-    /// The connection to close: not inside a request, of the address with the most connections,
-    /// the oldest of those.
-    fn victim(&self) -> Option<u64> {
-        let mut per_peer: HashMap<IpAddr, usize> = HashMap::new();
-        for entry in self.slots.values() {
-            *per_peer.entry(entry.peer).or_default() += 1;
-        }
-        let idle = self
-            .slots
-            .iter()
-            .filter(|(_, e)| !e.busy.load(Ordering::Acquire));
-        // max_by_key keeps the last of equals; reversed, that is the oldest.
-        idle.rev()
-            .max_by_key(|(_, e)| per_peer.get(&e.peer).copied().unwrap_or(0))
-            .map(|(id, _)| *id)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.connections.lock();
-        open.slots.remove(&self.id);
-        self.open_gauge.set(open.slots.len() as i64);
-    }
-}
-
-/// Marks a connection busy while one of its requests is being answered.
-struct Busy(Arc<AtomicBool>);
-
-impl Busy {
-    fn enter(flag: &Arc<AtomicBool>) -> Self {
-        flag.store(true, Ordering::Release);
-        Busy(flag.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
 }
 
 type Body = Full<Bytes>;
@@ -367,29 +212,4 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
     resp.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_victim_is_the_oldest_idle_connection_of_the_busiest_client() {
-        let c = Connections::new(4);
-        let m = AdminMetrics::new(&Registry::new());
-        let (node, attacker) = ("10.0.0.1".parse().unwrap(), "10.1.2.3".parse().unwrap());
-        let (_kubelet, _) = c.admit(node, &m);
-        let (held, _) = c.admit(attacker, &m);
-        let busy = Busy::enter(&held.busy);
-        let (next, _) = c.admit(attacker, &m);
-        let (_newest, _) = c.admit(attacker, &m);
-        assert_eq!(c.lock().victim(), Some(next.id));
-        drop(busy);
-        assert_eq!(c.lock().victim(), Some(held.id));
-        // At the cap, admitting closes the victim and keeps the count.
-        let (_admitted, _) = c.admit(node, &m);
-        assert_eq!(m.evictions.get(), 1);
-        assert_eq!(c.lock().slots.len(), 4);
-        assert!(!c.lock().slots.contains_key(&held.id));
-    }
 }

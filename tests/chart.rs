@@ -261,6 +261,10 @@ fn the_node_agent_runs_on_every_node_with_two_permissions_and_no_more() {
         .collect();
     assert!(webhook_args.contains(&"--node-agent"), "{webhook_args:?}");
     assert!(
+        webhook_args.contains(&"--shutdown-delay=5s"),
+        "{webhook_args:?}"
+    );
+    assert!(
         webhook_args.contains(&"--share-process-namespace=false"),
         "{webhook_args:?}"
     );
@@ -379,4 +383,46 @@ fn the_node_agent_runs_on_every_node_with_two_permissions_and_no_more() {
         return;
     };
     assert!(!out.status.success(), "{}", output_text(&out));
+}
+
+/// The webhook's stop, as the chart sets it: its readiness probe takes it out of the endpoints
+/// within the shutdown delay, and the grace period covers the delay and the webhook's own bound
+/// on answering what is in flight (21 s, `src/webhook/stop.rs`).
+#[test]
+fn the_webhooks_grace_period_covers_its_shutdown_delay_and_its_stop() {
+    for (set, delay) in [(None, 5), (Some("webhook.shutdownDelaySeconds=12"), 12)] {
+        let args: Vec<&str> = set.map(|s| vec!["--set", s]).unwrap_or_default();
+        let Some(yaml) = chart::render(&args) else {
+            return;
+        };
+        let docs = chart::documents(&yaml);
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
+        assert_eq!(grace, delay + 25);
+        assert!(
+            grace > delay + 21,
+            "the grace period ends before the webhook's stop"
+        );
+        let c = &pod["containers"][0];
+        let flag = format!("--shutdown-delay={delay}s");
+        assert!(
+            c["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == flag.as_str()),
+            "{}",
+            c["args"]
+        );
+        let probe = &c["readinessProbe"];
+        assert_eq!(probe["httpGet"]["path"], "/readyz");
+        let unready_within =
+            probe["periodSeconds"].as_i64().unwrap() * probe["failureThreshold"].as_i64().unwrap();
+        assert!(
+            unready_within < delay,
+            "unready after {unready_within} s, the delay is {delay} s"
+        );
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    }
 }

@@ -688,3 +688,210 @@ async fn only_pod_creations_are_mutated_and_everything_else_is_allowed_unchanged
         assert!(response.get("warnings").is_none(), "{what}: {body}");
     }
 }
+
+/// What became of one review sent on a fresh connection.
+#[derive(Debug)]
+enum Sent {
+    /// A valid AdmissionReview that injects, read whole at this instant.
+    Answered(Instant),
+    /// No connection or no handshake: the webhook had stopped accepting.
+    Refused,
+    /// Anything else: an error status, a partial or invalid answer, a connection closed mid-way.
+    Bad(String),
+}
+
+/// A CREATE review of an annotated pod as raw HTTP/1.1, closing the connection after it.
+fn review_request() -> Vec<u8> {
+    let pod = example_pod(json!({"sidewatch.io/inject": "true"}));
+    let body = serde_json::to_vec(&create_review(&pod)).unwrap();
+    let mut request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
+}
+
+fn judge(got: &[u8]) -> Sent {
+    let text = String::from_utf8_lossy(got);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Sent::Bad(format!("no whole answer: {text:?}"));
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Sent::Bad(head.to_owned());
+    }
+    match serde_json::from_str::<Value>(body) {
+        Ok(v)
+            if v["kind"] == "AdmissionReview"
+                && v["response"]["allowed"] == true
+                && v["response"]["patch"].is_string() =>
+        {
+            Sent::Answered(Instant::now())
+        }
+        _ => Sent::Bad(format!("not an injecting AdmissionReview: {body:?}")),
+    }
+}
+
+/// One review on a fresh connection.
+async fn review_once(hook: &Webhook, request: &[u8]) -> Sent {
+    let handshake = hook.handshake(rustls::DEFAULT_VERSIONS);
+    let Ok(Ok(mut tls)) = tokio::time::timeout(Duration::from_secs(5), handshake).await else {
+        return Sent::Refused;
+    };
+    if let Err(e) = tls.write_all(request).await {
+        return Sent::Bad(format!("write after the handshake: {e}"));
+    }
+    judge(&read_until_closed(&mut tls, Duration::from_secs(15)).await)
+}
+
+/// SIGTERM in the middle of a stream of reviews from four clients, three more reviews held half
+/// sent across the stop: `/readyz` fails at once, reviews on new connections are still answered
+/// for the delay, then new connections are refused, every review whose connection was accepted
+/// is answered with a valid AdmissionReview (the held ones finished after the stop), and the
+/// process exits 0 within 2 s of the last answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_it_fails_readiness_then_answers_every_review_in_flight_and_exits_0() {
+    const DELAY: Duration = Duration::from_secs(2);
+    let mut hook = Webhook::start_with(&["--shutdown-delay", "2s"]);
+    hook.assert_alive().await;
+    assert_eq!(hook.get("/readyz").await.0, 200);
+    let request = review_request();
+    let half = request.len() / 2;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut tls = hook.tls().await;
+        tls.write_all(&request[..half]).await.unwrap();
+        tls.flush().await.unwrap();
+        held.push(tls);
+    }
+    let hook = std::sync::Arc::new(hook);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (hook, request) = (hook.clone(), request.clone());
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                loop {
+                    let outcome = review_once(&hook, &request).await;
+                    let refused = matches!(outcome, Sent::Refused);
+                    sent.push((Instant::now(), outcome));
+                    if refused || sent.len() > 10_000 {
+                        return sent;
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(
+        "reviews before the signal",
+        Duration::from_secs(10),
+        || async { (hook.log_count("admission") >= 8).then_some(()) },
+    )
+    .await;
+    let signalled = Instant::now();
+    hook.sw.signal(nix::sys::signal::Signal::SIGTERM);
+    eventually("/readyz to fail", Duration::from_secs(1), || async {
+        (hook.get("/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    let not_ready = Instant::now();
+    assert_eq!(hook.get("/healthz").await.0, 200, "liveness holds");
+    eventually(
+        "the stop of accepting",
+        DELAY + Duration::from_secs(5),
+        || async { (hook.log_count("stopped accepting") == 1).then_some(()) },
+    )
+    .await;
+    let stopped = Instant::now();
+    assert!(
+        stopped - signalled >= DELAY,
+        "stopped before the delay's end"
+    );
+    // Reviews begun before the stop end after it: each is answered.
+    let mut answers = Vec::new();
+    for mut tls in held {
+        tls.write_all(&request[half..]).await.unwrap();
+        tls.flush().await.unwrap();
+        answers.push(judge(
+            &read_until_closed(&mut tls, Duration::from_secs(15)).await,
+        ));
+    }
+    let mut streams = Vec::new();
+    for client in clients {
+        streams.push(client.await.unwrap());
+    }
+    let mut hook = std::sync::Arc::into_inner(hook).unwrap();
+    let status = hook.sw.wait_exit(Duration::from_secs(10)).await;
+    let exited = Instant::now();
+    assert!(status.success(), "{status:?}: {:#?}", hook.sw.logs());
+    for answer in &answers {
+        assert!(
+            matches!(answer, Sent::Answered(_)),
+            "a held review: {answer:?}"
+        );
+    }
+    let mut answered_while_unready = 0;
+    let mut last = Instant::now() - Duration::from_secs(3600);
+    for (at, answer) in answers.iter().map(|a| (None, a)).chain(
+        streams
+            .iter()
+            .flat_map(|s| s.iter().map(|(at, a)| (Some(*at), a))),
+    ) {
+        match answer {
+            Sent::Answered(when) => {
+                last = last.max(*when);
+                answered_while_unready += usize::from(*when > not_ready && *when < stopped);
+            }
+            Sent::Refused => assert!(at.is_some_and(|at| at > signalled + DELAY), "refused early"),
+            Sent::Bad(why) => panic!("a review got a bad answer: {why}"),
+        }
+    }
+    for sent in &streams {
+        // Refused only once, the last, after the stop; answered before.
+        assert!(matches!(sent.last(), Some((_, Sent::Refused))), "{sent:?}");
+        let refusals = sent
+            .iter()
+            .filter(|(_, a)| matches!(a, Sent::Refused))
+            .count();
+        assert_eq!(refusals, 1, "{sent:?}");
+    }
+    assert!(
+        answered_while_unready > 0,
+        "no review was answered during the delay"
+    );
+    assert!(
+        exited - last < Duration::from_secs(2),
+        "exited {:?} after the last answer",
+        exited - last
+    );
+    let answered = streams
+        .iter()
+        .flatten()
+        .filter(|(_, a)| matches!(a, Sent::Answered(_)))
+        .count();
+    eprintln!("{answered} streamed reviews answered ({answered_while_unready} while not ready), {} held; exit {:?} after the last answer, stop {:?} after the signal", answers.len(), exited - last, stopped - signalled);
+}
+
+/// A second SIGTERM during the delay: the webhook aborts at once, exit non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_delay_aborts_at_once() {
+    let mut hook = Webhook::start_with(&["--shutdown-delay", "60s"]);
+    hook.assert_alive().await;
+    hook.sw.signal(nix::sys::signal::Signal::SIGTERM);
+    eventually("/readyz to fail", Duration::from_secs(1), || async {
+        (hook.get("/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    let again = Instant::now();
+    hook.sw.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = hook.sw.wait_exit(Duration::from_secs(5)).await;
+    assert!(!status.success(), "{status:?}");
+    assert_eq!(
+        hook.log_count("again while stopping: aborted"),
+        1,
+        "{:#?}",
+        hook.sw.logs()
+    );
+    assert_eq!(hook.log_count("stopped accepting"), 0);
+    eprintln!("aborted {:?} after the second signal", again.elapsed());
+}

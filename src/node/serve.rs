@@ -1,20 +1,17 @@
-//! The agent's listener, bounded like the admin server: a connection cap (at the cap, new
-//! clients wait in the listen backlog), a short header read timeout, small buffers; and the
-//! stream caps, in all and per pod.
+//! The agent's listener through `crate::http_server`: a connection cap (at the cap, new clients
+//! wait in the listen backlog), a short header read timeout, small buffers; and the stream caps,
+//! in all and per pod.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
 
 use super::Agent;
+use crate::http_server::{self, Limit, Options};
 
 /// Port scanners and slow clients must not hold connections open.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,65 +19,32 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BUF: usize = 16 * 1024;
 /// Connections beyond the streams: probes, scrapes, and requests being refused.
 const SPARE_CONNECTIONS: usize = 32;
+/// At shutdown every stream ends at once (it watches the agent's shutdown too); this bounds a
+/// refusal or a scrape being written.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves until the agent's shutdown, then stops accepting and lets each connection end (its
 /// stream ends with the agent's shutdown too).
 pub(super) async fn serve(listener: TcpListener, agent: Arc<Agent>, max_streams: usize) {
-    let connections = Arc::new(Semaphore::new(max_streams + SPARE_CONNECTIONS));
-    let tracker = TaskTracker::new();
-    loop {
-        // Taken before accept: at the cap, new clients wait in the backlog rather than being reset.
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit,
-            _ = agent.shutdown.cancelled() => break,
-        };
-        let Ok(permit) = permit else { break };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = agent.shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors, mostly: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    let options = Options {
+        name: "node",
+        limit: Limit::Backlog(max_streams + SPARE_CONNECTIONS),
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        max_buf: MAX_BUF,
+        tls: None,
+        max_age: None,
+        grace: STOP_GRACE,
+        accepted: None,
+    };
+    let shutdown = agent.shutdown.clone();
+    http_server::serve(listener, options, shutdown, move |_peer| {
         let agent = agent.clone();
-        tracker.spawn(async move {
-            let service = service_fn({
-                let agent = agent.clone();
-                move |req| {
-                    let agent = agent.clone();
-                    async move { Ok::<_, Infallible>(super::handle::handle(&agent, req).await) }
-                }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_BUF);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = agent.shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "node connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
+        service_fn(move |req| {
+            let agent = agent.clone();
+            async move { Ok::<_, Infallible>(super::handle::handle(&agent, req).await) }
+        })
+    })
+    .await;
 }
 
 /// The streams open, in all and per pod.

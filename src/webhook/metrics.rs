@@ -11,10 +11,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Gauge, HistogramVec, IntCounterVec};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
+use crate::http_server::{self, Limit, Options};
 use crate::metrics::{self, Registry};
 
 /// Each outcome with every reason it can have, all registered at zero.
@@ -61,6 +62,12 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A scrape is one line and a few headers.
+const MAX_BUF: usize = 16 * 1024;
+/// Prometheus and a probe or two need a handful; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// At exit, how long a scrape under way may take.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct WebhookMetrics {
@@ -137,30 +144,31 @@ impl Default for WebhookMetrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, metrics: Arc<WebhookMetrics>) {
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`; a scraper needs a handful of
+/// connections, the cap bounds what others can hold.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<WebhookMetrics>,
+    shutdown: CancellationToken,
+) {
+    let options = Options {
+        name: "webhook metrics",
+        limit: Limit::Backlog(MAX_CONNECTIONS),
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        max_buf: MAX_BUF,
+        tls: None,
+        max_age: None,
+        grace: STOP_GRACE,
+        accepted: None,
+    };
+    http_server::serve(listener, options, shutdown, move |_peer| {
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<_>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &metrics)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+        hyper::service::service_fn(move |req: Request<_>| {
+            let metrics = metrics.clone();
+            async move { Ok::<_, Infallible>(answer(&req, &metrics)) }
+        })
+    })
+    .await;
 }
 
 fn answer<B>(req: &Request<B>, metrics: &WebhookMetrics) -> Response<Full<Bytes>> {

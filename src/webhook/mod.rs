@@ -3,7 +3,8 @@
 //! - `POST /mutate`           pods annotated `sidewatch.io/inject: "true"` get sidewatch
 //! - `POST /mutate-namespace` every pod of a namespace labelled `sidewatch.io/inject=enabled`
 //!   (through the webhook configuration's namespaceSelector) unless annotated `"false"`
-//! - `GET /healthz`
+//! - `GET /healthz`            liveness
+//! - `GET /readyz`             readiness: 503 from the first SIGTERM on (`stop`)
 //!
 //! and `GET /metrics` (and `/healthz`) in plain HTTP on `--metrics-listen` (`metrics`). Each
 //! admission is one log line (`admission`: uid, namespace, name or generateName, outcome,
@@ -15,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,20 +25,22 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::http_server::{self, Limit, Options};
 
 mod certs;
 pub mod inject;
 pub mod metrics;
 mod review;
+mod stop;
 
 use certs::Certs;
 pub use certs::TlsError;
 use inject::{Scope, Settings};
 use metrics::WebhookMetrics;
 pub use review::{review, Decision, ReviewError};
+pub use stop::StopError;
 
 /// Kubernetes objects are at most 1.5 MiB; a review wraps one (twice for updates).
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -48,8 +52,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also how long a kept-alive connection may sit idle: hyper times the wait for the next request.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Then a connection is asked to close after its current request, so that one whose client stopped
-/// reading answers (the header timeout does not run while hyper waits to write) frees its slot.
+/// Then a connection is asked to close after its current request (within `STOP_GRACE`), so that
+/// one whose client stopped reading answers (the header timeout does not run while hyper waits to
+/// write) frees its slot.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 /// Headers are small; hyper's default buffer of 400 KB per connection is not needed.
 const MAX_BUF: usize = 64 * 1024;
@@ -96,6 +101,10 @@ pub struct WebhookArgs {
     /// need it (app-root, proc); `false` leaves those out unless the pod shares by itself.
     #[arg(long, env = "SIDEWATCH_SHARE_PROCESS_NAMESPACE", default_value_t = true, action = clap::ArgAction::Set)]
     pub share_process_namespace: bool,
+    /// On SIGTERM, how long `/readyz` fails while reviews are still accepted, so that the
+    /// endpoints drop this pod first; then it stops accepting, answers what is in flight, exits.
+    #[arg(long, env = "SIDEWATCH_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
 }
 
 fn nonzero_duration(text: &str) -> Result<Duration, String> {
@@ -107,6 +116,8 @@ fn nonzero_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
+    // Before anything starts: as PID 1, a signal that arrives without a handler is lost.
+    let signals = stop::Signals::install()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let metrics = Arc::new(WebhookMetrics::new());
     let certs = Arc::new(Certs::load(
@@ -130,7 +141,12 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    tokio::spawn(metrics::serve(metrics_listener, metrics.clone()));
+    let shutdown = CancellationToken::new();
+    let metrics_server = tokio::spawn(metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let settings = Arc::new(Settings {
         image: args.image,
         native: !args.plain_sidecar,
@@ -139,77 +155,57 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         share_process_namespace: args.share_process_namespace,
         ..Settings::default()
     });
-    let slots = Arc::new(Semaphore::new(args.max_connections as usize));
     tracing::info!(listen = %listener.local_addr()?, metrics = %metrics_addr, image = %settings.image, native = settings.native, memory = ?settings.memory, node_agent = settings.node_agent, share_process_namespace = settings.share_process_namespace, "sidewatch started (webhook)");
-    loop {
-        // Taken before accept: at the cap, new clients wait in the backlog rather than being reset.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            anyhow::bail!("the connection slots were closed");
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (acceptor, settings, metrics) = (acceptor.clone(), settings.clone(), metrics.clone());
-        tokio::spawn(async move {
-            serve(tcp, peer, acceptor, settings, metrics).await;
-            drop(slot);
-        });
-    }
-}
-
-async fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
-    settings: Arc<Settings>,
-    metrics: Arc<WebhookMetrics>,
-) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    let options = Options {
+        name: "webhook",
+        limit: Limit::Backlog(args.max_connections as usize),
+        header_read_timeout: HEADER_TIMEOUT,
+        max_buf: MAX_BUF,
+        tls: Some(http_server::Tls {
+            acceptor,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }),
+        max_age: Some(MAX_CONNECTION_AGE),
+        grace: stop::STOP_GRACE,
+        accepted: None,
     };
-    let service = hyper::service::service_fn(move |req| {
-        let (settings, metrics) = (settings.clone(), metrics.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(req, &settings, &metrics).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_BUF);
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    let ended = tokio::select! {
-        ended = conn.as_mut() => ended,
-        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-            conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(BODY_TIMEOUT, conn.as_mut()).await {
-                Ok(ended) => ended,
-                Err(_) => return tracing::debug!(%peer, "webhook connection dropped: stuck at the end of its life"),
-            }
+    let stopping = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(http_server::serve(listener, options, shutdown.clone(), {
+        let stopping = stopping.clone();
+        move |_peer| {
+            let (settings, metrics, stopping) =
+                (settings.clone(), metrics.clone(), stopping.clone());
+            hyper::service::service_fn(move |req| {
+                let (settings, metrics, stopping) =
+                    (settings.clone(), metrics.clone(), stopping.clone());
+                async move {
+                    let stopping = stopping.load(Ordering::Acquire);
+                    Ok::<_, std::convert::Infallible>(
+                        handle(req, &settings, &metrics, stopping).await,
+                    )
+                }
+            })
         }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
-    }
+    }));
+    let servers = vec![server, metrics_server];
+    stop::on_signal(signals, args.shutdown_delay, &stopping, &shutdown, servers).await?;
+    Ok(())
 }
 
 async fn handle(
     req: Request<Incoming>,
     settings: &Settings,
     metrics: &WebhookMetrics,
+    stopping: bool,
 ) -> Response<Full<Bytes>> {
     let scope = match req.uri().path() {
-        "/healthz" if matches!(*req.method(), Method::GET | Method::HEAD) => {
-            return reply(StatusCode::OK, "ok\n")
+        "/healthz" | "/readyz" if !matches!(*req.method(), Method::GET | Method::HEAD) => {
+            return not_allowed("GET, HEAD")
         }
-        "/healthz" => return not_allowed("GET, HEAD"),
+        // Readiness fails from the first signal on, so that the endpoints drop this pod; liveness
+        // does not, or the kubelet would kill it with reviews in flight.
+        "/readyz" if stopping => return reply(StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
+        "/healthz" | "/readyz" => return reply(StatusCode::OK, "ok\n"),
         "/mutate" => Scope::Annotated,
         "/mutate-namespace" => Scope::Namespace,
         _ => return reply(StatusCode::NOT_FOUND, "not found\n"),

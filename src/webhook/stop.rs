@@ -1,0 +1,85 @@
+//! The webhook's stop. As PID 1 of its image a signal without a handler is dropped, so the
+//! handlers are installed before anything else starts. On SIGTERM or SIGINT: `/readyz` answers
+//! 503 at once, the webhook keeps accepting for `--shutdown-delay` (the endpoints drop it in that
+//! time, and the API servers stop sending it reviews), then stops accepting, answers every review
+//! in flight (each within `STOP_GRACE`) and the process exits 0. A second signal aborts at once
+//! (exit 1).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a connection may take, once asked to close, to answer the review it is in. The API
+/// server gives up on a webhook after its timeoutSeconds (the chart's 5 s, at most 30 s), and a
+/// review's body must arrive within 10 s anyway.
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Every connection ends within `STOP_GRACE` of the stop; this is the bound on the whole, with a
+/// TLS handshake under way at the stop (10 s) on top.
+const STOP_WITHIN: Duration = Duration::from_secs(21);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("{0} again while stopping: aborted")]
+    Aborted(&'static str),
+}
+
+pub(super) struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    pub(super) fn install() -> Result<Self, StopError> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(StopError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(StopError::Signals)?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Waits for a signal, then stops as the module says. `stopping` fails `/readyz`; cancelling
+/// `shutdown` stops `servers` accepting.
+pub(super) async fn on_signal(
+    mut signals: Signals,
+    delay: Duration,
+    stopping: &AtomicBool,
+    shutdown: &CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+) -> Result<(), StopError> {
+    let by = signals.next().await;
+    stopping.store(true, Ordering::Release);
+    tracing::info!(delay = ?delay, "{by}: readiness failed, still accepting until the delay's end");
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        again = signals.next() => return Err(StopError::Aborted(again)),
+    }
+    shutdown.cancel();
+    tracing::info!("stopped accepting: answering the reviews in flight");
+    let ended = async {
+        for server in servers {
+            let _ = server.await;
+        }
+    };
+    tokio::select! {
+        ended = tokio::time::timeout(STOP_WITHIN, ended) => {
+            if ended.is_err() {
+                tracing::warn!(within = ?STOP_WITHIN, "connections still open at exit");
+            }
+        }
+        again = signals.next() => return Err(StopError::Aborted(again)),
+    }
+    tracing::info!("every review answered: exiting");
+    Ok(())
+}
