@@ -678,9 +678,9 @@ async fn a_failed_gate_patch_is_retried_until_it_lands() {
 }
 
 /// The API server accepts requests and never answers (a hung server, a black-holed connection):
-/// kube's client has no read timeout, so without one of sidewatch's own the gate and the Events
-/// would wait for ever. Each request is given up after 10 s and the gate patched once the server
-/// answers again.
+/// the client's read timeout is 300 s (sized for the pod watch), so without a bound of
+/// sidewatch's own per request the gate and the Events would wait that long. Each request is
+/// given up after 10 s and the gate patched once the server answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_api_server_does_not_hold_the_gate_for_ever() {
     let s = setup(fake_api::pod(true), &[]).await;

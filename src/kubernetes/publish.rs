@@ -25,9 +25,10 @@ use crate::util::{clip, sleep_until};
 /// flood the API server.
 const EVENT_BURST: f64 = 5.0;
 const EVENT_REFILL: Duration = Duration::from_secs(10);
-/// A request to the API server that has not answered in this long is given up and retried: a
-/// hung connection must not hold the gate and the Events for ever (kube's client has no read
-/// timeout of its own).
+/// A request to the API server that has not answered in this long is given up and retried: the
+/// gate keeps requests away from a failing app, so a hung connection must not hold it (nor the
+/// Events) for minutes. The client's own read timeout (`READ_TIMEOUT`, 300 s) is sized for the
+/// pod watch that shares the client, and it bounds each wait for bytes, not a whole request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the gate last said: readiness, the reasons' labels, and the relist it followed.
