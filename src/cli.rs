@@ -1,4 +1,6 @@
-//! The command line (`run`, `check-config`, `demo`, `webhook`, `node`, `version`) and its dispatch.
+//! The command line (`run`, `check-config`, `demo`, `webhook`, `node`, `version`) and its dispatch:
+//! each command's logging and runtime, and its exit status. A configuration error exits 2 before
+//! anything starts, any other failure 1, so a pod's `kubectl describe` tells the one from the other.
 
 use std::process::ExitCode;
 

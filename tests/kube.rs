@@ -9,6 +9,7 @@ mod fake_api;
 #[path = "common/netns.rs"]
 mod netns;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::policy::{self, Verdict};
@@ -17,31 +18,34 @@ use fake_api::FakeApi;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
+/// The sidecar's environment in every test here.
+const SIDECAR_ENV: [(&str, &str); 3] = [
+    ("CONTAINER_NAME", "sidewatch"),
+    ("SIDEWATCH_KUBERNETES_RESTART_COOLDOWN", "2s"),
+    ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false"),
+];
+
 struct Setup {
     api: FakeApi,
     up: Upstream,
     sw: Sidewatch,
-    _dir: tempdir::Dir,
+    dir: tempdir::Dir,
 }
 
 async fn setup(pod: serde_json::Value, env: &[(&str, &str)]) -> Setup {
+    setup_with(pod, env, healthy()).await
+}
+
+/// As `setup`, with the app answering `app` from the start.
+async fn setup_with(pod: serde_json::Value, env: &[(&str, &str)], app: Behaviour) -> Setup {
     let api = FakeApi::start(pod).await;
-    let up = Upstream::start(healthy()).await;
+    let up = Upstream::start(app).await;
     let dir = tempdir::Dir::new();
     let kubeconfig = api.kubeconfig(dir.path());
-    let mut all = vec![
-        ("CONTAINER_NAME", "sidewatch"),
-        ("SIDEWATCH_KUBERNETES_RESTART_COOLDOWN", "2s"),
-        ("SIDEWATCH_DRAIN_PASSIVE_OPENS", "false"),
-    ];
+    let mut all = SIDECAR_ENV.to_vec();
     all.extend_from_slice(env);
     let sw = Sidewatch::start_sidecar(&up.url(), "100ms", &kubeconfig, &all);
-    Setup {
-        api,
-        up,
-        sw,
-        _dir: dir,
-    }
+    Setup { api, up, sw, dir }
 }
 
 fn rfc3339(at: SystemTime) -> String {
@@ -127,6 +131,142 @@ async fn the_gate_is_patched_on_transitions_with_a_strategic_merge() {
             && r.path.contains("/pods/")),
         "a JSON merge patch was sent to a pod"
     );
+}
+
+/// The gate's patches in runs of one status: (status, the lastTransitionTimes its patches sent,
+/// how many patches).
+fn gate_runs(api: &FakeApi) -> Vec<(String, BTreeSet<String>, usize)> {
+    let mut runs: Vec<(String, BTreeSet<String>, usize)> = Vec::new();
+    for (status, since) in api.gate_patch_times() {
+        match runs.last_mut() {
+            Some((last, times, n)) if *last == status => {
+                times.insert(since);
+                *n += 1;
+            }
+            _ => runs.push((status, BTreeSet::from([since]), 1)),
+        }
+    }
+    runs
+}
+
+/// Waits until the gate is False with a message that names `reason`.
+async fn wait_gate_reason(api: &FakeApi, reason: &str) {
+    eventually(&format!("the gate False for {reason}"), WITHIN, || async {
+        api.gate()
+            .filter(|(st, m)| st == "False" && m.contains(reason))
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// The API server keeps times to the second: a flip within the second of the one before would
+/// carry the same time, so the test lets the clock tick first (a wait on the clock, not on
+/// sidewatch).
+async fn a_second_after(time: &str) {
+    eventually(&format!("the wall clock past {time}"), WITHIN, || async {
+        (rfc3339(SystemTime::now()).as_str() > time).then_some(())
+    })
+    .await;
+}
+
+/// Kubernetes' conventions: `lastTransitionTime` is when the status last flipped. Patches that
+/// change only the reason or the message (three reasons in a row), and the patch after a relist,
+/// keep the time the status turned False; each flip sets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_keeps_its_transition_time_until_the_status_flips() {
+    let s = setup(fake_api::pod(true), &[]).await;
+    s.sw.wait_ready(WITHIN).await;
+    s.api.wait_gate("True", WITHIN).await;
+    let ready_since = s.api.gate_since().unwrap();
+    a_second_after(&ready_since).await;
+
+    let failed_at = rfc3339(SystemTime::now());
+    s.up.set(Behaviour::Status(503, ""));
+    wait_gate_reason(&s.api, "http_5xx").await;
+    let unready_since = s.api.gate_since().unwrap();
+    // Later patches of the same status come in a later second: each would show a moved time.
+    a_second_after(&unready_since).await;
+    for (behaviour, reason) in [
+        (Behaviour::Status(404, ""), "unexpected_status"),
+        (Behaviour::Reset, "reset"),
+    ] {
+        s.up.set(behaviour);
+        wait_gate_reason(&s.api, reason).await;
+    }
+    let patches = s.api.gate_patches().len();
+    s.api.compact();
+    eventually("the gate asserted again after a relist", WITHIN, || async {
+        (s.api.gate_patches().len() > patches).then_some(())
+    })
+    .await;
+
+    let healed_at = rfc3339(SystemTime::now());
+    s.up.set(healthy());
+    s.api.wait_gate("True", WITHIN).await;
+    let runs = gate_runs(&s.api);
+    eprintln!("gate patches by run of one status: {runs:?}");
+    // A start-up patch (not ready before the first check) may come first: its own run.
+    assert!(matches!(runs.len(), 3 | 4), "{runs:?}");
+    let [ready, unready, again] = &runs[runs.len() - 3..] else {
+        unreachable!()
+    };
+    assert_eq!(ready.0, "True");
+    assert_eq!(ready.1, BTreeSet::from([ready_since.clone()]), "{runs:?}");
+    assert_eq!(unready.0, "False");
+    assert_eq!(
+        unready.1,
+        BTreeSet::from([unready_since.clone()]),
+        "{runs:?}"
+    );
+    assert!(unready.2 >= 4, "three reasons and a relist: {runs:?}");
+    assert!(unready_since >= failed_at && unready_since > ready_since);
+    assert_eq!(again.0, "True");
+    assert_eq!(again.1.len(), 1, "{runs:?}");
+    let again_since = again.1.first().unwrap();
+    assert!(again_since >= &healed_at && again_since > &unready_since);
+    assert_eq!(s.api.gate_since().as_ref(), Some(again_since));
+}
+
+/// After a restart of sidewatch the pod's condition is the truth: a new sidecar that finds the
+/// status it would write keeps the time it finds (here from an hour ago, as a sidecar before it
+/// left it, with another reason), restarted once more it still does, and the first flip after
+/// sets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sidecar_keeps_the_transition_time_it_finds() {
+    let an_hour_ago = rfc3339(SystemTime::now() - Duration::from_secs(3600));
+    let mut pod = fake_api::pod(true);
+    pod["status"]["conditions"].as_array_mut().unwrap().push(
+        serde_json::json!({"type": "sidewatch.io/healthy", "status": "False",
+            "reason": "Refused", "message": "probe:app=refused (connection refused)",
+            "lastTransitionTime": an_hour_ago}),
+    );
+    let mut s = setup_with(pod, &[], Behaviour::Status(503, "")).await;
+    for restart in 0..2 {
+        if restart > 0 {
+            let kubeconfig = s.api.kubeconfig(s.dir.path());
+            drop(std::mem::replace(
+                &mut s.sw,
+                Sidewatch::start_sidecar(&s.up.url(), "100ms", &kubeconfig, &SIDECAR_ENV),
+            ));
+        }
+        let patches = s.api.gate_patches().len();
+        eventually("a gate patch of this sidecar", WITHIN, || async {
+            (s.api.gate_patches().len() > patches).then_some(())
+        })
+        .await;
+        wait_gate_reason(&s.api, "http_5xx").await;
+        let sent = &s.api.gate_patch_times()[patches..];
+        assert!(
+            sent.iter()
+                .all(|(st, t)| st == "False" && *t == an_hour_ago),
+            "restart {restart}: {sent:?}"
+        );
+        assert_eq!(s.api.gate_since(), Some(an_hour_ago.clone()));
+    }
+    let healed_at = rfc3339(SystemTime::now());
+    s.up.set(healthy());
+    s.api.wait_gate("True", WITHIN).await;
+    assert!(s.api.gate_since().unwrap() >= healed_at);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,9 +678,9 @@ async fn a_failed_gate_patch_is_retried_until_it_lands() {
 }
 
 /// The API server accepts requests and never answers (a hung server, a black-holed connection):
-/// kube's client has no read timeout, so without one of sidewatch's own the gate and the Events
-/// would wait for ever. Each request is given up after 10 s and the gate patched once the server
-/// answers again.
+/// the client's read timeout is 300 s (sized for the pod watch), so without a bound of
+/// sidewatch's own per request the gate and the Events would wait that long. Each request is
+/// given up after 10 s and the gate patched once the server answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_api_server_does_not_hold_the_gate_for_ever() {
     let s = setup(fake_api::pod(true), &[]).await;

@@ -3,6 +3,7 @@
 //! never stops the local signals: errors are counted, logged once per change and retried.
 
 pub mod config;
+pub mod gate;
 mod limit;
 pub mod pod;
 mod publish;
@@ -161,6 +162,8 @@ impl KubeMetrics {
 #[derive(Clone, Debug, PartialEq)]
 struct PodInfo {
     has_gate: bool,
+    /// The gate's condition as the watch last saw it.
+    gate: Option<gate::Stored>,
     reference: ObjectReference,
     /// Bumped at each (re)list, so the gate is asserted again after a reconnect.
     relists: u64,
@@ -331,6 +334,7 @@ impl PodWatcher {
         }
         let info = PodInfo {
             has_gate: update.has_gate,
+            gate: update.gate,
             reference: pod.object_ref(&()),
             relists: self.relists,
         };

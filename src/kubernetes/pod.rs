@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, ResourceRequirements};
 
+use super::gate::Stored;
 use crate::container::{strip_scheme, AppContainer};
 use crate::engine::Observation;
 use crate::reason::Reason;
@@ -30,6 +31,9 @@ pub struct PodUpdate {
     pub terminating: bool,
     pub restarts: Vec<Restart>,
     pub has_gate: bool,
+    /// The gate's condition as the pod has it: after a restart of sidewatch, the truth its
+    /// `lastTransitionTime` is kept from.
+    pub gate: Option<Stored>,
     /// Every container of the pod but sidewatch's own, whose restarts are counted.
     pub containers: Vec<String>,
     /// The app container's runtime ID and memory limit, for the memory watcher.
@@ -157,6 +161,7 @@ impl Tracker {
             terminating: pod.metadata.deletion_timestamp.is_some(),
             restarts,
             has_gate,
+            gate: Stored::find(pod, &self.gate),
             containers,
             app_container,
         }

@@ -12,6 +12,7 @@ use kube::Api;
 use tokio::sync::{mpsc, watch};
 
 use super::config::KubernetesConfig;
+use super::gate::{pascal, Condition, Stored};
 use super::limit::{Bucket, GateLimit};
 use super::KubeMetrics;
 use super::{Identity, PodInfo};
@@ -24,9 +25,10 @@ use crate::util::{clip, sleep_until};
 /// flood the API server.
 const EVENT_BURST: f64 = 5.0;
 const EVENT_REFILL: Duration = Duration::from_secs(10);
-/// A request to the API server that has not answered in this long is given up and retried: a
-/// hung connection must not hold the gate and the Events for ever (kube's client has no read
-/// timeout of its own).
+/// A request to the API server that has not answered in this long is given up and retried: the
+/// gate keeps requests away from a failing app, so a hung connection must not hold it (nor the
+/// Events) for minutes. The client's own read timeout (`READ_TIMEOUT`, 300 s) is sized for the
+/// pod watch that shares the client, and it bounds each wait for bytes, not a whole request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the gate last said: readiness, the reasons' labels, and the relist it followed.
@@ -35,6 +37,10 @@ type GateKey = (bool, Vec<(Signal, Reason)>, u64);
 /// The gate's state between patches.
 struct GateState {
     asserted: Option<GateKey>,
+    /// The condition as the last patch left it (the server's answer): newer than the watch's
+    /// view until the watch sees that patch. None before the first and after a failed one (it
+    /// may have landed), when the watch's view is the truth.
+    stored: Option<Stored>,
     limit: GateLimit,
     /// When to patch next: a retry after a failure, or a change the rate limit held back.
     at: Option<Instant>,
@@ -93,6 +99,7 @@ impl Publisher {
         let mut ready = verdict.borrow().verdict.ready;
         let mut gate = GateState {
             asserted: None,
+            stored: None,
             limit: GateLimit::new(Instant::now()),
             at: None,
         };
@@ -155,8 +162,10 @@ impl Publisher {
             return;
         }
         gate.at = None;
-        if self.patch_gate(v).await {
+        let stored = gate.stored.take().or_else(|| current.gate.clone());
+        if let Some(stored) = self.patch_gate(v, stored.as_ref()).await {
             gate.asserted = key;
+            gate.stored = Some(stored);
             gate.limit.succeeded();
         } else {
             gate.limit.failed(Instant::now());
@@ -164,29 +173,20 @@ impl Publisher {
         }
     }
 
-    /// A strategic-merge patch of `status.conditions` (merged by `type`); never a JSON merge
-    /// patch, which would replace the kubelet's conditions.
-    async fn patch_gate(&mut self, v: &Verdict) -> bool {
-        let (status, reason) = if v.ready {
-            ("True", "AllSignalsHealthy".to_owned())
-        } else {
-            let first = v.reasons.first().map_or(Reason::Starting, |c| c.reason);
-            ("False", pascal(first.as_str()))
-        };
-        // At a character boundary: String::truncate would panic inside one.
-        let message = clip(&v.summary(), 1000).to_owned();
-        let patch = serde_json::json!({
-            "status": {"conditions": [{
-                "type": self.gate,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            }]}
-        });
+    /// Patches the condition over `stored` (its time kept unless the status flips); the
+    /// condition as the server then has it, or None when the patch failed.
+    async fn patch_gate(&mut self, v: &Verdict, stored: Option<&Stored>) -> Option<Stored> {
+        let condition = Condition::of(v);
+        let since = condition.since(stored, SystemTime::now());
+        let patch = condition.patch(&self.gate, since);
         let (params, patch) = (PatchParams::default(), Patch::Strategic(&patch));
         let result = bounded(self.pods.patch_status(&self.name, &params, &patch)).await;
+        let found = result
+            .as_ref()
+            .ok()
+            .and_then(|p| Stored::find(p, &self.gate));
         self.outcome("patch_status", result.map(|_| ()))
+            .then(|| found.unwrap_or_else(|| condition.stored(since)))
     }
 
     async fn transition_event(&mut self, v: &Verdict, info: Option<&PodInfo>) {
@@ -351,17 +351,6 @@ async fn bounded<T>(
         Ok(result) => Ok(result?),
         Err(_) => Err(RequestError::TimedOut),
     }
-}
-
-/// `memory_high` → `MemoryHigh`, as Kubernetes wants condition and event reasons.
-fn pascal(s: &str) -> String {
-    s.split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map_or(String::new(), |f| f.to_uppercase().chain(c).collect())
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -299,6 +299,29 @@ impl FakeApi {
         .await;
     }
 
+    /// The readiness gate's `lastTransitionTime` on the pod, if any.
+    pub fn gate_since(&self) -> Option<String> {
+        let pod = self.pod();
+        let c = pod["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == GATE)?
+            .clone();
+        Some(c["lastTransitionTime"].as_str()?.to_owned())
+    }
+
+    /// (status, lastTransitionTime) that each status patch of the pod so far sent, in order.
+    pub fn gate_patch_times(&self) -> Vec<(String, String)> {
+        self.gate_patches()
+            .iter()
+            .map(|p| {
+                let c = &p.body["status"]["conditions"][0];
+                let field = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                (field("status"), field("lastTransitionTime"))
+            })
+            .collect()
+    }
+
     /// Every status patch of the pod so far.
     pub fn gate_patches(&self) -> Vec<Recorded> {
         self.requests()
@@ -534,7 +557,6 @@ fn bump(s: &mut State, kind: &'static str) {
     s.history.push((rv, kind, pod));
 }
 
-/// Strategic merge of `status.conditions`: entries merge by `type`.
 /// The group of an Event's path: events.k8s.io, or the core group.
 fn event_resource(path: &str) -> (&'static str, &'static str, &'static str) {
     match path.starts_with("/apis/events.k8s.io/") {
@@ -543,6 +565,7 @@ fn event_resource(path: &str) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// Strategic merge of `status.conditions`: entries merge by `type`.
 fn merge_conditions(pod: &mut Value, patch: &Value) {
     let Some(new) = patch["status"]["conditions"].as_array() else {
         return;
@@ -553,7 +576,9 @@ fn merge_conditions(pod: &mut Value, patch: &Value) {
     let conditions = pod["status"]["conditions"].as_array_mut().unwrap();
     for c in new {
         match conditions.iter_mut().find(|old| old["type"] == c["type"]) {
-            Some(old) => *old = c.clone(),
+            // As the API server does: the fields the patch names replace the entry's, the others
+            // stay (a patch without lastTransitionTime keeps the stored one), null removes.
+            Some(old) => json_patch::merge(old, c),
             None => conditions.push(c.clone()),
         }
     }

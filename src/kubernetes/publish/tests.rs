@@ -1,13 +1,6 @@
 use super::*;
 
 #[test]
-fn reasons_become_pascal_case() {
-    assert_eq!(pascal("memory_high"), "MemoryHigh");
-    assert_eq!(pascal("http_5xx"), "Http5xx");
-    assert_eq!(pascal("refused"), "Refused");
-}
-
-#[test]
 fn a_drain_cut_at_max_is_a_warning() {
     let now = std::time::Instant::now();
     let end = crate::drain::DrainEnd {
