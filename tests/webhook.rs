@@ -638,8 +638,9 @@ async fn a_pod_from_the_chart_is_injected_into_a_valid_spec() {
         .find(|e| e["name"] == "SIDEWATCH_PROBES")
         .unwrap();
     let probes: Value = serde_json::from_str(probes["value"].as_str().unwrap()).unwrap();
-    // HTTPS on a named port, not verified, as the kubelet probes it.
-    assert_eq!(probes[0]["http"]["url"], "https://${POD_IP}:9443/healthz");
+    // HTTPS on a named port, not verified, as the kubelet probes it: the webhook's readiness,
+    // which turns 503 at its stop.
+    assert_eq!(probes[0]["http"]["url"], "https://${POD_IP}:9443/readyz");
     assert_eq!(probes[0]["http"]["insecure_skip_verify"], true);
     validate(&injected);
 }
