@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -34,15 +34,9 @@ use crate::http_server::{self, Evict, Limit, Options};
 use crate::liveness::Liveness;
 use crate::metrics::{self, Registry};
 
-/// Port scanners and slow clients must not hold connections open.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// hyper's smallest allowed read buffer is 8 KiB; our requests are one line and a few headers.
-const MAX_BUF: usize = 16 * 1024;
 /// Open admin connections kept at most (fewer under a low descriptor limit, see `connection_cap`).
 /// The kubelet and Prometheus need a handful; the cap bounds what hostile clients can hold.
 const MAX_CONNECTIONS: usize = 256;
-/// At exit, how long a request under way may take; the exit path waits no longer (`app`).
-const STOP_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Admin {
     pub verdict: watch::Receiver<Arc<Published>>,
@@ -84,21 +78,16 @@ impl AdminMetrics {
 const TOKEN_HEADER: &str = "x-sidewatch-drain-token";
 
 /// Serves until `shutdown`, then stops accepting, lets every connection finish the request it is
-/// in (a scrape's answer is written whole, within `STOP_GRACE`) and returns once all are closed.
+/// in (a scrape's answer is written whole, within the grace of `Options::small`) and returns once all are closed.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    let limit = Limit::Evict(Evict::new(
+        connection_cap(),
+        admin.metrics.connections.clone(),
+        admin.metrics.evictions.clone(),
+    ));
     let options = Options {
-        name: "admin",
-        limit: Limit::Evict(Evict::new(
-            connection_cap(),
-            admin.metrics.connections.clone(),
-            admin.metrics.evictions.clone(),
-        )),
-        header_read_timeout: HEADER_READ_TIMEOUT,
-        max_buf: MAX_BUF,
-        tls: None,
-        max_age: None,
-        grace: STOP_GRACE,
         accepted: Some(admin.accepted.clone()),
+        ..Options::small("admin", limit)
     };
     http_server::serve(listener, options, shutdown, move |peer| {
         let admin = admin.clone();

@@ -68,6 +68,28 @@ pub struct Options {
     pub accepted: Option<Arc<AtomicU64>>,
 }
 
+impl Options {
+    /// A listener of small requests (one line and a few headers: probes, scrapes, the agent's
+    /// stream requests), no TLS: what the admin port, the webhook's metrics port and the node
+    /// agent share. Each sets what differs with struct update syntax.
+    pub fn small(name: &'static str, limit: Limit) -> Options {
+        Options {
+            name,
+            limit,
+            // Port scanners and slow clients must not hold connections open.
+            header_read_timeout: Duration::from_secs(5),
+            // hyper's smallest allowed read buffer is 8 KiB.
+            max_buf: 16 * 1024,
+            tls: None,
+            max_age: None,
+            // At exit a request under way (a scrape being written) gets this; the exit paths
+            // wait no longer.
+            grace: Duration::from_secs(1),
+            accepted: None,
+        }
+    }
+}
+
 /// Serves `make(peer)`'s service on each connection of `listener` until `shutdown`, then stops
 /// as the module says.
 pub async fn serve<F, S, B>(

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
@@ -13,29 +12,15 @@ use tokio::net::TcpListener;
 use super::Agent;
 use crate::http_server::{self, Limit, Options};
 
-/// Port scanners and slow clients must not hold connections open.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// hyper's smallest allowed read buffer is 8 KiB; a request is one line and a few headers.
-const MAX_BUF: usize = 16 * 1024;
 /// Connections beyond the streams: probes, scrapes, and requests being refused.
 const SPARE_CONNECTIONS: usize = 32;
-/// At shutdown every stream ends at once (it watches the agent's shutdown too); this bounds a
-/// refusal or a scrape being written.
-const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves until the agent's shutdown, then stops accepting and lets each connection end (its
 /// stream ends with the agent's shutdown too).
 pub(super) async fn serve(listener: TcpListener, agent: Arc<Agent>, max_streams: usize) {
-    let options = Options {
-        name: "node",
-        limit: Limit::Backlog(max_streams + SPARE_CONNECTIONS),
-        header_read_timeout: HEADER_READ_TIMEOUT,
-        max_buf: MAX_BUF,
-        tls: None,
-        max_age: None,
-        grace: STOP_GRACE,
-        accepted: None,
-    };
+    // At shutdown every stream ends at once (it watches the agent's shutdown too); the grace
+    // bounds a refusal or a scrape being written.
+    let options = Options::small("node", Limit::Backlog(max_streams + SPARE_CONNECTIONS));
     let shutdown = agent.shutdown.clone();
     http_server::serve(listener, options, shutdown, move |_peer| {
         let agent = agent.clone();

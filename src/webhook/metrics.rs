@@ -61,13 +61,8 @@ pub const ERRORS: &[&str] = &[
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// A scrape is one line and a few headers.
-const MAX_BUF: usize = 16 * 1024;
 /// Prometheus and a probe or two need a handful; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
-/// At exit, how long a scrape under way may take.
-const STOP_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct WebhookMetrics {
@@ -151,16 +146,7 @@ pub async fn serve(
     metrics: Arc<WebhookMetrics>,
     shutdown: CancellationToken,
 ) {
-    let options = Options {
-        name: "webhook metrics",
-        limit: Limit::Backlog(MAX_CONNECTIONS),
-        header_read_timeout: HEADER_READ_TIMEOUT,
-        max_buf: MAX_BUF,
-        tls: None,
-        max_age: None,
-        grace: STOP_GRACE,
-        accepted: None,
-    };
+    let options = Options::small("webhook metrics", Limit::Backlog(MAX_CONNECTIONS));
     http_server::serve(listener, options, shutdown, move |_peer| {
         let metrics = metrics.clone();
         hyper::service::service_fn(move |req: Request<_>| {
