@@ -611,12 +611,7 @@ async fn sidecar(
         "127.0.0.1:0",
     ];
     let token_file = dir.join(format!("token-of-{pod}-{token}"));
-    std::fs::write(&token_file, token).unwrap();
-    let node = format!(
-        "{{agent: \"{}\", token_file: \"{}\"}}",
-        s.agent.url("").trim_end_matches('/'),
-        token_file.display()
-    );
+    let node = common::node_source(&s.agent.url(""), &token_file, token);
     let path = cgroup.map(|c| c.to_str().unwrap().to_owned());
     let mut env = vec![
         ("POD_NAME", pod),

@@ -110,12 +110,7 @@ fn agent(root: &Path, kubeconfig: &Path, max_streams: &str) -> Sidewatch {
 /// A sidecar of `pod` (memory source `node`) that sends `token` to `agent`.
 fn sidecar(agent: &Sidewatch, dir: &Path, app: &Upstream, pod: &str, token: &str) -> Sidewatch {
     let token_file = dir.join(format!("token-of-{pod}-{token}"));
-    std::fs::write(&token_file, token).unwrap();
-    let node = format!(
-        "{{agent: \"{}\", token_file: \"{}\"}}",
-        agent.url("").trim_end_matches('/'),
-        token_file.display()
-    );
+    let node = common::node_source(&agent.url(""), &token_file, token);
     let url = app.url();
     let args = [
         "run",

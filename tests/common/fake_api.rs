@@ -277,14 +277,16 @@ impl FakeApi {
         .await;
     }
 
+    /// The readiness gate's condition on the pod, if any.
+    fn gate_condition(&self) -> Option<Value> {
+        let pod = self.pod();
+        let conditions = pod["status"]["conditions"].as_array()?;
+        conditions.iter().find(|c| c["type"] == GATE).cloned()
+    }
+
     /// The readiness gate's condition on the pod, if any: (status, message).
     pub fn gate(&self) -> Option<(String, String)> {
-        let pod = self.pod();
-        let c = pod["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == GATE)?
-            .clone();
+        let c = self.gate_condition()?;
         Some((
             c["status"].as_str()?.to_owned(),
             c["message"].as_str()?.to_owned(),
@@ -301,12 +303,7 @@ impl FakeApi {
 
     /// The readiness gate's `lastTransitionTime` on the pod, if any.
     pub fn gate_since(&self) -> Option<String> {
-        let pod = self.pod();
-        let c = pod["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == GATE)?
-            .clone();
+        let c = self.gate_condition()?;
         Some(c["lastTransitionTime"].as_str()?.to_owned())
     }
 

@@ -799,3 +799,14 @@ impl Drop for Hog {
         let _ = self.child.wait();
     }
 }
+
+/// `SIDEWATCH_MEMORY_NODE` for a sidecar whose memory comes from the node agent at `agent` (its
+/// URL), with `token` written to `token_file` as the kubelet writes the projected token.
+pub fn node_source(agent: &str, token_file: &Path, token: &str) -> String {
+    std::fs::write(token_file, token).expect("write the token file");
+    format!(
+        "{{agent: \"{}\", token_file: \"{}\"}}",
+        agent.trim_end_matches('/'),
+        token_file.display()
+    )
+}

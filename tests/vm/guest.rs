@@ -723,9 +723,8 @@ async fn fast_leak_v1() -> serde_json::Value {
 async fn node_sidecar(agent: &str, pod: &str, token: &str) -> (Sidewatch, Upstream) {
     let up = Upstream::start(healthy()).await;
     let url = up.url();
-    let token_file = format!("/tmp/token-{pod}");
-    std::fs::write(&token_file, token).expect("token file");
-    let node = format!("{{agent: \"{agent}\", token_file: \"{token_file}\"}}");
+    let token_file = PathBuf::from(format!("/tmp/token-{pod}"));
+    let node = super::common::node_source(agent, &token_file, token);
     let args = [
         "run",
         "--target",
