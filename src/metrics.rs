@@ -9,15 +9,54 @@ use prometheus::{
     IntGaugeVec, Opts, TextEncoder,
 };
 
-/// The parts of sidewatch that can be on or off, the `feature` label of `sidewatch_features`.
-pub const FEATURES: [&str; 6] = [
-    "probes",
-    "memory",
-    "process",
-    "kubernetes",
-    "drain_traffic",
-    "overload",
-];
+/// An enum of label values written once: each variant beside its label, `ALL` in the order
+/// given, and `as_str`. A label's value set is then the enum itself, so a series registered at
+/// zero for every value cannot miss one added later.
+macro_rules! label_values {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in the order of the declaration.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use label_values;
+
+label_values! {
+    /// The parts of sidewatch that can be on or off: the `feature` label of `sidewatch_features`.
+    /// Each input declares its own (`app::inputs`); the drain's traffic watch is the drain's.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Feature {
+        Probes => "probes",
+        Memory => "memory",
+        Process => "process",
+        Kubernetes => "kubernetes",
+        DrainTraffic => "drain_traffic",
+        Overload => "overload",
+    }
+}
 
 #[derive(Clone)]
 pub struct Registry {
@@ -50,8 +89,8 @@ impl Registry {
             &["version"],
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for feature in FEATURES {
-            registry.features.with_label_values(&[feature]);
+        for feature in Feature::ALL {
+            registry.features.with_label_values(&[feature.as_str()]);
         }
         registry.register(build);
         registry.register(registry.features.clone());
@@ -72,8 +111,8 @@ impl Registry {
     }
 
     /// Marks a part of sidewatch as running.
-    pub fn feature(&self, name: &'static str) {
-        self.features.with_label_values(&[name]).set(1);
+    pub fn feature(&self, feature: Feature) {
+        self.features.with_label_values(&[feature.as_str()]).set(1);
     }
 
     /// The text exposition format (0.0.4).
@@ -169,7 +208,7 @@ mod tests {
     #[test]
     fn features_are_on_or_off() {
         let r = Registry::new();
-        r.feature("memory");
+        r.feature(Feature::Memory);
         let text = String::from_utf8(r.encode()).unwrap();
         assert!(
             text.contains("sidewatch_features{feature=\"memory\"} 1"),

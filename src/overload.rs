@@ -57,7 +57,6 @@ pub struct OverloadMetrics {
 
 impl OverloadMetrics {
     pub fn new(registry: &Registry) -> Self {
-        registry.feature("overload");
         OverloadMetrics {
             queue: registry.register(metrics::gauge(
                 "sidewatch_app_accept_queue",

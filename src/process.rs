@@ -149,7 +149,6 @@ pub fn family(pid: i32) -> Vec<i32> {
 
 /// `sidewatch_process_exits_total`, with `process.match` only.
 pub fn exits_metric(registry: &Registry) -> prometheus::IntCounter {
-    registry.feature("process");
     registry.register(metrics::counter(
         "sidewatch_process_exits_total",
         "Exits of the app's main process (process.match). A rise means the app crashed or restarted.",

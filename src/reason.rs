@@ -2,46 +2,50 @@
 
 use serde::{Serialize, Serializer};
 
-/// Why a signal says "not ready". The string forms are the `reason` label values of DESIGN.md, so
-/// metrics never carry an error's free text as a label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Reason {
-    /// Nothing listens on the port (TCP RST on connect).
-    Refused,
-    /// No complete answer within the probe timeout (connect, TLS or response).
-    Timeout,
-    /// The connection was accepted, then reset or closed before a whole response arrived.
-    Reset,
-    /// Bytes came back, but they are not valid HTTP.
-    InvalidResponse,
-    Http5xx,
-    UnexpectedStatus,
-    BodyMismatch,
-    Tls,
-    Dns,
-    /// The gRPC health service answered NOT_SERVING (or UNKNOWN) for the service asked about.
-    NotServing,
-    /// The gRPC health service does not know the service asked about (NOT_FOUND).
-    UnknownService,
-    /// The working set is above `memory.unready_above` of the limit.
-    MemoryHigh,
-    /// PSI memory stall above its threshold.
-    MemoryPressure,
-    /// The memory trend reaches the limit within `memory.predict_oom_within`.
-    OomPredicted,
-    /// The OOM killer killed a process of the app's cgroup within `memory.oom_cooldown`.
-    OomKilled,
-    /// The app's main process (`process.match`) is gone.
-    ProcessExited,
-    /// The app port's accept queue is full, or connections to it overflow (`overload.signal`).
-    Overloaded,
-    /// The kubelet restarted the app container (or it is in CrashLoopBackOff).
-    ContainerRestarted,
-    /// The pod has a deletionTimestamp.
-    Terminating,
-    /// A critical signal has not succeeded even once since start-up.
-    Starting,
-    Draining,
+use crate::metrics::label_values;
+
+label_values! {
+    /// Why a signal says "not ready". The string forms are the `reason` label values of DESIGN.md, so
+    /// metrics never carry an error's free text as a label.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Reason {
+        /// Nothing listens on the port (TCP RST on connect).
+        Refused => "refused",
+        /// No complete answer within the probe timeout (connect, TLS or response).
+        Timeout => "timeout",
+        /// The connection was accepted, then reset or closed before a whole response arrived.
+        Reset => "reset",
+        /// Bytes came back, but they are not valid HTTP.
+        InvalidResponse => "invalid_response",
+        Http5xx => "http_5xx",
+        UnexpectedStatus => "unexpected_status",
+        BodyMismatch => "body_mismatch",
+        Tls => "tls",
+        Dns => "dns",
+        /// The gRPC health service answered NOT_SERVING (or UNKNOWN) for the service asked about.
+        NotServing => "not_serving",
+        /// The gRPC health service does not know the service asked about (NOT_FOUND).
+        UnknownService => "unknown_service",
+        /// The working set is above `memory.unready_above` of the limit.
+        MemoryHigh => "memory_high",
+        /// PSI memory stall above its threshold.
+        MemoryPressure => "memory_pressure",
+        /// The memory trend reaches the limit within `memory.predict_oom_within`.
+        OomPredicted => "oom_predicted",
+        /// The OOM killer killed a process of the app's cgroup within `memory.oom_cooldown`.
+        OomKilled => "oom_killed",
+        /// The app's main process (`process.match`) is gone.
+        ProcessExited => "process_exited",
+        /// The app port's accept queue is full, or connections to it overflow (`overload.signal`).
+        Overloaded => "overloaded",
+        /// The kubelet restarted the app container (or it is in CrashLoopBackOff).
+        ContainerRestarted => "container_restarted",
+        /// The pod has a deletionTimestamp.
+        Terminating => "terminating",
+        /// A critical signal has not succeeded even once since start-up.
+        Starting => "starting",
+        Draining => "draining",
+    }
 }
 
 impl Reason {
@@ -72,43 +76,11 @@ impl Reason {
     ];
     /// A TCP connect's.
     pub const TCP: [Reason; 4] = [Reason::Refused, Reason::Timeout, Reason::Reset, Reason::Dns];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Refused => "refused",
-            Reason::Timeout => "timeout",
-            Reason::Reset => "reset",
-            Reason::InvalidResponse => "invalid_response",
-            Reason::Http5xx => "http_5xx",
-            Reason::UnexpectedStatus => "unexpected_status",
-            Reason::BodyMismatch => "body_mismatch",
-            Reason::Tls => "tls",
-            Reason::Dns => "dns",
-            Reason::NotServing => "not_serving",
-            Reason::UnknownService => "unknown_service",
-            Reason::MemoryHigh => "memory_high",
-            Reason::MemoryPressure => "memory_pressure",
-            Reason::OomPredicted => "oom_predicted",
-            Reason::OomKilled => "oom_killed",
-            Reason::ProcessExited => "process_exited",
-            Reason::Overloaded => "overloaded",
-            Reason::ContainerRestarted => "container_restarted",
-            Reason::Terminating => "terminating",
-            Reason::Starting => "starting",
-            Reason::Draining => "draining",
-        }
-    }
 }
 
 impl Serialize for Reason {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -118,11 +90,7 @@ mod tests {
 
     #[test]
     fn serde_form_matches_label_form() {
-        for r in Reason::HTTP
-            .iter()
-            .chain(&Reason::GRPC)
-            .chain(&[Reason::Starting, Reason::Draining])
-        {
+        for r in Reason::ALL {
             assert_eq!(
                 serde_json::to_value(r).unwrap(),
                 serde_json::Value::String(r.as_str().into())

@@ -11,21 +11,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DrainConfig};
-use crate::container::{AppContainer, Discovery};
 use crate::drain::{Access, Drain, DrainMetrics};
 use crate::engine::bus::{DrainEnd, Published};
-use crate::engine::task::{self, EngineMetrics};
-use crate::engine::{Engine, Kube, Memory, Signal, SignalSpec};
-use crate::kubernetes::{self, KubeMetrics, KubeWatcher};
+use crate::engine::task;
+use crate::engine::Engine;
+use crate::kubernetes;
 use crate::liveness::{Liveness, Tasks};
-use crate::memory::{self, MemoryMetrics, MemoryWatcher};
-use crate::metrics::Registry;
-use crate::overload::{OverloadMetrics, OverloadWatcher};
-use crate::probe::{ProbeMetrics, ProbeSetupError, ProbeWatcher, Prober};
-use crate::process::{self, ProcessWatcher};
-use crate::reason::Reason;
+use crate::memory;
+use crate::metrics::{Feature, Registry};
+use crate::probe::ProbeSetupError;
 use crate::server::{self, Admin, AdminMetrics};
-use crate::traffic::{ListenWatch, OwnSockets, TrafficSource, TrafficWatcher};
+use crate::traffic::{OwnSockets, TrafficSource, TrafficWatcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -91,61 +87,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
 
-    let registry = Registry::new();
-    let probe_metrics = ProbeMetrics::new(&registry, &config.probes.0);
-    let mut reasons: Vec<Reason> = config
-        .probes
-        .0
-        .iter()
-        .flat_map(|p| p.check.reasons().iter().copied())
-        .collect();
-    let mut engine = Engine::with_drain_readiness(config.drain.readiness);
-    let now = SystemTime::now();
-    let mut probers = Vec::new();
-    for probe in &config.probes.0 {
-        let spec = SignalSpec {
-            failure_threshold: probe.failure_threshold,
-            success_threshold: probe.success_threshold,
-            critical: probe.critical,
-        };
-        engine.register(probe.signal(), spec, now);
-        probers.push((probe.clone(), Prober::new(probe)?));
-    }
-    // Memory and process signals flip on one observation: the kernel's numbers are not noisy the
-    // way a network check is, and their own thresholds and cooldowns carry the hysteresis.
-    let single = SignalSpec {
-        failure_threshold: 1,
-        success_threshold: 1,
-        critical: true,
-    };
-    match &memory_plan {
-        Some(_) => {
-            for signal in Memory::ALL {
-                engine.register(Signal::Memory(signal), single, now);
-            }
-            reasons.extend(memory::REASONS);
-        }
-        None => engine.not_watched("memory", memory_why.clone()),
-    }
-    if config.process.pattern.is_some() {
-        engine.register(Signal::Process, single, now);
-        reasons.push(Reason::ProcessExited);
-    }
-    // The judge holds and turns back with hysteresis itself.
-    if config.overload.signal {
-        engine.register(Signal::Overload, single, now);
-        reasons.push(Reason::Overloaded);
-    }
     let identity = kubernetes::connect(&config.kubernetes).await?;
-    if identity.is_some() {
-        for signal in Kube::ALL {
-            engine.register(Signal::Kube(signal), single, now);
-        }
-        reasons.extend(kubernetes::REASONS);
+    let (parts, notices) = inputs::declare(&config, memory_plan, identity)?;
+    let registry = Registry::new();
+    let mut engine = Engine::with_drain_readiness(config.drain.readiness);
+    if !parts.iter().any(|p| p.feature == Feature::Memory) {
+        engine.not_watched("memory", memory_why);
     }
+    let engine_metrics = inputs::register(&parts, &registry, &mut engine, SystemTime::now());
     let accepted = Arc::new(AtomicU64::new(0));
     let own = Arc::new(OwnSockets::default());
-    let traffic = traffic_watcher(&config, accepted.clone(), own.clone())?;
+    let traffic = inputs::traffic_watcher(&config, accepted.clone(), own.clone())?;
     let watched_port = traffic.as_ref().map(TrafficWatcher::port);
     let traffic_on = traffic.is_some();
     let access = Access {
@@ -160,8 +112,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tracker = TaskTracker::new();
     let runtime = spawn_watch_runtime(shutdown.clone(), tracker.clone())?;
     let tasks = Tasks::new(runtime, liveness.clone(), tracker);
-    let (notices_tx, notices_rx) = mpsc::channel(16);
-    let engine_metrics = EngineMetrics::new(&registry, &reasons);
     let engine_task =
         task::run_engine(engine, inputs_rx, publish, engine_metrics, shutdown.clone());
     tasks.spawn("engine", &shutdown, engine_task);
@@ -170,64 +120,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         traffic,
         inputs_tx.clone(),
         DrainMetrics::new(&registry, traffic_on),
-        identity.is_some().then(|| notices_tx.clone()),
+        notices,
         &tasks,
         &shutdown,
     );
-    // Probes stop when a drain starts: sidewatch then leaves the app alone.
-    for (config, prober) in probers {
-        let name = config.signal().to_string();
-        let on_watched_port = watched_port.is_some() && config.port() == watched_port;
-        let watcher = ProbeWatcher {
-            config,
-            prober,
-            metrics: probe_metrics.clone(),
-            inputs: inputs_tx.clone(),
-            own: on_watched_port.then(|| own.clone()),
-        };
-        tasks.spawn(name, drain.draining(), watcher.run());
-    }
-    let (app_tx, app_rx) = watch::channel(AppContainer::default());
-    if let Some(plan) = memory_plan {
-        let watcher = MemoryWatcher {
-            discovery: Discovery::new(identity.is_some().then_some(app_rx)),
-            plan,
-            config: config.memory.clone(),
-            inputs: inputs_tx.clone(),
-            metrics: MemoryMetrics::new(&registry),
-            notices: identity.is_some().then(|| notices_tx.clone()),
-        };
-        tasks.spawn("memory", &shutdown, watcher.run());
-    }
-    if let Some(port) = config.app_port() {
-        let watcher = OverloadWatcher {
-            watch: ListenWatch::new(port),
-            config: config.overload.clone(),
-            metrics: OverloadMetrics::new(&registry),
-            inputs: config.overload.signal.then(|| inputs_tx.clone()),
-        };
-        tasks.spawn("overload", &shutdown, watcher.run());
-    }
-    if let Some(identity) = identity {
-        let watcher = KubeWatcher {
-            identity,
-            config: config.kubernetes.clone(),
-            inputs: inputs_tx.clone(),
-            metrics: KubeMetrics::new(&registry),
-            verdict: verdict.clone(),
-            notices: notices_rx,
-            app: app_tx,
-        };
-        watcher.spawn(&tasks, &shutdown);
-    }
-    if let Some(pattern) = config.process.pattern.clone() {
-        let watcher = ProcessWatcher {
-            pattern,
-            poll: config.memory.interval,
-            inputs: inputs_tx.clone(),
-            exits: process::exits_metric(&registry),
-        };
-        tasks.spawn(Signal::Process.to_string(), &shutdown, watcher.run());
+    let wiring = inputs::Wiring {
+        registry: &registry,
+        inputs: &inputs_tx,
+        tasks: &tasks,
+        shutdown: &shutdown,
+        draining: drain.draining(),
+        verdict: &verdict,
+        own: &own,
+        watched_port,
+    };
+    for part in parts {
+        part.start(&wiring);
     }
 
     let admin = Arc::new(Admin {
@@ -285,34 +193,6 @@ fn spawn_watch_runtime(
     rx.recv()
         .map_err(|_| StartError::Runtime(std::io::Error::other("the watch thread ended at start")))?
         .map_err(StartError::Runtime)
-}
-
-/// The app port's traffic watch for the drain, on `drain.port` or the first critical probe's port.
-fn traffic_watcher(
-    config: &Config,
-    accepted: Arc<AtomicU64>,
-    own: Arc<OwnSockets>,
-) -> Result<Option<TrafficWatcher>, StartError> {
-    let d = &config.drain;
-    let Some(port) = config.app_port() else {
-        tracing::info!("drain: no app port (drain.port, or a critical probe's port): a drain ends after drain.delay");
-        return Ok(None);
-    };
-    match TrafficWatcher::new(port, d.traffic_source, d.passive_opens, accepted, own) {
-        Ok(watcher) => {
-            tracing::info!(port, source = %watcher.describe(), "drain: watching the app port's traffic");
-            Ok(Some(watcher))
-        }
-        Err(e) if d.traffic_source == TrafficSource::Auto => {
-            tracing::warn!(port, error = %e, "drain: cannot watch the app port: a drain ends after drain.delay");
-            Ok(None)
-        }
-        Err(error) => Err(StartError::Traffic {
-            traffic: d.traffic_source,
-            port,
-            error,
-        }),
-    }
 }
 
 /// `sidewatch run`: serve until SIGTERM or SIGINT, drain, linger until the outcome is scraped,
@@ -394,5 +274,6 @@ impl Signals {
     }
 }
 
+mod inputs;
 #[cfg(test)]
 mod tests;

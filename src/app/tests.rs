@@ -121,21 +121,4 @@ fn the_metric_table_lists_exactly_the_registered_metrics() {
     assert_eq!(documented, expected);
 }
 
-/// Every feature is a series from the start (0 until its part runs), and a reason the pod watch
-/// can report (an OOMKilled restart) is a series with the pod watch alone, memory off: the
-/// not-ready alert's summary reads it.
-#[test]
-fn features_and_the_pod_watchs_reasons_are_series_before_they_happen() {
-    let r = Registry::new();
-    EngineMetrics::new(&r, &crate::kubernetes::REASONS);
-    let text = String::from_utf8(r.encode()).unwrap();
-    for feature in crate::metrics::FEATURES {
-        let series = format!("sidewatch_features{{feature=\"{feature}\"}} 0");
-        assert!(text.contains(&series), "{series} in\n{text}");
-    }
-    assert!(text.contains("sidewatch_features{feature=\"overload\"} 0"));
-    for reason in ["oom_killed", "container_restarted", "terminating"] {
-        let series = format!("sidewatch_not_ready_reason{{reason=\"{reason}\"}} 0");
-        assert!(text.contains(&series), "{series} in\n{text}");
-    }
-}
+mod combinations;

@@ -53,7 +53,7 @@ impl DrainMetrics {
             "1 from the moment a drain starts (the pod is being deleted): not ready on purpose, no sickness.",
         ));
         let connections = traffic.then(|| {
-            registry.feature("drain_traffic");
+            registry.feature(crate::metrics::Feature::DrainTraffic);
             registry.register(metrics::gauge(
                 "sidewatch_app_connections",
                 "Open TCP connections on the app port (drain.port). Those still open at the end of a drain were idle keep-alives.",

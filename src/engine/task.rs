@@ -58,7 +58,7 @@ impl EngineMetrics {
         }
     }
 
-    fn verdict(&self, verdict: &Verdict) {
+    pub(crate) fn verdict(&self, verdict: &Verdict) {
         self.ready.set(i64::from(verdict.ready));
         for r in &self.known {
             let holds = verdict.reasons.iter().any(|c| c.reason == *r);

@@ -30,14 +30,6 @@ use config::KubernetesConfig;
 use pod::Tracker;
 use publish::Publisher;
 
-/// The reasons the Kubernetes signals give. The pod watch reports an app container's restart, OOMKilled ones apart, with memory
-/// watched or not.
-pub const REASONS: [Reason; 3] = [
-    Reason::ContainerRestarted,
-    Reason::OomKilled,
-    Reason::Terminating,
-];
-
 /// After a failed watch or list, sidewatch waits this long before listing again, doubling up to
 /// `WATCH_RETRY_MAX`, each wait jittered so that the pods of a cluster do not all come back to a
 /// recovering API server at once.
@@ -121,7 +113,6 @@ pub struct KubeMetrics {
 
 impl KubeMetrics {
     pub fn new(registry: &Registry) -> Self {
-        registry.feature("kubernetes");
         let restarts = registry.register(metrics::counter_vec(
             "sidewatch_container_restarts_total",
             "Container restarts the kubelet reported, by container of the pod and last termination \

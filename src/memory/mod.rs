@@ -25,21 +25,12 @@ use tokio::sync::mpsc;
 
 use crate::engine::bus::{Input, Notice};
 use crate::engine::{Memory, Observation, Signal};
-use crate::reason::Reason;
 use crate::util::sleep_until;
 use assess::{Assessment, Assessor};
 use cgroup::{CgroupDir, Version};
 use config::MemoryConfig;
 use read::ReadError;
 use sample::Sample;
-
-/// The reasons the memory signals give.
-pub const REASONS: [Reason; 4] = [
-    Reason::MemoryHigh,
-    Reason::MemoryPressure,
-    Reason::OomPredicted,
-    Reason::OomKilled,
-];
 
 pub struct MemoryWatcher {
     pub plan: Plan,

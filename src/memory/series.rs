@@ -30,7 +30,6 @@ pub struct MemoryMetrics {
 
 impl MemoryMetrics {
     pub fn new(registry: &Registry) -> Self {
-        registry.feature("memory");
         let read_errors = registry.register(metrics::counter_vec(
             "sidewatch_memory_read_errors_total",
             "Failed reads of the app's memory files, by kind (gone = the cgroup directory was removed, as at a container restart; missing, garbled, io; \

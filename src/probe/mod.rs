@@ -171,9 +171,6 @@ impl ProbeMetrics {
                 failures.with_label_values(&[&probe.name, reason.as_str()]);
             }
         }
-        if !probes.is_empty() {
-            registry.feature("probes");
-        }
         ProbeMetrics {
             up,
             duration,
