@@ -43,6 +43,28 @@ fn every_reason_label_is_explained() {
     }
 }
 
+/// The not-ready runbook says what each reason that is not a probe's means (a probe's are in the
+/// README): its alert's summary lists them. `draining` is on purpose, and the alert leaves it out.
+#[test]
+fn the_not_ready_runbook_explains_every_other_reason() {
+    let runbooks = include_str!("../docs/runbooks.md");
+    let section = runbooks
+        .split("\n## SidewatchPodNotReady\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/runbooks.md has a SidewatchPodNotReady section");
+    let probes: Vec<Reason> = [&Reason::HTTP[..], &Reason::GRPC, &Reason::TCP].concat();
+    for reason in Reason::ALL {
+        if probes.contains(reason) || *reason == Reason::Draining {
+            continue;
+        }
+        assert!(
+            section.contains(&format!("`{reason}`")),
+            "the SidewatchPodNotReady runbook does not explain {reason}"
+        );
+    }
+}
+
 /// Every relative link of README.md, docs/, BENCHMARKS.md and the chart's README names a file
 /// that exists, and an anchor (`#…`) a heading of that file, as GitHub makes its ids.
 #[test]

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::task::Readiness;
 use super::{rfc3339, Cause, Verdict};
 
 /// Enough for a crash loop's last hours at one transition a minute, and small enough to render.
@@ -44,7 +45,7 @@ impl History {
 
     /// Records the turn from `before` to `after` at `at`.
     pub fn record(&mut self, before: &Verdict, after: &Verdict, at: SystemTime) {
-        let state = |v: &Verdict| if v.ready { "ready" } else { "not_ready" };
+        let state = |v: &Verdict| Readiness::of(v).as_str();
         let reasons = if after.ready {
             &before.reasons
         } else {

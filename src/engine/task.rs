@@ -11,9 +11,29 @@ use tokio_util::sync::CancellationToken;
 use super::bus::{Input, Published};
 use super::history::History;
 use super::{Change, Engine, Signal, Verdict};
-use crate::metrics::{self, Registry};
+use crate::metrics::{self, label_values, Registry};
 use crate::reason::Reason;
 use crate::util::sleep_until;
+
+label_values! {
+    /// A verdict's readiness, as the `to` label of `sidewatch_ready_transitions_total` and the
+    /// history's states name it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Readiness {
+        Ready => "ready",
+        NotReady => "not_ready",
+    }
+}
+
+impl Readiness {
+    pub fn of(verdict: &Verdict) -> Readiness {
+        if verdict.ready {
+            Readiness::Ready
+        } else {
+            Readiness::NotReady
+        }
+    }
+}
 
 /// The verdict's metrics: readiness, its transitions, and which reasons hold it.
 pub struct EngineMetrics {
@@ -35,8 +55,8 @@ impl EngineMetrics {
             "Readiness changes. A fast rise means a flapping app: read the reasons in the logs.",
             &["to"],
         ));
-        for to in ["ready", "not_ready"] {
-            transitions.with_label_values(&[to]);
+        for to in Readiness::ALL {
+            transitions.with_label_values(&[to.as_str()]);
         }
         let by_reason = registry.register(metrics::gauge_vec(
             "sidewatch_not_ready_reason",
@@ -115,8 +135,8 @@ pub async fn run_engine(
         publish.send_replace(Published::new(&engine, history.latest()));
         metrics.verdict(verdict);
         let what = if change == Change::Readiness {
-            let to = if verdict.ready { "ready" } else { "not_ready" };
-            metrics.transitions.with_label_values(&[to]).inc();
+            let to = Readiness::of(verdict);
+            metrics.transitions.with_label_values(&[to.as_str()]).inc();
             Logged::Transition
         } else if labels(&before) != labels(verdict) {
             if starting_ended(&before, verdict) {
