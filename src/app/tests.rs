@@ -121,4 +121,19 @@ fn the_metric_table_lists_exactly_the_registered_metrics() {
     assert_eq!(documented, expected);
 }
 
+/// docs/metrics.md names every value of `sidewatch_features`' label, in `Feature`'s order.
+#[test]
+fn the_metric_table_lists_every_feature() {
+    let row = METRICS_DOC
+        .lines()
+        .find(|l| l.starts_with("| `sidewatch_features` |"))
+        .unwrap();
+    let listed = row.split(" | ").nth(3).unwrap();
+    let features: Vec<String> = crate::metrics::Feature::ALL
+        .iter()
+        .map(|f| format!("`{f}`"))
+        .collect();
+    assert_eq!(listed, format!("`feature` = {}", features.join("/")));
+}
+
 mod combinations;
