@@ -2,6 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+/// Now on the runtime's clock, as a `std` instant: the monotonic clock in production, and the
+/// virtual one under a paused-time test (`tokio::time::pause`), so that the in-process tests run
+/// minutes of backoff, cooldown and rate limit in milliseconds. `std::time::Instant::now()` here
+/// would not move while the test's timers jump, and every deadline would be in the past.
+pub(super) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// The gate's rate limit for anything but a turn to not ready.
 const GATE_BURST: f64 = 5.0;
 const GATE_REFILL: Duration = Duration::from_secs(1);
@@ -36,20 +44,24 @@ impl Bucket {
         self.tokens = (self.tokens + elapsed / self.refill.as_secs_f64()).min(self.burst);
     }
 
-    /// Takes a token when there is one.
+    /// Takes a token when there is one (to the float's noise: see `next_token`).
     pub(super) fn take(&mut self, now: Instant) -> bool {
         self.top_up(now);
-        if self.tokens < 1.0 {
+        if self.tokens < 1.0 - 1e-9 {
             return false;
         }
         self.tokens -= 1.0;
         true
     }
 
-    /// When the next token is there.
+    /// When the next token is there, rounded up to the microsecond. Truncated (as
+    /// `Duration::mul_f64` does), it could fall a hair short of a whole token, and a caller woken
+    /// then would find none and be woken at once again, for ever on a clock that has not moved
+    /// in between (a paused test's, or a coarse one).
     pub(super) fn next_token(&self) -> Instant {
         let missing = (1.0 - self.tokens).max(0.0);
-        self.refilled + self.refill.mul_f64(missing)
+        let micros = (self.refill.as_secs_f64() * missing * 1e6).ceil();
+        self.refilled + Duration::from_micros(micros as u64)
     }
 }
 
@@ -129,6 +141,22 @@ mod tests {
             assert!(l.take(later));
         }
         assert!(!l.take(later));
+    }
+
+    #[test]
+    fn a_token_is_there_at_the_moment_next_token_says() {
+        // Irregular takes leave fractions of a token that a truncated wait fell short of: the
+        // publisher, woken then, found none and was woken again at once, for ever on a clock
+        // that did not move (the paused-time test of a flapping app caught it).
+        let t0 = Instant::now();
+        let mut b = Bucket::new(5.0, Duration::from_secs(10), t0);
+        let mut now = t0;
+        for i in 0u64..2000 {
+            while b.take(now) {}
+            now = b.next_token();
+            assert!(b.take(now), "take {i}");
+            now += Duration::from_nanos(i * 7919 % 3_000_000_000);
+        }
     }
 
     #[test]

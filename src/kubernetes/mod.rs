@@ -11,6 +11,7 @@ mod publish;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::watcher::{self, Event as WatchEvent};
@@ -39,7 +40,8 @@ const WATCH_RETRY_MAX: Duration = Duration::from_secs(10);
 /// never trips it, and a list that never answers is given up after it instead of never.
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The pod sidewatch runs in, and a client for its API server.
+/// The pod sidewatch runs in, and a client for its API server: from `connect`, or built from
+/// any `Client` (the in-process tests hand one that serves the fake API server without a socket).
 pub struct Identity {
     pub client: Client,
     pub namespace: String,
@@ -175,6 +177,14 @@ impl KubeWatcher {
     /// Two tasks until `stop`: the own pod's watch (an input), and the publisher of the gate and
     /// the Events (an output), which the watch tells what the pod is.
     pub fn spawn(self, tasks: &Tasks, stop: &CancellationToken) {
+        for (name, task) in self.tasks() {
+            tasks.spawn(name, stop, task);
+        }
+    }
+
+    /// The two tasks `spawn` runs, named, for a caller that runs them itself (the paused-time
+    /// tests, on their own runtime); each returns only when its channels close.
+    pub fn tasks(self) -> [(&'static str, BoxFuture<'static, ()>); 2] {
         let KubeWatcher {
             identity,
             config,
@@ -186,11 +196,7 @@ impl KubeWatcher {
         } = self;
         let (info_tx, info_rx) = watch::channel(None);
         let publisher = Publisher::new(&identity, &config, metrics.clone());
-        tasks.spawn(
-            "kubernetes publisher",
-            stop,
-            publisher.run(verdict, info_rx, notices),
-        );
+        let publisher = publisher.run(verdict, info_rx, notices).boxed();
         let tracker = Tracker::new(
             config.app_container.clone(),
             identity.container.clone(),
@@ -209,7 +215,10 @@ impl KubeWatcher {
             failing: false,
             app,
         };
-        tasks.spawn("kubernetes", stop, pods.run());
+        [
+            ("kubernetes publisher", publisher),
+            ("kubernetes", pods.run().boxed()),
+        ]
     }
 }
 
@@ -256,7 +265,7 @@ impl PodWatcher {
                         self.on_error(&e);
                         events = None;
                         let wait = backoff.next().unwrap_or(WATCH_RETRY_MAX);
-                        retry_at = Some(Instant::now() + wait);
+                        retry_at = Some(limit::now() + wait);
                     }
                     None => return,
                 },
@@ -265,7 +274,7 @@ impl PodWatcher {
                     events = Some(start());
                 }
                 _ = sleep_until(cooldown), if cooldown.is_some() => {
-                    let app = self.tracker.app_observation(Instant::now());
+                    let app = self.tracker.app_observation(limit::now());
                     self.send(Kube::App, app).await;
                 }
             }

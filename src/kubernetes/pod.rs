@@ -56,7 +56,7 @@ impl Now {
     pub fn read() -> Self {
         Now {
             wall: SystemTime::now(),
-            mono: Instant::now(),
+            mono: super::limit::now(),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::config::KubernetesConfig;
 use super::gate::{pascal, Condition, Stored};
-use super::limit::{Bucket, GateLimit};
+use super::limit::{now, Bucket, GateLimit};
 use super::KubeMetrics;
 use super::{Identity, PodInfo};
 use crate::engine::bus::{DrainEnd, Notice, Published};
@@ -83,7 +83,7 @@ impl Publisher {
             name: identity.pod.clone(),
             gate: config.readiness_gate.clone(),
             metrics,
-            limit: Bucket::new(EVENT_BURST, EVENT_REFILL, Instant::now()),
+            limit: Bucket::new(EVENT_BURST, EVENT_REFILL, now()),
             held: None,
             last_posted: None,
             failing: HashMap::new(),
@@ -100,7 +100,7 @@ impl Publisher {
         let mut gate = GateState {
             asserted: None,
             stored: None,
-            limit: GateLimit::new(Instant::now()),
+            limit: GateLimit::new(now()),
             at: None,
         };
         loop {
@@ -156,7 +156,7 @@ impl Publisher {
             return;
         }
         let turning_unready = !v.ready && gate.asserted.as_ref().is_none_or(|(r, _, _)| *r);
-        if let Err(later) = gate.limit.may_patch(turning_unready, Instant::now()) {
+        if let Err(later) = gate.limit.may_patch(turning_unready, now()) {
             // The timer patches whatever the state is then.
             gate.at = Some(later);
             return;
@@ -168,7 +168,7 @@ impl Publisher {
             gate.stored = Some(stored);
             gate.limit.succeeded();
         } else {
-            gate.limit.failed(Instant::now());
+            gate.limit.failed(now());
             gate.at = gate.limit.retry_at;
         }
     }
@@ -212,7 +212,7 @@ impl Publisher {
         if self.recorder.is_none() {
             return;
         }
-        if !self.limit.take(Instant::now()) {
+        if !self.limit.take(now()) {
             self.dropped(&event);
             let held = self.held.take().map_or(0, |(_, n)| n);
             self.held = Some((event, held + 1));
@@ -227,7 +227,7 @@ impl Publisher {
     /// The latest readiness Event held back by the rate limit, once a token is free; nothing when
     /// the last one posted already says the same.
     async fn post_held(&mut self, reference: &ObjectReference) {
-        if !self.limit.take(Instant::now()) {
+        if !self.limit.take(now()) {
             return;
         }
         let Some((mut event, n)) = self.held.take() else {
@@ -263,7 +263,7 @@ impl Publisher {
                     action: "OOMKill".into(),
                     secondary: None,
                 };
-                if !self.limit.take(Instant::now()) {
+                if !self.limit.take(now()) {
                     self.dropped(&event);
                     return;
                 }

@@ -1,5 +1,6 @@
 //! An in-process fake Kubernetes API server on loopback that speaks the real wire format: LIST
-//! and WATCH of pods (newline-delimited JSON events, resourceVersion, bookmarks, 410 Gone), PATCH
+//! and WATCH of pods (newline-delimited JSON events, resourceVersion, bookmarks, 410 Gone, closed
+//! after `timeoutSeconds`), PATCH
 //! of `pods/{name}/status` (recorded and applied), POST and PATCH of Events (events.k8s.io/v1
 //! and core/v1), and failure modes (an error status for everything or for status patches only,
 //! dropped watches, slowness, and going down: every connection closed at once, new ones accepted
@@ -11,6 +12,11 @@
 //! from a token table the test sets (`set_token`), as the API server's authenticator would,
 //! audiences included. Its waits poll with
 //! `common::eventually`: a test crate that includes it includes `common` too.
+//!
+//! The same server runs without a socket (`in_process`, `client`): its handler is the tower
+//! `Service` of a `kube::Client`, for paused-time tests, where any socket, even on loopback,
+//! would let the virtual clock run past the client's timeouts while bytes are in flight. Going
+//! down then makes every request fail as a refused connection does.
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::convert::Infallible;
@@ -20,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -33,6 +39,8 @@ use crate::common::policy::{self, Policy, Verdict};
 pub struct Recorded {
     /// When the request's body had arrived.
     pub at: std::time::SystemTime,
+    /// The same on the runtime's clock: virtual time in a paused-time test.
+    pub instant: tokio::time::Instant,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -55,6 +63,8 @@ struct State {
     /// Down: connections are accepted, counted in `refused` and closed without a byte.
     down: bool,
     refused: usize,
+    /// In process, each request refused while down (no body read).
+    refusals: Vec<Recorded>,
     /// Bumped to cut every open watch.
     generation: u64,
     /// Who the requests come from: the userInfo the API server takes from the caller's token.
@@ -77,6 +87,8 @@ pub struct FakeApi {
     /// Bumped to close every open connection (going down).
     cut: Arc<tokio::sync::watch::Sender<u64>>,
     policy: Arc<Policy>,
+    /// Notified at each request, for `wait_requests`.
+    seen: Arc<Notify>,
 }
 
 impl FakeApi {
@@ -96,9 +108,28 @@ impl FakeApi {
         Self::serve(listener, pod, Some(tls))
     }
 
+    /// The server without a socket: reach it through `client` (its `addr` is unspecified).
+    pub fn in_process(pod: Value) -> FakeApi {
+        Self::new(SocketAddr::from(([0, 0, 0, 0], 0)), pod)
+    }
+
+    /// A client of the pod's namespace whose every request is answered by this server's handler,
+    /// in process: the request and response bodies are the wire format, unsent.
+    pub fn client(&self) -> kube::Client {
+        let namespace = self.pod()["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned();
+        kube::Client::new(InProcess(self.clone()), namespace)
+    }
+
     fn serve(listener: TcpListener, pod: Value, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeApi {
-        let addr = listener.local_addr().unwrap();
-        let mut pod = pod;
+        let api = Self::new(listener.local_addr().unwrap(), pod);
+        Self::spawn_accept(api.clone(), listener, tls);
+        api
+    }
+
+    fn new(addr: SocketAddr, mut pod: Value) -> FakeApi {
         pod["metadata"]["resourceVersion"] = "1".into();
         let caller = policy::pod_token(
             pod["metadata"]["namespace"].as_str().unwrap_or("default"),
@@ -106,7 +137,7 @@ impl FakeApi {
             pod["metadata"]["name"].as_str().unwrap_or_default(),
             pod["metadata"]["uid"].as_str().unwrap_or_default(),
         );
-        let api = FakeApi {
+        FakeApi {
             addr,
             state: Arc::new(Mutex::new(State {
                 pod,
@@ -119,6 +150,7 @@ impl FakeApi {
                 delay: Duration::ZERO,
                 down: false,
                 refused: 0,
+                refusals: Vec::new(),
                 generation: 0,
                 caller,
                 events: Default::default(),
@@ -129,8 +161,15 @@ impl FakeApi {
             changed: Arc::new(Notify::new()),
             cut: Arc::new(tokio::sync::watch::channel(0).0),
             policy: Arc::new(Policy::shipped()),
-        };
-        let server = api.clone();
+            seen: Arc::new(Notify::new()),
+        }
+    }
+
+    fn spawn_accept(
+        server: FakeApi,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 {
@@ -156,7 +195,6 @@ impl FakeApi {
                 }
             }
         });
-        api
     }
 
     /// Goes down (every open connection closed, new ones closed unanswered) or comes back up.
@@ -171,6 +209,11 @@ impl FakeApi {
     /// Connections closed unanswered while down, so far.
     pub fn refused(&self) -> usize {
         self.state.lock().unwrap().refused
+    }
+
+    /// In process, the requests refused while down so far, in order.
+    pub fn refusals(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().refusals.clone()
     }
 
     /// The requests come from this userInfo from now on (`policy::pod_token` of another pod…).
@@ -266,6 +309,36 @@ impl FakeApi {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// Waits until `check` finds what it wants in the requests so far, woken by each request and
+    /// bounded on the runtime's clock: in a paused-time test `within` is virtual time, and the
+    /// wait lets it run (every timer of the code under test fires in order while it waits).
+    pub async fn wait_requests<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&[Recorded]) -> Option<T>,
+    ) -> T {
+        let wait = async {
+            loop {
+                let next = self.seen.notified();
+                if let Some(v) = check(&self.requests()) {
+                    return v;
+                }
+                next.await;
+            }
+        };
+        match tokio::time::timeout(within, wait).await {
+            Ok(v) => v,
+            Err(_) => panic!(
+                "timed out after {within:?} waiting for {what}; requests: {:#?}",
+                self.requests()
+                    .iter()
+                    .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+
     /// Waits until a pod watch has been asked for (after the initial list).
     pub async fn wait_watching(&self) {
         eventually("a pod watch", Duration::from_secs(10), || async {
@@ -352,7 +425,10 @@ impl FakeApi {
         self.drop_watches();
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+    async fn handle<B: hyper::body::Body>(
+        &self,
+        req: Request<B>,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or_default().to_owned();
@@ -374,6 +450,7 @@ impl FakeApi {
             let mut s = self.state.lock().unwrap();
             s.requests.push(Recorded {
                 at: std::time::SystemTime::now(),
+                instant: tokio::time::Instant::now(),
                 method: method.to_string(),
                 path: path.clone(),
                 query: query.clone(),
@@ -383,6 +460,7 @@ impl FakeApi {
             let fail = s.fail.or(s.fail_patches.filter(|_| is_status_patch));
             (fail, s.delay)
         };
+        self.seen.notify_waiters();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -493,6 +571,10 @@ impl FakeApi {
                 .body(body)
                 .unwrap();
         }
+        // Closed after `timeoutSeconds`, as the API server does; clients then watch again.
+        let ends = param(query, "timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
         let api = self.clone();
         let stream = futures_util::stream::unfold((from, true), move |(sent, first)| {
             let api = api.clone();
@@ -519,7 +601,10 @@ impl FakeApi {
                             return Some((Ok(line), (*rv, false)));
                         }
                     }
-                    notified.await;
+                    match ends {
+                        Some(at) => tokio::time::timeout_at(at, notified).await.ok()?,
+                        None => notified.await,
+                    }
                 }
             }
         });
@@ -544,6 +629,57 @@ where
     tokio::select! {
         _ = conn => {}
         _ = cut.changed() => {}
+    }
+}
+
+/// The fake's handler as the tower `Service` a `kube::Client` sends through (`FakeApi::client`).
+#[derive(Clone)]
+struct InProcess(FakeApi);
+
+/// A request the in-process server refused, as a closed connection would be: it is down.
+#[derive(Debug, thiserror::Error)]
+#[error("connection refused: the fake API server is down")]
+struct Refused;
+
+// tower's `Service` trait (tower-service, which kube's client is built on), as tonic re-exports
+// it: no crate more than the tree has.
+impl tonic::codegen::Service<Request<kube::client::Body>> for InProcess {
+    type Response = Response<BoxBody<Bytes, Infallible>>;
+    type Error = Refused;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Refused>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Refused>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<kube::client::Body>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move {
+            {
+                let mut s = api.state.lock().unwrap();
+                if s.down {
+                    s.refused += 1;
+                    s.refusals.push(Recorded {
+                        at: SystemTime::now(),
+                        instant: tokio::time::Instant::now(),
+                        method: req.method().to_string(),
+                        path: req.uri().path().to_owned(),
+                        query: req.uri().query().unwrap_or_default().to_owned(),
+                        content_type: String::new(),
+                        body: Value::Null,
+                    });
+                    drop(s);
+                    api.seen.notify_waiters();
+                    return Err(Refused);
+                }
+            }
+            Ok(api.handle(req).await)
+        })
     }
 }
 
@@ -621,6 +757,7 @@ fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 fn status_body(code: u16, message: &str) -> Value {
     let reason = match code {
         403 => "Forbidden",
+        409 => "Conflict",
         404 => "NotFound",
         410 => "Expired",
         _ => "InternalError",
