@@ -641,9 +641,8 @@ struct InProcess(FakeApi);
 #[error("connection refused: the fake API server is down")]
 struct Refused;
 
-// tower's `Service` trait (tower-service, which kube's client is built on), as tonic re-exports
-// it: no crate more than the tree has.
-impl tonic::codegen::Service<Request<kube::client::Body>> for InProcess {
+// tower's `Service` trait, which kube's client is built on (tower-service is in the tree already).
+impl tower_service::Service<Request<kube::client::Body>> for InProcess {
     type Response = Response<BoxBody<Bytes, Infallible>>;
     type Error = Refused;
     type Future = std::pin::Pin<
