@@ -184,6 +184,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             inputs: inputs_tx.clone(),
             metrics: MemoryMetrics::new(&registry),
             notices: identity.is_some().then(|| notices_tx.clone()),
+            tasks: tasks.scope(&shutdown),
         };
         tasks.spawn("memory", &shutdown, watcher.run());
     }
