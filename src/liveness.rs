@@ -66,6 +66,28 @@ impl Tasks {
         );
     }
 
+    /// Runs `task`, which sees `stop` itself and ends after finishing what it holds (a server
+    /// answers the requests in flight): it is awaited whole. Ending before `stop`, or
+    /// panicking, is dying.
+    pub fn spawn_graceful(
+        &self,
+        name: impl Into<String>,
+        stop: &CancellationToken,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let guard = self.liveness.register(name);
+        let stop = stop.clone();
+        self.tracker.spawn_on(
+            async move {
+                task.await;
+                if stop.is_cancelled() {
+                    guard.finish();
+                }
+            },
+            &self.runtime,
+        );
+    }
+
     /// Tasks that stop with `stop` (or before, when it is cancelled alone).
     pub fn scope(&self, stop: &CancellationToken) -> Scope {
         Scope {

@@ -8,10 +8,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub(super) use crate::lifecycle::Signals;
+use crate::liveness::Tasks;
 
 /// How long a connection may take, once asked to close, to answer the review it is in. The API
 /// server gives up on a webhook after its timeoutSeconds (the chart's 5 s, at most 30 s), and a
@@ -28,13 +28,13 @@ pub enum StopError {
 }
 
 /// Waits for a signal, then stops as the module says. `stopping` fails `/readyz`; cancelling
-/// `shutdown` stops `servers` accepting.
+/// `shutdown` stops the servers accepting (and the other `tasks`).
 pub(super) async fn on_signal(
     mut signals: Signals,
     delay: Duration,
     stopping: &AtomicBool,
     shutdown: &CancellationToken,
-    servers: Vec<JoinHandle<()>>,
+    tasks: &Tasks,
 ) -> Result<(), StopError> {
     let by = signals.next().await;
     stopping.store(true, Ordering::Release);
@@ -45,13 +45,8 @@ pub(super) async fn on_signal(
         .map_err(StopError::Aborted)?;
     shutdown.cancel();
     tracing::info!("stopped accepting: answering the reviews in flight");
-    let ended = async {
-        for server in servers {
-            let _ = server.await;
-        }
-    };
     let ended = signals
-        .unless_again(crate::lifecycle::within(STOP_WITHIN, ended))
+        .unless_again(tasks.ended(STOP_WITHIN))
         .await
         .map_err(StopError::Aborted)?;
     if !ended {
