@@ -1,5 +1,5 @@
-//! Start-up and the one shutdown path: bind, spawn the watch runtime (probes and engine) and the
-//! admin server, then on SIGTERM or SIGINT drain and exit; a second signal aborts.
+//! Start-up: bind, spawn the watch runtime (probes and engine) and the admin server. The one
+//! shutdown path around it (signals first, drain, linger, bounded stop) is `run.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
