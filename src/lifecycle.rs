@@ -51,10 +51,10 @@ impl Signals {
     }
 }
 
-/// Awaits `work` for `within` at most; false when it had not ended. A stop is bounded: whatever
+/// Awaits `work` for `bound` at most; false when it had not ended. A stop is bounded: whatever
 /// is still running then is dropped with the process.
-pub async fn within<T>(within: Duration, work: impl Future<Output = T>) -> bool {
-    tokio::time::timeout(within, work).await.is_ok()
+pub async fn within<T>(bound: Duration, work: impl Future<Output = T>) -> bool {
+    tokio::time::timeout(bound, work).await.is_ok()
 }
 
 /// What a command's start-up came to: started, or stopped by a signal before it was.
