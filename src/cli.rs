@@ -107,7 +107,10 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(fut) {
+    let ended = runtime.block_on(fut);
+    // Bounded: a call still blocked (a start stopped by a signal) is left to the process's end.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(250));
+    match ended {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sidewatch: {e:#}");

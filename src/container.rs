@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::liveness::{Ended, Scope};
 use crate::process::{self, AppProcess, OtherContainer};
 
 /// What the pod's status and spec say of the app container; `Default` until they have been read.
@@ -118,16 +119,18 @@ impl Discovery {
 
     /// Wakes the watcher at every change of the app container (a restart brings a new ID), so
     /// the target follows at once rather than at the next tick.
-    pub fn forward_changes(&self, wake: mpsc::Sender<()>) {
+    /// It ends normally when the pod watch or the watcher is gone: their own ends tell.
+    pub fn forward_changes(&self, tasks: &Scope, wake: mpsc::Sender<()>) {
         let Some(mut rx) = self.app.clone() else {
             return;
         };
-        tokio::spawn(async move {
+        tasks.spawn("memory: the app container's changes", async move {
             while rx.changed().await.is_ok() {
                 if wake.send(()).await.is_err() {
-                    return;
+                    break;
                 }
             }
+            Ended::Normally
         });
     }
 

@@ -11,6 +11,7 @@ pub mod drain;
 pub mod engine;
 pub mod http_server;
 pub mod kubernetes;
+pub mod lifecycle;
 pub mod liveness;
 pub mod logging;
 pub mod memory;

@@ -13,7 +13,7 @@ use crate::engine::bus::Input;
 use crate::engine::{Observation, Signal};
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
-use crate::traffic::{listen_counters, ListenCounters, ListenWatch};
+use crate::traffic::{listen_counters, ListenCounters, ListenQueue, ListenWatch};
 use crate::units::{duration, Fraction};
 
 const POLL: Duration = Duration::from_secs(1);
@@ -143,7 +143,12 @@ impl OverloadWatcher {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let queue = match self.watch.queue() {
+            polls = polls.wrapping_add(1);
+            let Some(look) = Look::take(self.watch, polls % COUNTERS_EVERY == 1).await else {
+                return; // the look panicked: this watch is dead
+            };
+            self.watch = look.watch;
+            let queue = match look.queue {
                 Some(Ok(q)) => {
                     self.metrics.queue.set(q.queued as i64);
                     self.metrics.backlog.set(q.backlog as i64);
@@ -162,8 +167,7 @@ impl OverloadWatcher {
             };
             self.metrics.accept_drops.inc_by(dropped);
             last_drops = queue.map(|q| q.drops);
-            polls = polls.wrapping_add(1);
-            match (polls % COUNTERS_EVERY == 1).then(listen_counters) {
+            match look.counters {
                 None => {}
                 Some(Ok(now)) => {
                     if let Some(before) = last {
@@ -211,6 +215,33 @@ impl OverloadWatcher {
                 return; // the engine is gone
             }
         }
+    }
+}
+
+/// One look at the port: its accept queues (a sock_diag dump) and, every `COUNTERS_EVERY`, the
+/// listen counters.
+struct Look {
+    watch: ListenWatch,
+    queue: Option<std::io::Result<ListenQueue>>,
+    counters: Option<std::io::Result<ListenCounters>>,
+}
+
+impl Look {
+    /// The dump is a blocking netlink round trip, and the watch runtime has one thread, the
+    /// probes': it runs on the blocking pool, so a slow kernel answer never delays a probe.
+    /// `None` when it panicked.
+    async fn take(mut watch: ListenWatch, counters: bool) -> Option<Look> {
+        tokio::task::spawn_blocking(move || {
+            let queue = watch.queue();
+            let counters = counters.then(listen_counters);
+            Look {
+                watch,
+                queue,
+                counters,
+            }
+        })
+        .await
+        .ok()
     }
 }
 

@@ -172,4 +172,12 @@ async fn a_cgroup_removed_and_made_again_has_its_oom_kills_counted() {
     oom_kill_in(&s.cgroup, 4, 50, "new cgroup").await;
     let body = wait_kill_counted(&s.sw, 2.0).await;
     assert_eq!(body["reasons"][0]["signal"], "memory:oom");
+    // The old cgroup's notifications were let go as it went: an end, not a death.
+    let (status, livez) = s.sw.get("/livez").await;
+    assert_eq!(status, 200, "{livez}");
+    assert!(
+        !s.sw.logs().iter().any(|l| l.contains("task died")),
+        "{:#?}",
+        s.sw.logs()
+    );
 }

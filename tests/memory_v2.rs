@@ -72,11 +72,20 @@ impl Tree {
         std::fs::rename(&staged.path, &self.path).unwrap();
     }
 
+    /// The counters rewritten in one write, without a truncate first: the kernel never shows an
+    /// empty `memory.events`, which would read as counters back at 0 (a new baseline) if the
+    /// truncate's notification were handled before the write. They only grow here, so the text
+    /// never gets shorter.
     fn oom_kills(&self, n: u64) {
-        self.write(
-            "memory.events",
-            &format!("low 0\nhigh 0\nmax {n}\noom {n}\noom_kill {n}\noom_group_kill 0\n"),
-        );
+        use std::io::Write;
+        let text = format!("low 0\nhigh 0\nmax {n}\noom {n}\noom_kill {n}\noom_group_kill 0\n");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.path.join("memory.events"))
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
     }
 }
 

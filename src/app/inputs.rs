@@ -120,6 +120,7 @@ pub(crate) fn declare(
                     inputs: w.inputs.clone(),
                     metrics: MemoryMetrics::new(w.registry),
                     notices,
+                    tasks: w.tasks.scope(w.shutdown),
                 };
                 w.tasks.spawn("memory", w.shutdown, watcher.run());
             }),

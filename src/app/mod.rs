@@ -1,18 +1,18 @@
-//! Start-up and the one shutdown path: bind, spawn the watch runtime (probes and engine) and the
-//! admin server, then on SIGTERM or SIGINT drain and exit; a second signal aborts.
+//! Start-up: bind, spawn the watch runtime (probes and engine) and the admin server. The one
+//! shutdown path around it (signals first, drain, linger, bounded stop) is `run.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, DrainConfig};
+use crate::config::Config;
 use crate::drain::{Access, Drain, DrainMetrics};
-use crate::engine::bus::{DrainEnd, Published};
+use crate::engine::bus::Published;
 use crate::engine::task;
 use crate::engine::Engine;
 use crate::kubernetes;
@@ -48,18 +48,6 @@ pub enum StartError {
     Probe(#[from] ProbeSetupError),
     #[error("cannot start the watch runtime: {0}")]
     Runtime(std::io::Error),
-}
-
-/// A started sidewatch: what `run` and the demo observe and drive.
-pub struct Running {
-    pub local_addr: SocketAddr,
-    pub verdict: watch::Receiver<Arc<Published>>,
-    pub drain: Drain,
-    scraped: watch::Receiver<Option<Instant>>,
-    /// The one shutdown path: cancelling it stops every task and the admin server.
-    shutdown: CancellationToken,
-    tasks: Tasks,
-    server: tokio::task::JoinHandle<()>,
 }
 
 /// Starts everything; must be called inside a tokio runtime, which then serves the admin port.
@@ -161,118 +149,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Starts the watch runtime (probes, watchers, engine, drain) on a thread of its own, until
-/// `shutdown` and its tasks' end: a flood on the admin port must not delay a probe. Returns its
-/// handle.
-fn spawn_watch_runtime(
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) -> Result<tokio::runtime::Handle, StartError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("sidewatch-watch".into())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => {
-                    let _ = tx.send(Ok(rt.handle().clone()));
-                    rt.block_on(async {
-                        shutdown.cancelled().await;
-                        tasks.close();
-                        let _ = tokio::time::timeout(STOP_WITHIN, tasks.wait()).await;
-                    });
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        })
-        .map_err(StartError::Runtime)?;
-    rx.recv()
-        .map_err(|_| StartError::Runtime(std::io::Error::other("the watch thread ended at start")))?
-        .map_err(StartError::Runtime)
-}
+mod run;
 
-/// `sidewatch run`: serve until SIGTERM or SIGINT, drain, linger until the outcome is scraped,
-/// exit 0. A second signal aborts.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let probes: Vec<String> = config.probes.0.iter().map(|p| p.name.clone()).collect();
-    let drain = config.drain.clone();
-    let mut running = start(config).await?;
-    tracing::info!(listen = %running.local_addr, ?probes, version = env!("CARGO_PKG_VERSION"), "sidewatch started");
-    let mut signals = Signals::new()?;
-    let by = signals.next().await;
-    let drained = running.drain.start(by);
-    let end = tokio::select! {
-        end = drained => end,
-        by = signals.next() => anyhow::bail!("{by} during the drain: exiting at once"),
-    };
-    tokio::select! {
-        seen = running.linger(&end, &drain) => {
-            tracing::info!(outcome = end.outcome, seconds = end.duration_seconds, scraped = seen, "exiting after drain");
-        }
-        by = signals.next() => tracing::info!("{by} while lingering: exiting"),
-    }
-    running.stop().await;
-    Ok(())
-}
-
-/// The longest the admin server is given to finish the requests it is in at exit.
-const STOP_WITHIN: Duration = Duration::from_secs(1);
-
-impl Running {
-    /// Keeps serving after the drain until a `/metrics` scrape began after it ended (so that
-    /// Prometheus has its outcome) and its Event is posted, for `drain.linger` at most and never
-    /// past 1 s before the kubelet's SIGKILL (`drain.grace_period` from the drain's start).
-    /// True when the outcome was scraped.
-    async fn linger(&mut self, end: &DrainEnd, config: &DrainConfig) -> bool {
-        let kill = end.began + config.grace_period.saturating_sub(Duration::from_secs(1));
-        let deadline = (end.ended + config.linger).min(kill);
-        let ended = end.ended;
-        let scraped = self.scraped.wait_for(|at| at.is_some_and(|at| at > ended));
-        let both = futures_util::future::join(scraped, self.drain.event_done());
-        tokio::time::timeout_at(deadline.into(), both).await.is_ok()
-    }
-
-    /// The one way out: every task told to stop, the admin server closed (the requests under
-    /// way answered whole), both waited for `STOP_WITHIN` at most.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        if !self.tasks.ended(STOP_WITHIN).await {
-            tracing::debug!("tasks still running at exit");
-        }
-        if tokio::time::timeout(STOP_WITHIN, self.server)
-            .await
-            .is_err()
-        {
-            tracing::debug!("admin connections still open at exit");
-        }
-    }
-}
-
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-}
+use run::spawn_watch_runtime;
+pub use run::{run, Running};
 
 mod inputs;
 #[cfg(test)]

@@ -5,16 +5,21 @@
 //! own files go quiet. Each one that cannot be armed is logged, and polling covers for it.
 
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
+use std::pin::Pin;
 
 use futures_util::StreamExt;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::cgroup::{self, CgroupDir, Version};
+use crate::liveness::{Ended, Scope};
+
+/// A notification's loop, spawned by the watcher in the scope of the cgroup it is armed on.
+pub type Notifier = Pin<Box<dyn Future<Output = Ended> + Send>>;
 
 /// A PSI trigger: wake when tasks stall on memory for 150 ms within 2 s. Unprivileged writers may
 /// only use windows in multiples of 2 s. The decision is still made on `avg10`.
@@ -28,16 +33,23 @@ const OOM_FOLLOW_UP: &[u64] = &[2, 2, 4, 8, 16, 32, 64, 128];
 pub const USAGE_THRESHOLD: &str = "eventfd memory.usage_in_bytes threshold";
 
 /// Arms every notification the cgroup allows but the v1 usage threshold (see `usage_threshold`);
-/// each sends `()` on `wake`. Returns the names of those armed and their tasks (aborted when the
-/// cgroup changes).
-pub fn arm(dir: &CgroupDir, wake: &mpsc::Sender<()>) -> (Vec<String>, Vec<JoinHandle<()>>) {
+/// each sends `()` on `wake`, as a task of `scope` (stopped when the cgroup changes). Returns the
+/// names of those armed.
+pub fn arm(dir: &CgroupDir, wake: &mpsc::Sender<()>, scope: &Scope) -> Vec<String> {
+    let mut names = Vec::new();
+    for (name, task) in notifiers(dir, wake) {
+        scope.spawn(format!("memory: {name}"), task);
+        names.push(name);
+    }
+    names
+}
+
+/// As `arm`, the tasks left to the caller to run (the node agent's streams, which have no
+/// `/livez`, run them for as long as the stream).
+pub fn notifiers(dir: &CgroupDir, wake: &mpsc::Sender<()>) -> Vec<(String, Notifier)> {
     let mut armed = Vec::new();
-    let mut tasks = Vec::new();
-    let mut arm_one = |name: &str, result: std::io::Result<JoinHandle<()>>| match result {
-        Ok(task) => {
-            armed.push(name.to_owned());
-            tasks.push(task);
-        }
+    let mut arm_one = |name: &str, result: std::io::Result<Notifier>| match result {
+        Ok(task) => armed.push((name.to_owned(), task)),
         Err(e) => {
             tracing::info!(event = name, error = %e, "kernel notification unavailable; polling covers it")
         }
@@ -86,7 +98,7 @@ pub fn arm(dir: &CgroupDir, wake: &mpsc::Sender<()>) -> (Vec<String>, Vec<JoinHa
             );
         }
     }
-    (armed, tasks)
+    armed
 }
 
 /// v1: wakes when usage crosses `bytes`, either way. Armed apart from the rest, since it follows
@@ -95,13 +107,13 @@ pub fn usage_threshold(
     dir: &Path,
     bytes: u64,
     wake: mpsc::Sender<()>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<Notifier> {
     eventfd(dir, "memory.usage_in_bytes", Some(bytes), &[], wake)
 }
 
 /// Wakes when the cgroup directory appears in, or leaves, its parent (mkdir, rmdir, rename). The
 /// kernel's cgroup file systems report these on the parent, and nothing on the files inside.
-pub fn parent(dir: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<()>> {
+pub fn parent(dir: &Path, wake: mpsc::Sender<()>) -> std::io::Result<Notifier> {
     use inotify::{Inotify, WatchMask};
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return Err(std::io::Error::new(
@@ -118,7 +130,8 @@ pub fn parent(dir: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<
         | WatchMask::ONLYDIR;
     inotify.watches().add(parent, mask)?;
     let mut events = inotify.into_event_stream([0u8; 1024])?;
-    Ok(tokio::spawn(async move {
+    let watched = parent.to_owned();
+    Ok(Box::pin(async move {
         while let Some(event) = events.next().await {
             let Ok(event) = event else { break };
             // Siblings come and go all day (other pods, other containers); a queue overflow
@@ -127,23 +140,29 @@ pub fn parent(dir: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<
                 continue;
             }
             if wake.send(()).await.is_err() {
-                break;
+                return Ended::Normally; // the watcher is gone; its own end tells
             }
         }
+        ended(&watched)
     }))
 }
 
-fn inotify(path: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<()>> {
+fn inotify(path: &Path, wake: mpsc::Sender<()>) -> std::io::Result<Notifier> {
     use inotify::{Inotify, WatchMask};
     let inotify = Inotify::init()?;
     inotify.watches().add(path, WatchMask::MODIFY)?;
     let mut events = inotify.into_event_stream([0u8; 1024])?;
-    Ok(tokio::spawn(async move {
+    let watched = path.to_owned();
+    Ok(Box::pin(async move {
         while let Some(event) = events.next().await {
-            if event.is_err() || wake.send(()).await.is_err() {
+            if event.is_err() {
                 break;
             }
+            if wake.send(()).await.is_err() {
+                return Ended::Normally;
+            }
         }
+        ended(&watched)
     }))
 }
 
@@ -155,7 +174,7 @@ fn eventfd(
     threshold: Option<u64>,
     follow_up: &'static [u64],
     wake: mpsc::Sender<()>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<Notifier> {
     use rustix::event::{eventfd, EventfdFlags};
     let efd: OwnedFd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
     let target = File::open(dir.join(target))?;
@@ -168,7 +187,8 @@ fn eventfd(
         .open(dir.join("cgroup.event_control"))?
         .write_all(line.as_bytes())?;
     let efd = crate::sys::async_fd(efd, Interest::READABLE)?;
-    Ok(tokio::spawn(async move {
+    let watched = dir.to_owned();
+    Ok(Box::pin(async move {
         // The registration lives as long as the target file stays open.
         let _target = target;
         loop {
@@ -179,12 +199,12 @@ fn eventfd(
             match rustix::io::read(efd.get_ref().as_fd(), &mut count) {
                 Ok(_) => {
                     if wake.send(()).await.is_err() {
-                        break;
+                        return Ended::Normally;
                     }
                     for ms in follow_up {
                         tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
                         if wake.send(()).await.is_err() {
-                            return;
+                            return Ended::Normally;
                         }
                     }
                 }
@@ -192,19 +212,32 @@ fn eventfd(
                 Err(_) => break,
             }
         }
+        ended(&watched)
     }))
 }
 
-fn psi_trigger(path: &Path, wake: mpsc::Sender<()>) -> std::io::Result<JoinHandle<()>> {
+fn psi_trigger(path: &Path, wake: mpsc::Sender<()>) -> std::io::Result<Notifier> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
     file.write_all(PSI_TRIGGER)?;
     let fd = crate::sys::async_fd(file, Interest::PRIORITY)?;
-    Ok(tokio::spawn(async move {
+    let watched = path.to_owned();
+    Ok(Box::pin(async move {
         while let Ok(mut ready) = fd.ready(Interest::PRIORITY).await {
             ready.clear_ready();
             if wake.send(()).await.is_err() {
-                break;
+                return Ended::Normally;
             }
         }
+        ended(&watched)
     }))
+}
+
+/// A notification that stopped by itself: normal when what it watched is gone (the cgroup was
+/// removed: the watcher sees that and arms the next one), a death while it is still there.
+fn ended(watched: &Path) -> Ended {
+    if watched.exists() {
+        Ended::Early
+    } else {
+        Ended::Normally
+    }
 }

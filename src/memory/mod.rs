@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod config;
 pub mod events;
 mod failed;
+mod look;
 pub mod node;
 mod plan;
 pub mod read;
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::bus::{Input, Notice};
 use crate::engine::{Memory, Observation, Signal};
-use crate::util::sleep_until;
+use crate::liveness::Scope;
 use assess::{Assessment, Assessor};
 use cgroup::{CgroupDir, Version};
 use config::MemoryConfig;
@@ -41,6 +42,8 @@ pub struct MemoryWatcher {
     pub notices: Option<mpsc::Sender<Notice>>,
     /// The app container's ID and limit from the pod watch, to find its processes.
     pub discovery: crate::container::Discovery,
+    /// Where its notifications run, each cgroup's in a scope of its own (see `Armed`).
+    pub tasks: Scope,
 }
 
 /// Where the current samples come from; re-resolved when the app process changes.
@@ -55,119 +58,6 @@ enum Target {
 }
 
 impl MemoryWatcher {
-    pub async fn run(self) {
-        if let Plan::Node(endpoint) = &self.plan {
-            let endpoint = (**endpoint).clone();
-            return self.run_node(endpoint).await;
-        }
-        let mut assessor = Assessor::new(self.config.thresholds());
-        let (wake_tx, mut wake_rx) = mpsc::channel(16);
-        self.discovery.forward_changes(wake_tx.clone());
-        let mut armed = Armed::default();
-        let mut target = Target::Nothing;
-        let mut reported = false;
-        let mut last_error: Option<String> = None;
-        let mut sent = Sent::default();
-        let mut files = read::Files::default();
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let wake_at = assessor.wake_at();
-            tokio::select! {
-                _ = ticker.tick() => {}
-                Some(()) = wake_rx.recv() => {}
-                _ = sleep_until(wake_at), if wake_at.is_some() => {}
-            }
-            if !self
-                .last_look(&target, &mut files, &mut assessor, &mut sent)
-                .await
-            {
-                return;
-            }
-            let next = self.resolve(&target);
-            if next != target || !reported {
-                armed.disarm();
-                files = read::Files::default();
-                if let Target::Processes { main, container } = &next {
-                    tracing::info!(
-                        pid = main,
-                        container,
-                        limit = self.limit(),
-                        "memory: watching the RSS of the app's processes"
-                    );
-                    let poll = self.config.interval;
-                    armed
-                        .tasks
-                        .push(resolve::on_exit(*main, poll, wake_tx.clone()));
-                }
-                self.metrics.source(match &next {
-                    Target::Cgroup(dir) if dir.path.starts_with("/proc") => "app-root",
-                    Target::Cgroup(_) => "cgroup",
-                    Target::Processes { .. } => "proc",
-                    Target::Nothing => "none",
-                });
-                reported = true;
-                target = next;
-            }
-            if let Target::Cgroup(dir) = target.clone() {
-                let fresh = match dir_id(&dir.path) {
-                    Presence::Gone => {
-                        // Its notifications died with it (a removed PSI file may even poll ready
-                        // for ever); the parent's watch and the ticker see it come back.
-                        armed.gone();
-                        armed.watch_parent(&dir, &wake_tx);
-                        let gone = ReadError::Gone { path: dir.path };
-                        if !self
-                            .read_failed(
-                                gone,
-                                &mut last_error,
-                                &mut target,
-                                &mut sent,
-                                &mut assessor,
-                            )
-                            .await
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                    Presence::Here(id) => (armed.dir != Some(id)).then_some(id),
-                    Presence::Unknown => None,
-                };
-                if let Some(id) = fresh {
-                    // The files of the directory that was are not this one's.
-                    files = read::Files::default();
-                    self.arm(&dir, id, &mut armed, &mut assessor, &wake_tx);
-                }
-            }
-            let ok = match self.read_sample(&mut files, &target) {
-                Ok(sample) => {
-                    if last_error.take().is_some() {
-                        tracing::info!("memory: readable again");
-                    }
-                    if let Target::Cgroup(dir) = &target {
-                        if dir.version == Version::V1 && armed.limit != sample.limit {
-                            // A resize in place, or a limit set just after mkdir: the threshold
-                            // is a share of the limit.
-                            tracing::info!(limit = ?sample.limit, "memory: the cgroup's limit changed; the usage threshold follows");
-                            self.arm_threshold(dir, sample.limit, &mut armed, &wake_tx);
-                        }
-                    }
-                    let assessment = assessor.assess(&sample);
-                    self.publish(&sample, &assessment);
-                    self.send_all(assessment, &mut sent).await
-                }
-                Err(e) => {
-                    self.read_failed(e, &mut last_error, &mut target, &mut sent, &mut assessor)
-                        .await
-                }
-            };
-            if !ok {
-                return;
-            }
-        }
-    }
-
     fn read_sample(&self, files: &mut read::Files, target: &Target) -> Result<Sample, ReadError> {
         match target {
             Target::Cgroup(dir) => match dir.version {
@@ -223,16 +113,17 @@ impl MemoryWatcher {
         assessor: &mut Assessor,
         wake: &mpsc::Sender<()>,
     ) {
-        let (mut names, tasks) = events::arm(dir, wake);
         armed.gone();
-        armed.tasks = tasks;
+        let on = self.tasks.child();
+        let mut names = events::arm(dir, wake, &on);
+        armed.on = Some(on);
         if dir.version == Version::V1 {
             let limit = self.limit_v1(dir);
             if self.arm_threshold(dir, limit, armed, wake) {
                 names.push(events::USAGE_THRESHOLD.to_owned());
             }
         }
-        if armed.watch_parent(dir, wake) {
+        if armed.watch_parent(dir, wake, &self.tasks) {
             names.push("inotify on the parent directory".to_owned());
         }
         if armed.seen {
@@ -269,9 +160,14 @@ impl MemoryWatcher {
                 .inspect_err(|e| tracing::info!(event = events::USAGE_THRESHOLD, error = %e, "kernel notification unavailable; polling covers it"))
                 .ok()
         });
-        let armed_now = task.is_some();
-        if let Some(old) = std::mem::replace(&mut armed.threshold, task) {
-            old.abort();
+        let scope = task.map(|task| {
+            let scope = self.tasks.child();
+            scope.spawn(format!("memory: {}", events::USAGE_THRESHOLD), task);
+            scope
+        });
+        let armed_now = scope.is_some();
+        if let Some(old) = std::mem::replace(&mut armed.threshold, scope) {
+            old.stop();
         }
         armed_now
     }

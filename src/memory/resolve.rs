@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::{cgroup, MemoryWatcher, Plan, Target};
 use crate::container::{self, Found};
+use crate::liveness::Ended;
 use crate::process;
 
 impl MemoryWatcher {
@@ -82,14 +82,13 @@ impl MemoryWatcher {
 }
 
 /// Wakes the watcher at the exit of the app's main process, so it looks for the app again at
-/// once instead of at the next tick; the exit is logged.
-pub(super) fn on_exit(main: i32, poll: Duration, wake: mpsc::Sender<()>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        process::wait_for_exit(main, poll).await;
-        tracing::warn!(
-            pid = main,
-            "memory: the app's main process exited; looking for the app again"
-        );
-        let _ = wake.send(()).await;
-    })
+/// once instead of at the next tick; the exit is logged. The exit is its normal end.
+pub(super) async fn on_exit(main: i32, poll: Duration, wake: mpsc::Sender<()>) -> Ended {
+    process::wait_for_exit(main, poll).await;
+    tracing::warn!(
+        pid = main,
+        "memory: the app's main process exited; looking for the app again"
+    );
+    let _ = wake.send(()).await;
+    Ended::Normally
 }

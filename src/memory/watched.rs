@@ -1,23 +1,26 @@
 //! The cgroup directory being watched: its identity, and the notifications armed on it.
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::cgroup::CgroupDir;
 use super::events;
+use crate::liveness::Scope;
 
-/// The notifications armed on the watched cgroup directory, and which directory that was.
+/// The notifications armed on the watched cgroup directory, and which directory that was. Each
+/// group runs in a scope of its own, let go (a normal end, not a death) when what it watches
+/// changes; a notification that ends by itself while its directory is still there is dead.
 #[derive(Default)]
 pub(super) struct Armed {
     /// The directory the notifications were armed on; `None` while there is none.
     pub(super) dir: Option<DirId>,
     /// The v1 limit the usage threshold was computed from.
     pub(super) limit: Option<u64>,
-    pub(super) tasks: Vec<JoinHandle<()>>,
+    /// The cgroup's notifications, or the wait for the app's main process's exit.
+    pub(super) on: Option<Scope>,
     /// The v1 usage threshold, apart: it follows the limit.
-    pub(super) threshold: Option<JoinHandle<()>>,
+    pub(super) threshold: Option<Scope>,
     /// The watch on the parent directory: it outlives the cgroup, to see it come back.
-    pub(super) parent: Option<JoinHandle<()>>,
+    pub(super) parent: Option<Scope>,
     /// A cgroup was watched before: any later one is new.
     pub(super) seen: bool,
     /// The parent's watch failed and that was logged (once: it is retried at every look).
@@ -27,8 +30,8 @@ pub(super) struct Armed {
 impl Armed {
     /// The directory went away, and its notifications with it.
     pub(super) fn gone(&mut self) {
-        for task in self.tasks.drain(..).chain(self.threshold.take()) {
-            task.abort();
+        for scope in self.on.take().into_iter().chain(self.threshold.take()) {
+            scope.stop();
         }
         self.dir = None;
         self.limit = None;
@@ -38,15 +41,25 @@ impl Armed {
     pub(super) fn disarm(&mut self) {
         self.gone();
         if let Some(parent) = self.parent.take() {
-            parent.abort();
+            parent.stop();
         }
     }
 
-    /// Arms the parent's watch unless it is already; true when it is armed now.
-    pub(super) fn watch_parent(&mut self, dir: &CgroupDir, wake: &mpsc::Sender<()>) -> bool {
+    /// Arms the parent's watch, in a child of `tasks`, unless it is already; true when it is
+    /// armed now.
+    pub(super) fn watch_parent(
+        &mut self,
+        dir: &CgroupDir,
+        wake: &mpsc::Sender<()>,
+        tasks: &Scope,
+    ) -> bool {
         if self.parent.is_none() {
             match events::parent(&dir.path, wake.clone()) {
-                Ok(task) => self.parent = Some(task),
+                Ok(task) => {
+                    let scope = tasks.child();
+                    scope.spawn("memory: inotify on the cgroup's parent directory", task);
+                    self.parent = Some(scope);
+                }
                 Err(e) if !self.parent_failed => {
                     self.parent_failed = true;
                     tracing::info!(dir = %dir.path.display(), error = %e, "cannot watch the cgroup's parent; polling sees the cgroup go and come back")

@@ -109,16 +109,14 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("cannot handle signals: {0}")]
-    Signals(std::io::Error),
+    #[error(transparent)]
+    Signals(#[from] crate::lifecycle::SignalsError),
 }
 
 /// Serves until SIGTERM or SIGINT: then stops accepting, ends every stream and returns.
 pub async fn run(args: NodeArgs) -> Result<(), StartError> {
-    use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: a signal during start-up must not kill PID 1 unhandled.
-    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let mut signals = crate::lifecycle::Signals::install()?;
     let root = Root::detect(&args.cgroup_root)?;
     if root.read_only {
         tracing::info!(root = %root.memory.display(), version = %root.version,
@@ -159,20 +157,14 @@ pub async fn run(args: NodeArgs) -> Result<(), StartError> {
         agent.clone(),
         args.max_streams as usize,
     ));
-    let by = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
+    let by = signals.next().await;
     tracing::info!("{by}: ending every stream and exiting");
     shutdown.cancel();
     agent.streams.close();
-    if tokio::time::timeout(STOP_WITHIN, agent.streams.wait())
-        .await
-        .is_err()
-    {
+    if !crate::lifecycle::within(STOP_WITHIN, agent.streams.wait()).await {
         tracing::debug!("streams still running at exit");
     }
-    if tokio::time::timeout(STOP_WITHIN, server).await.is_err() {
+    if !crate::lifecycle::within(STOP_WITHIN, server).await {
         tracing::debug!("connections still open at exit");
     }
     Ok(())

@@ -41,7 +41,7 @@ pub struct Stream {
 
 /// The kernel notifications of one cgroup directory: aborted when dropped, so that no task
 /// outlives its stream or its directory.
-struct Armed(Vec<JoinHandle<()>>);
+struct Armed(Vec<JoinHandle<crate::liveness::Ended>>);
 
 impl Drop for Armed {
     fn drop(&mut self) {
@@ -115,9 +115,9 @@ impl Stream {
             // Every v1 notification is a write to cgroup.event_control.
             return Armed(Vec::new());
         }
-        let (names, tasks) = events::arm(dir, wake);
+        let (names, tasks): (Vec<_>, Vec<_>) = events::notifiers(dir, wake).into_iter().unzip();
         tracing::debug!(dir = %dir.path.display(), events = ?names, "node: stream armed");
-        Armed(tasks)
+        Armed(tasks.into_iter().map(tokio::spawn).collect())
     }
 
     /// One line to the reader. A full channel drops the line (the counters in the next one are

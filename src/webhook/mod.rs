@@ -28,6 +28,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::http_server::{self, Limit, Options};
+use crate::liveness::{Liveness, Tasks};
 
 mod certs;
 pub mod inject;
@@ -133,7 +134,19 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         .with_no_client_auth()
         .with_cert_resolver(certs.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    tokio::spawn(certs.watch(args.tls_reload_interval));
+    // Every task on the one tracked path: a dead one fails `/healthz`, and the stop waits for all.
+    let shutdown = CancellationToken::new();
+    let liveness = Liveness::default();
+    let tasks = Tasks::new(
+        tokio::runtime::Handle::current(),
+        liveness.clone(),
+        tokio_util::task::TaskTracker::new(),
+    );
+    tasks.spawn(
+        "certificate reload",
+        &shutdown,
+        certs.watch(args.tls_reload_interval),
+    );
     let listener = crate::net::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
@@ -141,12 +154,11 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let metrics_server = tokio::spawn(metrics::serve(
-        metrics_listener,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn_graceful(
+        "metrics server",
+        &shutdown,
+        metrics::serve(metrics_listener, metrics.clone(), shutdown.clone()),
+    );
     let settings = Arc::new(Settings {
         image: args.image,
         native: !args.plain_sidecar,
@@ -170,25 +182,30 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         accepted: None,
     };
     let stopping = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(http_server::serve(listener, options, shutdown.clone(), {
+    let server = http_server::serve(listener, options, shutdown.clone(), {
         let stopping = stopping.clone();
         move |_peer| {
-            let (settings, metrics, stopping) =
-                (settings.clone(), metrics.clone(), stopping.clone());
+            let (settings, metrics, stopping, liveness) = (
+                settings.clone(),
+                metrics.clone(),
+                stopping.clone(),
+                liveness.clone(),
+            );
             hyper::service::service_fn(move |req| {
                 let (settings, metrics, stopping) =
                     (settings.clone(), metrics.clone(), stopping.clone());
+                let alive = liveness.dead().is_empty();
                 async move {
                     let stopping = stopping.load(Ordering::Acquire);
                     Ok::<_, std::convert::Infallible>(
-                        handle(req, &settings, &metrics, stopping).await,
+                        handle(req, &settings, &metrics, stopping, alive).await,
                     )
                 }
             })
         }
-    }));
-    let servers = vec![server, metrics_server];
-    stop::on_signal(signals, args.shutdown_delay, &stopping, &shutdown, servers).await?;
+    });
+    tasks.spawn_graceful("webhook server", &shutdown, server);
+    stop::on_signal(signals, args.shutdown_delay, &stopping, &shutdown, &tasks).await?;
     Ok(())
 }
 
@@ -197,6 +214,7 @@ async fn handle(
     settings: &Settings,
     metrics: &WebhookMetrics,
     stopping: bool,
+    alive: bool,
 ) -> Response<Full<Bytes>> {
     let scope = match req.uri().path() {
         "/healthz" | "/readyz" if !matches!(*req.method(), Method::GET | Method::HEAD) => {
@@ -205,6 +223,8 @@ async fn handle(
         // Readiness fails from the first signal on, so that the endpoints drop this pod; liveness
         // does not, or the kubelet would kill it with reviews in flight.
         "/readyz" if stopping => return reply(StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
+        // A dead task (the certificate reload) is cleared by a restart.
+        "/healthz" if !alive => return reply(StatusCode::SERVICE_UNAVAILABLE, "dead\n"),
         "/healthz" | "/readyz" => return reply(StatusCode::OK, "ok\n"),
         "/mutate" => Scope::Annotated,
         "/mutate-namespace" => Scope::Namespace,

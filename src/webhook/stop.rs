@@ -8,9 +8,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+pub(super) use crate::lifecycle::Signals;
+use crate::liveness::Tasks;
 
 /// How long a connection may take, once asked to close, to answer the review it is in. The API
 /// server gives up on a webhook after its timeoutSeconds (the chart's 5 s, at most 30 s), and a
@@ -22,63 +23,34 @@ const STOP_WITHIN: Duration = Duration::from_secs(21);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
-    #[error("cannot install the signal handlers: {0}")]
-    Signals(std::io::Error),
     #[error("{0} again while stopping: aborted")]
     Aborted(&'static str),
 }
 
-pub(super) struct Signals {
-    term: Signal,
-    int: Signal,
-}
-
-impl Signals {
-    pub(super) fn install() -> Result<Self, StopError> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).map_err(StopError::Signals)?,
-            int: signal(SignalKind::interrupt()).map_err(StopError::Signals)?,
-        })
-    }
-
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-}
-
 /// Waits for a signal, then stops as the module says. `stopping` fails `/readyz`; cancelling
-/// `shutdown` stops `servers` accepting.
+/// `shutdown` stops the servers accepting (and the other `tasks`).
 pub(super) async fn on_signal(
     mut signals: Signals,
     delay: Duration,
     stopping: &AtomicBool,
     shutdown: &CancellationToken,
-    servers: Vec<JoinHandle<()>>,
+    tasks: &Tasks,
 ) -> Result<(), StopError> {
     let by = signals.next().await;
     stopping.store(true, Ordering::Release);
     tracing::info!(delay = ?delay, "{by}: readiness failed, still accepting until the delay's end");
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        again = signals.next() => return Err(StopError::Aborted(again)),
-    }
+    signals
+        .unless_again(tokio::time::sleep(delay))
+        .await
+        .map_err(StopError::Aborted)?;
     shutdown.cancel();
     tracing::info!("stopped accepting: answering the reviews in flight");
-    let ended = async {
-        for server in servers {
-            let _ = server.await;
-        }
-    };
-    tokio::select! {
-        ended = tokio::time::timeout(STOP_WITHIN, ended) => {
-            if ended.is_err() {
-                tracing::warn!(within = ?STOP_WITHIN, "connections still open at exit");
-            }
-        }
-        again = signals.next() => return Err(StopError::Aborted(again)),
+    let ended = signals
+        .unless_again(tasks.ended(STOP_WITHIN))
+        .await
+        .map_err(StopError::Aborted)?;
+    if !ended {
+        tracing::warn!(within = ?STOP_WITHIN, "connections still open at exit");
     }
     tracing::info!("every review answered: exiting");
     Ok(())

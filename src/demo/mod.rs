@@ -7,17 +7,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::app::{self, StartError};
+use crate::app::{self, Running, StartError};
 use crate::config::{
     Check, Config, DrainConfig, GrpcAddress, GrpcCheck, HttpCheck, KubernetesConfig, MemoryConfig,
     MemorySource, ProbeConfig, Probes, ProcessConfig, Switch,
 };
 use crate::engine::Verdict;
+use crate::lifecycle::Signals;
 use crate::reason::Reason;
+use sample::start_app;
+
+mod sample;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -88,8 +90,43 @@ const PHASES: [Phase; 7] = [
     },
 ];
 
+/// `sidewatch demo`. SIGINT (Ctrl-C) or SIGTERM ends it at once, exit 0: the demo has nothing to
+/// hand over, and its sample app and sidewatch end with the process.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    match signals.unless_again(demo(args)).await {
+        Ok(done) => done,
+        Err(by) => {
+            println!("\n{by}: demo stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The demo's steps: the sample app, a sidewatch watching it, each phase, a drain, the summary.
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (app_addr, grpc_addr, mode) = start_app().await.context("cannot start the demo app")?;
+    let running = start_sidewatch(args.listen, app_addr, grpc_addr).await?;
+    let admin = running.local_addr;
+    println!(
+        "sidewatch demo: sample app on http://{app_addr}/healthz and grpc://{grpc_addr}, sidewatch on http://{admin}"
+    );
+    println!("  (curl http://{admin}/readyz or /metrics from another terminal while it runs)\n");
+    let clock = Clock(Instant::now());
+    let results = run_phases(&running, &mode, args.phase, &clock).await;
+    drain(&running, &clock).await;
+    let summary = summarise(&results);
+    running.stop().await;
+    summary
+}
+
+/// The demo's sidewatch: both probes every 200 ms, no memory, process or Kubernetes part. Takes
+/// a free port when `listen` is busy (another demo, a real sidewatch).
+async fn start_sidewatch(
+    listen: SocketAddr,
+    app_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+) -> anyhow::Result<Running> {
     let url = format!("http://{app_addr}/healthz")
         .parse()
         .map_err(anyhow::Error::msg)?;
@@ -103,7 +140,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         probe.timeout = Duration::from_millis(300);
     }
     let mut config = Config {
-        listen: args.listen,
+        listen,
         probes: Probes(probes),
         // The demo may run on a busy machine: only the demo app's own sockets count as traffic.
         drain: DrainConfig {
@@ -123,32 +160,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..KubernetesConfig::default()
         },
     };
-    let running = match app::start(config.clone()).await {
+    Ok(match app::start(config.clone()).await {
         Err(StartError::Listen { .. }) => {
             config.listen.set_port(0);
             app::start(config).await?
         }
         other => other?,
-    };
-    let admin = running.local_addr;
-    println!(
-        "sidewatch demo: sample app on http://{app_addr}/healthz and grpc://{grpc_addr}, sidewatch on http://{admin}"
-    );
-    println!("  (curl http://{admin}/readyz or /metrics from another terminal while it runs)\n");
+    })
+}
 
-    let t0 = Instant::now();
-    let stamp = |at: Instant| format!("[{:>5.1}s]", at.duration_since(t0).as_secs_f64());
+/// Seconds since the demo began, as each printed line starts.
+struct Clock(Instant);
+
+impl Clock {
+    fn stamp(&self, at: Instant) -> String {
+        format!("[{:>5.1}s]", at.duration_since(self.0).as_secs_f64())
+    }
+}
+
+/// Switches the app through every phase, printing each change of verdict; returns how long each
+/// phase's behaviour took to be seen (`None`: never).
+async fn run_phases(
+    running: &Running,
+    mode: &watch::Sender<Mode>,
+    length: Duration,
+    clock: &Clock,
+) -> Vec<(&'static Phase, Option<Duration>)> {
     let mut verdict = running.verdict.clone();
     let mut last = labels(&verdict.borrow_and_update().verdict);
     let mut results = Vec::new();
     for phase in &PHASES {
         let begun = Instant::now();
         mode.send_replace(phase.mode);
-        println!("{} app is now {}", stamp(begun), phase.title);
+        println!("{} app is now {}", clock.stamp(begun), phase.title);
         // A phase lasts `--phase`, longer while its behaviour is not seen yet (a loaded machine
         // probes late), up to `PHASE_LIMIT`.
-        let deadline = begun + args.phase;
-        let give_up = begun + args.phase.max(PHASE_LIMIT);
+        let deadline = begun + length;
+        let give_up = begun + length.max(PHASE_LIMIT);
         let mut detected = None;
         loop {
             let current = verdict.borrow_and_update().verdict.clone();
@@ -156,7 +204,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             if now_labels != last {
                 println!(
                     "{}   sidewatch: {}",
-                    stamp(Instant::now()),
+                    clock.stamp(Instant::now()),
                     describe(&current)
                 );
                 last = now_labels;
@@ -176,33 +224,39 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         results.push((phase, detected));
     }
+    results
+}
 
-    let drain_started = Instant::now();
+/// Starts a drain as SIGTERM would, and waits for its end.
+async fn drain(running: &Running, clock: &Clock) {
     println!(
         "{} drain (what SIGTERM or the preStop hook starts)",
-        stamp(drain_started)
+        clock.stamp(Instant::now())
     );
     let drain = running.drain.start("the demo");
     let mut verdict_rx = running.verdict.clone();
     let _ = verdict_rx.wait_for(|p| !p.verdict.ready).await;
     println!(
         "{}   sidewatch: {}",
-        stamp(Instant::now()),
+        clock.stamp(Instant::now()),
         describe(&verdict_rx.borrow().verdict)
     );
     let end = drain.await;
     println!(
         "{}   drain ended after {:.1}s",
-        stamp(Instant::now()),
+        clock.stamp(Instant::now()),
         end.duration_seconds
     );
+}
 
+/// Prints the table of phases; an error when a behaviour was not classified as expected.
+fn summarise(results: &[(&'static Phase, Option<Duration>)]) -> anyhow::Result<()> {
     println!(
         "\nsummary: {:<40} {:<18} {:<18} detected after",
         "app behaviour", "expected", "seen"
     );
     let mut missed = 0;
-    for (phase, detected) in &results {
+    for (phase, detected) in results {
         let expected = phase.expect.map_or("ready", Reason::as_str);
         let (seen, after) = match detected {
             Some(d) => (expected, format!("{:.2}s", d.as_secs_f64())),
@@ -249,107 +303,4 @@ fn describe(v: &Verdict) -> String {
         .map(|c| format!("{} ({})", c.reason, c.message))
         .collect();
     format!("NOT READY: {}", reasons.join("; "))
-}
-
-/// Starts the sample app on free loopback ports (HTTP, gRPC); the returned sender switches its
-/// behaviour.
-async fn start_app() -> std::io::Result<(SocketAddr, SocketAddr, watch::Sender<Mode>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let grpc = TcpListener::bind("127.0.0.1:0").await?;
-    let grpc_addr = grpc.local_addr()?;
-    let (mode_tx, mode_rx) = watch::channel(Mode::Healthy);
-    tokio::spawn(serve_grpc(grpc, mode_rx.clone()));
-    tokio::spawn(serve_app(addr, listener, mode_rx));
-    Ok((addr, grpc_addr, mode_tx))
-}
-
-/// The standard gRPC health service (tonic-health's), served over HTTP/2 by hyper.
-async fn serve_grpc(listener: TcpListener, mut mode: watch::Receiver<Mode>) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::service::TowerToHyperService;
-    use tonic_health::ServingStatus;
-
-    let (reporter, service) = tonic_health::server::health_reporter();
-    tokio::spawn(async move {
-        loop {
-            let status = match *mode.borrow_and_update() {
-                Mode::NotServing => ServingStatus::NotServing,
-                _ => ServingStatus::Serving,
-            };
-            reporter.set_service_status("", status).await;
-            if mode.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-    while let Ok((stream, _)) = listener.accept().await {
-        let service = TowerToHyperService::new(service.clone());
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-async fn serve_app(addr: SocketAddr, listener: TcpListener, mut mode: watch::Receiver<Mode>) {
-    let mut listener = Some(listener);
-    loop {
-        let current = *mode.borrow_and_update();
-        if current == Mode::Crashed {
-            // Closing the listener is what a crashed process looks like: connections are refused.
-            listener = None;
-            if mode.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let Some(l) = &listener else {
-            match TcpListener::bind(addr).await {
-                Ok(l) => listener = Some(l),
-                Err(e) => {
-                    eprintln!("demo app: cannot listen on {addr} again: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            continue;
-        };
-        tokio::select! {
-            accepted = l.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    tokio::spawn(answer(stream, current));
-                }
-            }
-            changed = mode.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-async fn answer(mut stream: TcpStream, mode: Mode) {
-    let mut buf = [0u8; 4096];
-    let mut read = 0;
-    while read < buf.len() && !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf[read..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => read += n,
-        }
-    }
-    let reply: &[u8] = match mode {
-        Mode::Healthy | Mode::NotServing => {
-            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
-        }
-        Mode::Unavailable => {
-            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        }
-        Mode::Garbage => b"\x00\x13\x37 garbage, this is not HTTP\r\n\r\n",
-        Mode::Hang => {
-            // Hold the connection until the client gives up, as a wedged app does.
-            let _ = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
-            return;
-        }
-        Mode::Crashed => return,
-    };
-    let _ = stream.write_all(reply).await;
-    let _ = stream.shutdown().await;
 }
