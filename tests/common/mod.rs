@@ -664,7 +664,7 @@ pub fn client() -> reqwest::Client {
 
 /// The Kubernetes versions sidewatch supports, oldest first (DESIGN.md, README "Installing"): the
 /// chart, `deploy/` and every injected pod of the corpus are validated for each. The chart's
-/// `kubeVersion` starts at the first (tests/chart.rs).
+/// `kubeVersion` starts at the first (tests/kubernetes/chart.rs).
 pub const KUBERNETES: [&str; 5] = ["1.33.0", "1.34.0", "1.35.0", "1.36.0", "1.37.0"];
 
 /// A version's major and minor numbers (`"1.34.0"` or `"1.34"`), to order versions by.

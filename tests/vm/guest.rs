@@ -523,7 +523,7 @@ async fn steady_leak_group_kill() -> serde_json::Value {
     let (sw, _up) = sidewatch(Some(&app), None, &[]).await;
     sw.wait_log("PSI trigger memory.pressure").await;
     sw.wait_log("inotify memory.events").await;
-    // The same leak as tests/memory_v1_oom.rs' slow one: 1 MiB every 300 ms into 64 MiB.
+    // The same leak as tests/memory/memory_v1_oom.rs' slow one: 1 MiB every 300 ms into 64 MiB.
     let spec = HogSpec::leak("steady", 1, 300, 2);
     let hog = Hog::spawn(&app, spec);
     app.wait_procs(3).await;

@@ -39,7 +39,7 @@ fn grpc_addresses_take_grpc_naming_for_unix_sockets() {
 
 #[test]
 fn a_variable_in_a_host_is_expanded_and_an_ipv6_address_bracketed() {
-    // Set values (an IPv4 and an IPv6 POD_IP) are tested through the binary, in tests/cli.rs:
+    // Set values (an IPv4 and an IPv6 POD_IP) are tested through the binary, in tests/sidecar/cli.rs:
     // the process environment is not the test's to change.
     assert!(expand("${SIDEWATCH_TEST_SURELY_UNSET}:80")
         .unwrap_err()

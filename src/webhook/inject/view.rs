@@ -5,7 +5,7 @@
 //! list keeps its entries, in order), so nothing of the pod is ever written back from it.
 //!
 //! Every member the injector reads or checks the presence of must be here: one left out would be
-//! taken for absent (and a list replaced instead of extended). `tests/injection.rs` checks, on
+//! taken for absent (and a list replaced instead of extended). `tests/kubernetes/injection.rs` checks, on
 //! every pod of the corpus, that the patch keeps every field.
 
 use std::fmt;
