@@ -30,6 +30,16 @@ impl Tasks {
         }
     }
 
+    /// The same tasks (one liveness, one tracker), spawned on `runtime` instead: the admin
+    /// server stays off the watch runtime (a flood on its port must not delay a probe) and the
+    /// demo's sample app with it, yet both are watched and waited for with the rest.
+    pub fn on(&self, runtime: Handle) -> Tasks {
+        Tasks {
+            runtime,
+            ..self.clone()
+        }
+    }
+
     /// Runs `task` until `stop` is cancelled, when it is dropped at its next await: tasks hold
     /// nothing that needs more than that to end. Returning earlier, or panicking, is dying.
     pub fn spawn(

@@ -137,7 +137,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         scraped: watch::Sender::new(None),
     });
     let scraped = admin.scraped.subscribe();
-    let server = tokio::spawn(server::serve(listener, admin, shutdown.clone()));
+    // On this runtime, off the watch one. If it dies, /livez cannot answer at all: the kubelet's
+    // probe fails on the refused connection, which is the restart /livez would have asked for.
+    let server = server::serve(listener, admin, shutdown.clone());
+    let here = tasks.on(tokio::runtime::Handle::current());
+    here.spawn_graceful("admin server", &shutdown, server);
     Ok(Running {
         local_addr,
         verdict,
@@ -145,7 +149,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         scraped,
         shutdown,
         tasks,
-        server,
     })
 }
 

@@ -15,7 +15,7 @@ use crate::config::{Config, DrainConfig};
 use crate::drain::Drain;
 use crate::engine::bus::{DrainEnd, Published};
 use crate::lifecycle::{self, Signals, Started};
-use crate::liveness::Tasks;
+use crate::liveness::{Scope, Tasks};
 
 /// A started sidewatch: what `run` and the demo observe and drive.
 pub struct Running {
@@ -23,10 +23,9 @@ pub struct Running {
     pub verdict: watch::Receiver<Arc<Published>>,
     pub drain: Drain,
     pub(super) scraped: watch::Receiver<Option<Instant>>,
-    /// The one shutdown path: cancelling it stops every task and the admin server.
+    /// The one shutdown path: cancelling it stops every task, the admin server among them.
     pub(super) shutdown: CancellationToken,
     pub(super) tasks: Tasks,
-    pub(super) server: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the watch runtime (probes, watchers, engine, drain) on a thread of its own, until
@@ -94,8 +93,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The longest the admin server is given to finish the requests it is in at exit.
-const STOP_WITHIN: Duration = Duration::from_secs(1);
+/// The longest the tasks are given, all together, to end at exit: the watch runtime's end at
+/// their next await, the admin server's connections within its grace (1 s) of the stop.
+const STOP_WITHIN: Duration = Duration::from_secs(2);
 
 impl Running {
     /// Keeps serving after the drain until a `/metrics` scrape began after it ended (so that
@@ -112,14 +112,18 @@ impl Running {
     }
 
     /// The one way out: every task told to stop, the admin server closed (the requests under
-    /// way answered whole), both waited for `STOP_WITHIN` at most.
+    /// way answered whole), all waited for `STOP_WITHIN` at most.
     pub async fn stop(self) {
         self.shutdown.cancel();
         if !self.tasks.ended(STOP_WITHIN).await {
-            tracing::debug!("tasks still running at exit");
+            tracing::debug!("tasks or admin connections still running at exit");
         }
-        if !lifecycle::within(STOP_WITHIN, self.server).await {
-            tracing::debug!("admin connections still open at exit");
-        }
+    }
+
+    /// Tasks on the caller's runtime in this sidewatch's lifecycle (the demo's sample app):
+    /// stopped by `stop` and waited for with the rest; one that dies fails `/livez`.
+    pub fn scope_here(&self) -> Scope {
+        let here = self.tasks.on(tokio::runtime::Handle::current());
+        here.scope(&self.shutdown)
     }
 }

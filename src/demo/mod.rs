@@ -17,7 +17,6 @@ use crate::config::{
 use crate::engine::Verdict;
 use crate::lifecycle::Signals;
 use crate::reason::Reason;
-use sample::start_app;
 
 mod sample;
 
@@ -91,11 +90,25 @@ const PHASES: [Phase; 7] = [
 ];
 
 /// `sidewatch demo`. SIGINT (Ctrl-C) or SIGTERM ends it at once, exit 0: the demo has nothing to
-/// hand over, and its sample app and sidewatch end with the process.
+/// hand over. Its sidewatch and sample app stop as `run` stops (one token, one bound); a second
+/// signal meanwhile aborts.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
-    match signals.unless_again(demo(args)).await {
-        Ok(done) => done,
+    let started = match signals.unless_again(start(args.listen)).await {
+        Ok(started) => started?,
+        Err(by) => {
+            println!("\n{by}: demo stopped");
+            return Ok(());
+        }
+    };
+    let shown = signals.unless_again(show(&started, args.phase)).await;
+    let (running, _mode) = started;
+    signals
+        .unless_again(running.stop())
+        .await
+        .map_err(|again| anyhow::anyhow!("{again} while stopping: aborted"))?;
+    match shown {
+        Ok(summary) => summary,
         Err(by) => {
             println!("\n{by}: demo stopped");
             Ok(())
@@ -103,21 +116,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The demo's steps: the sample app, a sidewatch watching it, each phase, a drain, the summary.
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let (app_addr, grpc_addr, mode) = start_app().await.context("cannot start the demo app")?;
-    let running = start_sidewatch(args.listen, app_addr, grpc_addr).await?;
+/// The sample app and a sidewatch watching it; the app served in the sidewatch's lifecycle.
+async fn start(listen: SocketAddr) -> anyhow::Result<(Running, watch::Sender<Mode>)> {
+    let app = sample::App::bind()
+        .await
+        .context("cannot start the demo app")?;
+    let (app_addr, grpc_addr) = (app.http, app.grpc);
+    let running = start_sidewatch(listen, app_addr, grpc_addr).await?;
+    let mode = app.serve(&running.scope_here());
     let admin = running.local_addr;
     println!(
         "sidewatch demo: sample app on http://{app_addr}/healthz and grpc://{grpc_addr}, sidewatch on http://{admin}"
     );
     println!("  (curl http://{admin}/readyz or /metrics from another terminal while it runs)\n");
+    Ok((running, mode))
+}
+
+/// The demo's steps once started: each phase, a drain, the summary.
+async fn show(
+    (running, mode): &(Running, watch::Sender<Mode>),
+    phase: Duration,
+) -> anyhow::Result<()> {
     let clock = Clock(Instant::now());
-    let results = run_phases(&running, &mode, args.phase, &clock).await;
-    drain(&running, &clock).await;
-    let summary = summarise(&results);
-    running.stop().await;
-    summary
+    let results = run_phases(running, mode, phase, &clock).await;
+    drain(running, &clock).await;
+    summarise(&results)
 }
 
 /// The demo's sidewatch: both probes every 200 ms, no memory, process or Kubernetes part. Takes

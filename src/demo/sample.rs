@@ -9,28 +9,54 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::Mode;
+use crate::liveness::{Ended, Scope};
 
-/// Starts the sample app on free loopback ports (HTTP, gRPC); the returned sender switches its
-/// behaviour.
-pub(super) async fn start_app() -> std::io::Result<(SocketAddr, SocketAddr, watch::Sender<Mode>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let grpc = TcpListener::bind("127.0.0.1:0").await?;
-    let grpc_addr = grpc.local_addr()?;
-    let (mode_tx, mode_rx) = watch::channel(Mode::Healthy);
-    tokio::spawn(serve_grpc(grpc, mode_rx.clone()));
-    tokio::spawn(serve_app(addr, listener, mode_rx));
-    Ok((addr, grpc_addr, mode_tx))
+/// The sample app's ports, bound on free loopback ports before the sidewatch that probes them
+/// starts; served in its lifecycle (`serve`).
+pub(super) struct App {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    http_listener: TcpListener,
+    grpc_listener: TcpListener,
+}
+
+impl App {
+    pub(super) async fn bind() -> std::io::Result<App> {
+        let http_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
+        Ok(App {
+            http: http_listener.local_addr()?,
+            grpc: grpc_listener.local_addr()?,
+            http_listener,
+            grpc_listener,
+        })
+    }
+
+    /// Serves both ports as tasks of `scope` (the demo's sidewatch's: one stop ends all); the
+    /// returned sender switches the app's behaviour. A listener that fails is a death, told by
+    /// `/livez` as any other task's.
+    pub(super) fn serve(self, scope: &Scope) -> watch::Sender<Mode> {
+        let (mode_tx, mode_rx) = watch::channel(Mode::Healthy);
+        scope.spawn(
+            "demo app: gRPC",
+            serve_grpc(self.grpc_listener, mode_rx.clone(), scope.clone()),
+        );
+        scope.spawn(
+            "demo app: HTTP",
+            serve_app(self.http, self.http_listener, mode_rx, scope.clone()),
+        );
+        mode_tx
+    }
 }
 
 /// The standard gRPC health service (tonic-health's), served over HTTP/2 by hyper.
-async fn serve_grpc(listener: TcpListener, mut mode: watch::Receiver<Mode>) {
+async fn serve_grpc(listener: TcpListener, mut mode: watch::Receiver<Mode>, scope: Scope) -> Ended {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::service::TowerToHyperService;
     use tonic_health::ServingStatus;
 
     let (reporter, service) = tonic_health::server::health_reporter();
-    tokio::spawn(async move {
+    scope.spawn("demo app: gRPC status", async move {
         loop {
             let status = match *mode.borrow_and_update() {
                 Mode::NotServing => ServingStatus::NotServing,
@@ -38,21 +64,28 @@ async fn serve_grpc(listener: TcpListener, mut mode: watch::Receiver<Mode>) {
             };
             reporter.set_service_status("", status).await;
             if mode.changed().await.is_err() {
-                return;
+                return Ended::Normally; // the demo is over
             }
         }
     });
     while let Ok((stream, _)) = listener.accept().await {
         let service = TowerToHyperService::new(service.clone());
-        tokio::spawn(async move {
+        scope.spawn("demo app: gRPC connection", async move {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            Ended::Normally
         });
     }
+    Ended::Early
 }
 
-async fn serve_app(addr: SocketAddr, listener: TcpListener, mut mode: watch::Receiver<Mode>) {
+async fn serve_app(
+    addr: SocketAddr,
+    listener: TcpListener,
+    mut mode: watch::Receiver<Mode>,
+    scope: Scope,
+) -> Ended {
     let mut listener = Some(listener);
     loop {
         let current = *mode.borrow_and_update();
@@ -60,7 +93,7 @@ async fn serve_app(addr: SocketAddr, listener: TcpListener, mut mode: watch::Rec
             // Closing the listener is what a crashed process looks like: connections are refused.
             listener = None;
             if mode.changed().await.is_err() {
-                return;
+                return Ended::Normally;
             }
             continue;
         }
@@ -77,10 +110,13 @@ async fn serve_app(addr: SocketAddr, listener: TcpListener, mut mode: watch::Rec
         tokio::select! {
             accepted = l.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    tokio::spawn(answer(stream, current));
+                    scope.spawn("demo app: HTTP connection", async move {
+                        answer(stream, current).await;
+                        Ended::Normally
+                    });
                 }
             }
-            changed = mode.changed() => if changed.is_err() { return },
+            changed = mode.changed() => if changed.is_err() { return Ended::Normally },
         }
     }
 }

@@ -44,8 +44,8 @@ pub fn arm(dir: &CgroupDir, wake: &mpsc::Sender<()>, scope: &Scope) -> Vec<Strin
     names
 }
 
-/// As `arm`, the tasks left to the caller to run (the node agent's streams, which have no
-/// `/livez`, run them for as long as the stream).
+/// As `arm`, the tasks left to the caller to spawn (the node agent's streams, under names that
+/// tell the pod).
 pub fn notifiers(dir: &CgroupDir, wake: &mpsc::Sender<()>) -> Vec<(String, Notifier)> {
     let mut armed = Vec::new();
     let mut arm_one = |name: &str, result: std::io::Result<Notifier>| match result {

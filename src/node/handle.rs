@@ -15,6 +15,7 @@ use super::auth::{self, Refusal};
 use super::metrics::Outcome;
 use super::stream::{Stream, BUFFERED_LINES};
 use super::{Agent, MAX_INTERVAL, MIN_INTERVAL};
+use crate::liveness::Ended;
 use crate::memory::wire;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -28,7 +29,17 @@ pub(super) async fn handle(agent: &Agent, req: Request<Incoming>) -> Response<Bo
         return resp;
     }
     match path {
-        "/livez" | "/readyz" => text(StatusCode::OK, "ok\n"),
+        "/livez" => {
+            let dead = agent.liveness.dead();
+            if dead.is_empty() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                // The kubelet restarts the agent; its sidecars reconnect.
+                let body = format!("dead: {}\n", dead.join(", "));
+                text(StatusCode::SERVICE_UNAVAILABLE, body)
+            }
+        }
+        "/readyz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => with_type(
             StatusCode::OK,
             agent.registry.encode().into(),
@@ -146,12 +157,16 @@ async fn memory(agent: &Agent, req: &Request<Incoming>) -> Result<Response<Body>
         node: agent.node.clone(),
         interval,
         metrics: agent.metrics.clone(),
+        scope: agent.tasks.scope(&agent.shutdown),
     };
     let shutdown = agent.shutdown.clone();
-    agent.streams.spawn(async move {
+    let name = format!("node: stream of {key}");
+    // The client going, the agent stopping, the pod no longer the token's: all normal ends.
+    agent.tasks.spawn_part(name, &agent.shutdown, async move {
         stream.run(dir, tx, shutdown).await;
         tracing::info!(pod = %key, "node: stream closed");
         drop(slot);
+        Ended::Normally
     });
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
         let line = rx.recv().await?;

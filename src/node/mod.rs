@@ -8,7 +8,9 @@
 //!   `application/x-ndjson` lines; 400 for a malformed request, 401 for a token not valid for
 //!   the audience, 403 for another pod's or another node's, 404 for no such container or cgroup
 //!   yet, 429 at the stream caps, 503 when the API server cannot be asked now
-//! - `GET /livez`, `GET /readyz` 200 while serving
+//! - `GET /livez` 200 while every task lives (503 `dead: …` once one died: a stream's task or
+//!   its kernel notifications panicked or ended while still needed), `GET /readyz` 200 while
+//!   serving
 //! - `GET /metrics` Prometheus text format 0.0.4
 //!
 //! See docs/node-agent.md.
@@ -27,6 +29,8 @@ use std::time::Duration;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::liveness::{Liveness, Tasks};
+
 pub use locate::{Root, RootError};
 pub use metrics::{NodeMetrics, Outcome};
 
@@ -38,7 +42,8 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
 pub const PER_POD: usize = 4;
 /// API calls that take longer than this are answered 503: the sidecar retries.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest the streams are given to end at exit.
+/// The longest the streams and the server's connections are given, together, to end at exit: the
+/// streams end at once, a connection's request within the server's grace (1 s).
 const STOP_WITHIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, clap::Args)]
@@ -93,7 +98,10 @@ pub(crate) struct Agent {
     pub registry: crate::metrics::Registry,
     pub slots: serve::Slots,
     pub shutdown: CancellationToken,
-    pub streams: tokio_util::task::TaskTracker,
+    /// The server, each stream and its notifications: spawned here, stopped by `shutdown`.
+    pub tasks: Tasks,
+    /// Whether one of `tasks` died, for `/livez`.
+    pub liveness: Liveness,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +119,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Signals(#[from] crate::lifecycle::SignalsError),
+    #[error("{0} again while stopping: aborted")]
+    Aborted(&'static str),
 }
 
 /// Serves until SIGTERM or SIGINT: then stops accepting, ends every stream and returns.
@@ -136,6 +146,12 @@ pub async fn run(args: NodeArgs) -> Result<(), StartError> {
     let registry = crate::metrics::Registry::new();
     let metrics = NodeMetrics::new(&registry);
     let shutdown = CancellationToken::new();
+    let liveness = Liveness::default();
+    let tasks = Tasks::new(
+        tokio::runtime::Handle::current(),
+        liveness.clone(),
+        tokio_util::task::TaskTracker::new(),
+    );
     let agent = std::sync::Arc::new(Agent {
         root,
         client,
@@ -145,27 +161,25 @@ pub async fn run(args: NodeArgs) -> Result<(), StartError> {
         registry,
         slots: serve::Slots::new(args.max_streams as usize, PER_POD, metrics.streams),
         shutdown: shutdown.clone(),
-        streams: tokio_util::task::TaskTracker::new(),
+        tasks: tasks.clone(),
+        liveness,
     });
     let listen = listener.local_addr().map_err(|error| StartError::Listen {
         addr: args.listen,
         error,
     })?;
     tracing::info!(listen = %listen, node = %agent.node, root = %agent.root.memory.display(), version = %agent.root.version, interval = ?agent.interval, "sidewatch started (node agent)");
-    let server = tokio::spawn(serve::serve(
-        listener,
-        agent.clone(),
-        args.max_streams as usize,
-    ));
+    let server = serve::serve(listener, agent.clone(), args.max_streams as usize);
+    tasks.spawn_graceful("node server", &shutdown, server);
     let by = signals.next().await;
     tracing::info!("{by}: ending every stream and exiting");
     shutdown.cancel();
-    agent.streams.close();
-    if !crate::lifecycle::within(STOP_WITHIN, agent.streams.wait()).await {
-        tracing::debug!("streams still running at exit");
-    }
-    if !crate::lifecycle::within(STOP_WITHIN, server).await {
-        tracing::debug!("connections still open at exit");
+    let ended = signals
+        .unless_again(tasks.ended(STOP_WITHIN))
+        .await
+        .map_err(StartError::Aborted)?;
+    if !ended {
+        tracing::debug!("streams or connections still open at exit");
     }
     Ok(())
 }

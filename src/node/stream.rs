@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kube::Client;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Caller, Refusal};
 use super::locate::Root;
 use super::metrics::NodeMetrics;
+use crate::liveness::Scope;
 use crate::memory::cgroup::{CgroupDir, Version};
 use crate::memory::read::{Files, ReadError};
 use crate::memory::wire::Line;
@@ -37,16 +37,19 @@ pub struct Stream {
     pub node: String,
     pub interval: Duration,
     pub metrics: NodeMetrics,
+    /// The agent's tasks, where each directory's notifications run.
+    pub scope: Scope,
 }
 
-/// The kernel notifications of one cgroup directory: aborted when dropped, so that no task
-/// outlives its stream or its directory.
-struct Armed(Vec<JoinHandle<crate::liveness::Ended>>);
+/// The kernel notifications of one cgroup directory: stopped when dropped (they end normally),
+/// so that no task outlives its stream or its directory. One that dies while armed fails
+/// `/livez`, as the sidecar's memory watcher's do.
+struct Armed(Option<Scope>);
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
+        if let Some(scope) = &self.0 {
+            scope.stop();
         }
     }
 }
@@ -113,11 +116,17 @@ impl Stream {
     fn arm(&self, dir: &CgroupDir, wake: &mpsc::Sender<()>) -> Armed {
         if self.root.read_only && dir.version == Version::V1 {
             // Every v1 notification is a write to cgroup.event_control.
-            return Armed(Vec::new());
+            return Armed(None);
         }
-        let (names, tasks): (Vec<_>, Vec<_>) = events::notifiers(dir, wake).into_iter().unzip();
+        let scope = self.scope.child();
+        let pod = format!("{}/{}", self.caller.namespace, self.caller.pod);
+        let mut names = Vec::new();
+        for (name, task) in events::notifiers(dir, wake) {
+            scope.spawn(format!("node: stream of {pod}: {name}"), task);
+            names.push(name);
+        }
         tracing::debug!(dir = %dir.path.display(), events = ?names, "node: stream armed");
-        Armed(tasks.into_iter().map(tokio::spawn).collect())
+        Armed(Some(scope))
     }
 
     /// One line to the reader. A full channel drops the line (the counters in the next one are

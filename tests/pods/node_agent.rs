@@ -393,15 +393,24 @@ async fn each_pod_gets_its_own_memory_and_nothing_else() {
         "4 streams closed {:.0} ms after their clients went",
         t0.elapsed().as_secs_f64() * 1e3
     );
+    // A stream whose client went ended normally, its notifications with it: nothing died.
+    assert_eq!(s.agent.get("/livez").await, (200, "ok\n".into()));
 
-    // SIGTERM: B's stream ends cleanly and the agent exits 0.
+    // SIGTERM: B's stream ends cleanly and the agent exits 0, within its stop's bound.
     let mut agent = s.agent;
     agent.signal(nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(5);
     while b.next(Duration::from_secs(5)).await.is_some() {
         assert!(Instant::now() < deadline, "B's stream did not end");
     }
     assert!(agent.wait_exit(Duration::from_secs(5)).await.success());
+    let took = t0.elapsed();
+    eprintln!("exited {:.0} ms after SIGTERM", took.as_secs_f64() * 1e3);
+    assert!(
+        took < Duration::from_secs(3),
+        "the stop's bound is 2 s: {took:?}"
+    );
 }
 
 /// Runs a hog in A's app container until the kernel kills it, reading A's stream; returns the
@@ -519,6 +528,8 @@ async fn a_restarted_container_is_followed_to_its_new_id() {
     };
     assert_eq!(back.limit, Some(48 << 20), "the new container's cgroup");
     assert_eq!(s.agent.metric("sidewatch_node_streams").await, Some(1.0));
+    // The old cgroup's notifications ended with it, normally: not a death.
+    assert_eq!(s.agent.get("/livez").await, (200, "ok\n".into()));
 }
 
 /// A cgroup v2 directory of regular files, as `memory.*` files read.
