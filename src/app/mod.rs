@@ -315,14 +315,14 @@ fn traffic_watcher(
     }
 }
 
-/// `sidewatch run`: serve until SIGTERM or SIGINT, drain, linger until the outcome is scraped,
-/// exit 0. A second signal aborts.
+/// `sidewatch run`: hook SIGTERM and SIGINT before serving (once ready, a SIGTERM must drain, not
+/// kill), serve, drain, linger until the outcome is scraped, exit 0. A second signal aborts.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let probes: Vec<String> = config.probes.0.iter().map(|p| p.name.clone()).collect();
     let drain = config.drain.clone();
+    let mut signals = Signals::new()?;
     let mut running = start(config).await?;
     tracing::info!(listen = %running.local_addr, ?probes, version = env!("CARGO_PKG_VERSION"), "sidewatch started");
-    let mut signals = Signals::new()?;
     let by = signals.next().await;
     let drained = running.drain.start(by);
     let end = tokio::select! {
