@@ -112,6 +112,26 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Option<Identity>, Conn
 }
 
 /// The Kubernetes part's metrics, only when it runs.
+/// The `op` label of `sidewatch_kube_errors_total`: which kind of API request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Watch,
+    PatchStatus,
+    CreateEvent,
+}
+
+impl Op {
+    pub const ALL: [Op; 3] = [Op::Watch, Op::PatchStatus, Op::CreateEvent];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Watch => "watch",
+            Op::PatchStatus => "patch_status",
+            Op::CreateEvent => "create_event",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct KubeMetrics {
     restarts: prometheus::IntCounterVec,
@@ -134,8 +154,8 @@ impl KubeMetrics {
              patch_status failing means the readiness gate is not being set.",
             &["op"],
         ));
-        for op in ["watch", "patch_status", "create_event"] {
-            errors.with_label_values(&[op]);
+        for op in Op::ALL {
+            errors.with_label_values(&[op.as_str()]);
         }
         let events_dropped = registry.register(metrics::counter(
             "sidewatch_events_dropped_total",
@@ -151,8 +171,8 @@ impl KubeMetrics {
     /// Every container's restart series at zero, so that an alert's `increase()` sees its first.
     pub(crate) fn containers(&self, names: &[String]) {
         for name in names {
-            for reason in pod::RESTART_REASONS {
-                self.restarts.with_label_values(&[name, reason]);
+            for reason in pod::RestartReason::ALL {
+                self.restarts.with_label_values(&[name, reason.as_str()]);
             }
         }
     }
@@ -308,9 +328,9 @@ impl PodWatcher {
         for r in &update.restarts {
             self.metrics
                 .restarts
-                .with_label_values(&[&r.container, r.reason])
+                .with_label_values(&[&r.container, r.reason.as_str()])
                 .inc_by(r.count);
-            tracing::warn!(container = %r.container, reason = r.reason, count = r.count, "container restarted");
+            tracing::warn!(container = %r.container, reason = r.reason.as_str(), count = r.count, "container restarted");
         }
         self.send(Kube::App, update.app).await;
         self.app.send_if_modified(|app| {
@@ -346,7 +366,10 @@ impl PodWatcher {
     }
 
     fn on_error(&mut self, e: &watcher::Error) {
-        self.metrics.errors.with_label_values(&["watch"]).inc();
+        self.metrics
+            .errors
+            .with_label_values(&[Op::Watch.as_str()])
+            .inc();
         if !self.failing {
             self.failing = true;
             tracing::warn!(error = %e, "kubernetes: cannot watch the pod; listing again with backoff, local signals still decide");
