@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 mod diag;
 mod listen;
 mod own;
-pub use listen::{counters as listen_counters, ListenCounters, ListenQueue, ListenWatch};
+pub use listen::{counters as listen_counters, ListenCounters, ListenWatch};
 pub use own::{OwnSocket, OwnSockets};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]

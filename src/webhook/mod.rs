@@ -31,7 +31,7 @@ use crate::http_server::{self, Limit, Options};
 
 mod certs;
 pub mod inject;
-pub mod metrics;
+pub(crate) mod metrics;
 mod review;
 mod stop;
 

@@ -15,7 +15,7 @@ mod shape;
 mod sidecar;
 mod target;
 mod token;
-pub mod view;
+pub(crate) mod view;
 
 use serde_json::{json, Value};
 
