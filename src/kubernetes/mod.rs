@@ -5,6 +5,7 @@
 pub mod config;
 pub mod gate;
 mod limit;
+mod op;
 pub mod pod;
 mod publish;
 
@@ -27,6 +28,7 @@ use crate::reason::Reason;
 use crate::units::Switch;
 use crate::util::sleep_until;
 use config::KubernetesConfig;
+pub use op::Op;
 use pod::Tracker;
 use publish::Publisher;
 
@@ -112,26 +114,6 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Option<Identity>, Conn
 }
 
 /// The Kubernetes part's metrics, only when it runs.
-/// The `op` label of `sidewatch_kube_errors_total`: which kind of API request failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    Watch,
-    PatchStatus,
-    CreateEvent,
-}
-
-impl Op {
-    pub const ALL: [Op; 3] = [Op::Watch, Op::PatchStatus, Op::CreateEvent];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Watch => "watch",
-            Op::PatchStatus => "patch_status",
-            Op::CreateEvent => "create_event",
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct KubeMetrics {
     restarts: prometheus::IntCounterVec,
