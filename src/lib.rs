@@ -2,32 +2,32 @@
 //! rotation before clients see 502s. See README.md and DESIGN.md for the contract.
 #![deny(unsafe_code)] // allowed in `sys` alone
 
-pub mod app;
+pub(crate) mod app;
 pub mod cli;
 pub mod config;
 pub mod container;
-pub mod demo;
-pub mod drain;
+pub(crate) mod demo;
+pub(crate) mod drain;
 pub mod engine;
-pub mod http_server;
+pub(crate) mod http_server;
 pub mod kubernetes;
-pub mod lifecycle;
-pub mod liveness;
-pub mod logging;
+pub(crate) mod lifecycle;
+pub(crate) mod liveness;
+pub(crate) mod logging;
 pub mod memory;
 pub mod metrics;
-pub mod net;
-pub mod node;
-pub mod overload;
-pub mod page;
+pub(crate) mod net;
+pub(crate) mod node;
+pub(crate) mod overload;
+pub(crate) mod page;
 pub mod probe;
 pub mod process;
 pub mod reason;
-pub mod server;
+pub(crate) mod server;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
-pub mod traffic;
-pub mod units;
-pub mod util;
+pub(crate) mod traffic;
+pub(crate) mod units;
+pub(crate) mod util;
 pub mod webhook;

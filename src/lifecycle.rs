@@ -8,7 +8,6 @@
 //! otherwise: either way not the stop the command promised.
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -51,16 +50,11 @@ impl Signals {
     }
 }
 
-/// Awaits `work` for `bound` at most; false when it had not ended. A stop is bounded: whatever
-/// is still running then is dropped with the process.
-pub async fn within<T>(bound: Duration, work: impl Future<Output = T>) -> bool {
-    tokio::time::timeout(bound, work).await.is_ok()
-}
-
 /// What a command's start-up came to: started, or stopped by a signal before it was.
 pub enum Started<T> {
     Up(T),
-    Stopped(&'static str),
+    /// By a signal (its log line says which), or a start that was cancelled.
+    Stopped,
 }
 
 /// Starts with `start` unless a signal comes first. Nothing serves before `start` returns, so
@@ -83,12 +77,12 @@ where
         // Only this function aborts the start, after it stopped waiting: a join error is a panic.
         Ok(Err(e)) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_) => Ok(Started::Stopped("cancelled")),
+            Err(_) => Ok(Started::Stopped),
         },
         Err(by) => {
             abort.abort();
             tracing::info!("{by} during start-up: nothing serves yet, exiting without a drain");
-            Ok(Started::Stopped(by))
+            Ok(Started::Stopped)
         }
     }
 }

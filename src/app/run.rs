@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let drain = config.drain.clone();
     let mut running = match lifecycle::start_unless_signalled(&mut signals, start(config)).await? {
         Started::Up(running) => running,
-        Started::Stopped(_) => return Ok(()),
+        Started::Stopped => return Ok(()),
     };
     tracing::info!(listen = %running.local_addr, ?probes, version = env!("CARGO_PKG_VERSION"), "sidewatch started");
     let by = signals.next().await;

@@ -1,22 +1,24 @@
 //! The drain: not ready at once, then held until the app port's traffic has stopped (or
 //! `drain.max`). `/drain`, SIGTERM and the demo start or join the same one; one task owns it.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+mod access;
 pub mod config;
+mod outcome;
 
 pub use crate::engine::bus::DrainEnd;
 use crate::engine::bus::{Input, Notice};
 use crate::liveness::Tasks;
 use crate::metrics::{self, Registry};
 use crate::traffic::{compare, Activity, Need, Snapshot, TrafficWatcher};
+pub use access::Access;
 use config::DrainConfig;
+pub use outcome::Outcome;
 
 /// How often the port is looked at while draining; `quiet` is judged to this precision.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -40,8 +42,8 @@ impl DrainMetrics {
             "Drains ended, by outcome: quiet = traffic stopped, max = drain.max reached (raise it or find the client that keeps sending).",
             &["outcome"],
         ));
-        for outcome in ["quiet", "max"] {
-            drains.with_label_values(&[outcome]);
+        for outcome in Outcome::ALL {
+            drains.with_label_values(&[outcome.as_str()]);
         }
         let duration = registry.register(metrics::histogram(
             "sidewatch_drain_duration_seconds",
@@ -167,7 +169,7 @@ impl Drain {
 fn abandoned() -> DrainEnd {
     let now = Instant::now();
     DrainEnd {
-        outcome: "max",
+        outcome: Outcome::Max.as_str(),
         duration_seconds: 0.0,
         new_connections: 0,
         bytes_in: 0,
@@ -305,17 +307,17 @@ impl DrainTask {
             }
             let elapsed = now - began;
             let outcome = if elapsed >= self.config.max {
-                Some("max")
+                Some(Outcome::Max)
             } else if elapsed >= self.config.delay
                 && now.saturating_duration_since(last_activity) >= self.config.quiet
             {
-                Some("quiet")
+                Some(Outcome::Quiet)
             } else {
                 None
             };
             if let Some(outcome) = outcome {
                 return DrainEnd {
-                    outcome,
+                    outcome: outcome.as_str(),
                     duration_seconds: elapsed.as_secs_f64(),
                     new_connections: total.new_connections,
                     bytes_in: total.bytes_in,
@@ -337,64 +339,5 @@ impl DrainTask {
             Some(Err(e)) => tracing::debug!(error = %e, "cannot read the app port's sockets"),
             None => {}
         }
-    }
-}
-
-/// Who may start a drain: loopback always; others with the drain token, or once the API server
-/// says the pod is terminating (the kubelet's preStop hook comes from the node).
-pub struct Access {
-    pub token: Option<Vec<u8>>,
-}
-
-impl Access {
-    /// `terminating`: the verdict says the pod is being deleted.
-    pub fn allows(&self, peer: IpAddr, presented: Option<&[u8]>, terminating: bool) -> bool {
-        if crate::net::is_loopback(peer) || terminating {
-            return true;
-        }
-        match (&self.token, presented) {
-            // Constant time: the comparison must not tell a caller how much of a guess was right.
-            (Some(token), Some(given)) => bool::from(token.as_slice().ct_eq(given)),
-            _ => false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn access(token: Option<&str>) -> Access {
-        Access {
-            token: token.map(|t| t.as_bytes().to_vec()),
-        }
-    }
-
-    #[test]
-    fn loopback_may_always_drain() {
-        let a = access(None);
-        for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
-            assert!(a.allows(ip.parse().unwrap(), None, false), "{ip}");
-        }
-    }
-
-    #[test]
-    fn others_need_the_exact_token() {
-        let a = access(Some("s3cret"));
-        let node: IpAddr = "10.1.2.3".parse().unwrap();
-        assert!(a.allows(node, Some(b"s3cret"), false));
-        assert!(!a.allows(node, Some(b"s3cre"), false));
-        assert!(!a.allows(node, Some(b"s3cret!"), false));
-        assert!(!a.allows(node, Some(b""), false));
-        assert!(!a.allows(node, None, false));
-        assert!(
-            !access(None).allows(node, Some(b"anything"), false),
-            "no token configured"
-        );
-    }
-
-    #[test]
-    fn a_terminating_pod_may_be_drained_from_the_node() {
-        assert!(access(None).allows("10.1.2.3".parse().unwrap(), None, true));
     }
 }

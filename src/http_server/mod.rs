@@ -22,8 +22,8 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -114,37 +114,9 @@ pub async fn serve<F, S, B>(
         Limit::Evict(_) => None,
     };
     let tracker = TaskTracker::new();
-    loop {
-        let permit = match &permits {
-            Some(permits) => {
-                let permit = tokio::select! {
-                    permit = permits.clone().acquire_owned() => permit,
-                    _ = shutdown.cancelled() => break,
-                };
-                match permit {
-                    Ok(permit) => Some(permit),
-                    Err(_) => break,
-                }
-            }
-            None => None,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors, mostly: back off instead of spinning.
-                tracing::warn!(listener = options.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if let Some(accepted) = &options.accepted {
-            accepted.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer, permit)) =
+        next_connection(&listener, permits.as_ref(), &options, &shutdown).await
+    {
         let (slot, evicted) = match &options.limit {
             Limit::Evict(evict) => {
                 let (slot, evicted) = evict.admit(peer.ip());
@@ -158,26 +130,15 @@ pub async fn serve<F, S, B>(
             busy: slot.as_ref().map(|s| s.busy.clone()),
             requested: requested.clone(),
         };
-        let (options, shutdown) = (options.clone(), shutdown.clone());
+        let ends = Ends {
+            evicted,
+            requested,
+            shutdown: shutdown.clone(),
+            options: options.clone(),
+            peer,
+        };
         tracker.spawn(async move {
-            let ends = Ends {
-                evicted,
-                requested,
-                shutdown,
-                options: &options,
-                peer,
-            };
-            match &options.tls {
-                None => ends.serve(stream, service).await,
-                Some(tls) => {
-                    let handshake = tls.acceptor.accept(stream);
-                    match tokio::time::timeout(tls.handshake_timeout, handshake).await {
-                        Ok(Ok(stream)) => ends.serve(stream, service).await,
-                        Ok(Err(e)) => tracing::debug!(listener = options.name, %peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(listener = options.name, %peer, "TLS handshake timed out"),
-                    }
-                }
-            }
+            ends.serve_maybe_tls(stream, service).await;
             drop((slot, permit));
         });
     }
@@ -187,17 +148,75 @@ pub async fn serve<F, S, B>(
     tracker.wait().await;
 }
 
+/// The next connection accepted (under a permit, with a `Limit::Backlog`), until `shutdown`.
+async fn next_connection(
+    listener: &TcpListener,
+    permits: Option<&Arc<Semaphore>>,
+    options: &Options,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr, Option<OwnedSemaphorePermit>)> {
+    loop {
+        let permit = match permits {
+            Some(permits) => tokio::select! {
+                permit = permits.clone().acquire_owned() => Some(permit.ok()?),
+                _ = shutdown.cancelled() => return None,
+            },
+            None => None,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return None,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Some(accepted) = &options.accepted {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer, permit));
+            }
+            Err(e) => {
+                // Out of file descriptors, mostly: back off instead of spinning.
+                tracing::warn!(listener = options.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// What ends a connection besides its client: eviction, shutdown, age.
-struct Ends<'a> {
+struct Ends {
     evicted: Option<oneshot::Receiver<()>>,
     /// Notified at each request: once stored, the connection has begun one.
     requested: Arc<Notify>,
     shutdown: CancellationToken,
-    options: &'a Options,
+    options: Arc<Options>,
     peer: SocketAddr,
 }
 
-impl Ends<'_> {
+impl Ends {
+    /// Serves the connection, after a TLS handshake (bounded) where the listener has TLS.
+    async fn serve_maybe_tls<S, B>(self, stream: TcpStream, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (options, peer) = (self.options.clone(), self.peer);
+        let Some(tls) = &options.tls else {
+            return self.serve(stream, service).await;
+        };
+        let handshake = tls.acceptor.accept(stream);
+        match tokio::time::timeout(tls.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => self.serve(stream, service).await,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = options.name, %peer, error = %e, "TLS handshake failed")
+            }
+            Err(_) => tracing::debug!(listener = options.name, %peer, "TLS handshake timed out"),
+        }
+    }
+
     async fn serve<I, S, B>(self, io: I, service: S)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -206,7 +225,7 @@ impl Ends<'_> {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (options, peer) = (self.options, self.peer);
+        let (options, peer) = (&*self.options, self.peer);
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())

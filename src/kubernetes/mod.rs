@@ -5,6 +5,7 @@
 pub mod config;
 pub mod gate;
 mod limit;
+mod op;
 pub mod pod;
 mod publish;
 
@@ -28,6 +29,7 @@ use crate::reason::Reason;
 use crate::units::Switch;
 use crate::util::sleep_until;
 use config::KubernetesConfig;
+pub use op::Op;
 use pod::Tracker;
 use publish::Publisher;
 
@@ -127,8 +129,8 @@ impl KubeMetrics {
              patch_status failing means the readiness gate is not being set.",
             &["op"],
         ));
-        for op in ["watch", "patch_status", "create_event"] {
-            errors.with_label_values(&[op]);
+        for op in Op::ALL {
+            errors.with_label_values(&[op.as_str()]);
         }
         let events_dropped = registry.register(metrics::counter(
             "sidewatch_events_dropped_total",
@@ -144,8 +146,8 @@ impl KubeMetrics {
     /// Every container's restart series at zero, so that an alert's `increase()` sees its first.
     pub(crate) fn containers(&self, names: &[String]) {
         for name in names {
-            for reason in pod::RESTART_REASONS {
-                self.restarts.with_label_values(&[name, reason]);
+            for reason in pod::RestartReason::ALL {
+                self.restarts.with_label_values(&[name, reason.as_str()]);
             }
         }
     }
@@ -308,9 +310,9 @@ impl PodWatcher {
         for r in &update.restarts {
             self.metrics
                 .restarts
-                .with_label_values(&[&r.container, r.reason])
+                .with_label_values(&[&r.container, r.reason.as_str()])
                 .inc_by(r.count);
-            tracing::warn!(container = %r.container, reason = r.reason, count = r.count, "container restarted");
+            tracing::warn!(container = %r.container, reason = r.reason.as_str(), count = r.count, "container restarted");
         }
         self.send(Kube::App, update.app).await;
         self.app.send_if_modified(|app| {
@@ -346,7 +348,10 @@ impl PodWatcher {
     }
 
     fn on_error(&mut self, e: &watcher::Error) {
-        self.metrics.errors.with_label_values(&["watch"]).inc();
+        self.metrics
+            .errors
+            .with_label_values(&[Op::Watch.as_str()])
+            .inc();
         if !self.failing {
             self.failing = true;
             tracing::warn!(error = %e, "kubernetes: cannot watch the pod; listing again with backoff, local signals still decide");

@@ -19,8 +19,7 @@ use crate::reason::Reason;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Restart {
     pub container: String,
-    /// A fixed label value: `oom_killed`, `error`, `completed` or `other`.
-    pub reason: &'static str,
+    pub reason: RestartReason,
     pub count: u64,
 }
 
@@ -40,8 +39,33 @@ pub struct PodUpdate {
     pub app_container: AppContainer,
 }
 
-/// The `reason` label values of `sidewatch_container_restarts_total`.
-pub const RESTART_REASONS: [&str; 4] = ["oom_killed", "error", "completed", "other"];
+/// The `reason` label of `sidewatch_container_restarts_total`: the container's last
+/// termination reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartReason {
+    OomKilled,
+    Error,
+    Completed,
+    Other,
+}
+
+impl RestartReason {
+    pub const ALL: [RestartReason; 4] = [
+        RestartReason::OomKilled,
+        RestartReason::Error,
+        RestartReason::Completed,
+        RestartReason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::OomKilled => "oom_killed",
+            RestartReason::Error => "error",
+            RestartReason::Completed => "completed",
+            RestartReason::Other => "other",
+        }
+    }
+}
 
 /// The moment of an observation on both clocks.
 #[derive(Clone, Copy, Debug)]
@@ -250,12 +274,12 @@ fn last_termination(s: &ContainerStatus) -> (Option<String>, Option<SystemTime>)
     )
 }
 
-fn label(reason: Option<&str>) -> &'static str {
+fn label(reason: Option<&str>) -> RestartReason {
     match reason {
-        Some("OOMKilled") => "oom_killed",
-        Some("Error") => "error",
-        Some("Completed") => "completed",
-        _ => "other",
+        Some("OOMKilled") => RestartReason::OomKilled,
+        Some("Error") => RestartReason::Error,
+        Some("Completed") => RestartReason::Completed,
+        _ => RestartReason::Other,
     }
 }
 

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 use super::config::KubernetesConfig;
 use super::gate::{pascal, Condition, Stored};
 use super::limit::{now, Bucket, GateLimit};
-use super::KubeMetrics;
 use super::{Identity, PodInfo};
+use super::{KubeMetrics, Op};
 use crate::engine::bus::{DrainEnd, Notice, Published};
 use crate::engine::{Signal, Verdict};
 use crate::reason::Reason;
@@ -60,7 +60,7 @@ pub(super) struct Publisher {
     /// The reason of the last readiness Event posted.
     last_posted: Option<String>,
     /// Per operation: failing since the last success (logged once per change).
-    failing: HashMap<&'static str, bool>,
+    failing: HashMap<Op, bool>,
 }
 
 impl Publisher {
@@ -185,7 +185,7 @@ impl Publisher {
             .as_ref()
             .ok()
             .and_then(|p| Stored::find(p, &self.gate));
-        self.outcome("patch_status", result.map(|_| ()))
+        self.outcome(Op::PatchStatus, result.map(|_| ()))
             .then(|| found.unwrap_or_else(|| condition.stored(since)))
     }
 
@@ -288,23 +288,23 @@ impl Publisher {
             return;
         };
         let result = bounded(recorder.publish(&event, reference)).await;
-        self.outcome("create_event", result);
+        self.outcome(Op::CreateEvent, result);
     }
 
-    fn outcome(&mut self, op: &'static str, result: Result<(), RequestError>) -> bool {
-        let was_failing = self.failing.get(op).copied().unwrap_or(false);
+    fn outcome(&mut self, op: Op, result: Result<(), RequestError>) -> bool {
+        let was_failing = self.failing.get(&op).copied().unwrap_or(false);
         match result {
             Ok(()) => {
                 if was_failing {
-                    tracing::info!(op, "kubernetes: works again");
+                    tracing::info!(op = op.as_str(), "kubernetes: works again");
                 }
                 self.failing.insert(op, false);
                 true
             }
             Err(e) => {
-                self.metrics.errors.with_label_values(&[op]).inc();
+                self.metrics.errors.with_label_values(&[op.as_str()]).inc();
                 if !was_failing {
-                    tracing::warn!(op, error = %e, "kubernetes: request failed; local signals still decide");
+                    tracing::warn!(op = op.as_str(), error = %e, "kubernetes: request failed; local signals still decide");
                 }
                 self.failing.insert(op, true);
                 false

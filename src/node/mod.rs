@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::liveness::{Liveness, Tasks};
 
 pub use locate::{Root, RootError};
-pub use metrics::{NodeMetrics, Outcome};
+pub use metrics::NodeMetrics;
 
 /// A stream's interval is kept within these whatever a client asks: faster would make the agent
 /// a load on the node, slower would hide a climb from the sidecar's trend.

@@ -15,48 +15,91 @@ use prometheus::{Gauge, HistogramVec, IntCounterVec};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::inject::{RefusalKind, Scope, Skip};
+use super::review::NOT_A_POD_CREATION;
 use crate::http_server::{self, Limit, Options};
 use crate::metrics::{self, Registry};
 
-/// Each outcome with every reason it can have, all registered at zero.
-pub const OUTCOMES: [(&str, &[&str]); 4] = [
-    ("injected", &["annotated", "namespace"]),
-    (
-        "skipped",
-        &[
-            "not_opted_in",
-            "opted_out",
-            "already_injected",
-            "not_a_pod_creation",
-        ],
-    ),
-    (
-        "refused",
-        &[
-            "shape",
-            "annotation",
-            "dead_end",
-            "app_container",
-            "target",
-            "admin_port",
-            "memory",
-            "settings",
-        ],
-    ),
-    ("error", ERRORS),
-];
+/// The `outcome` label of the admissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    Injected,
+    Skipped,
+    Refused,
+    /// The request got no AdmissionReview answer (`Failure`).
+    Error,
+}
 
-/// Why a request to `/mutate*` got no AdmissionReview answer.
-pub const ERRORS: &[&str] = &[
-    "not_a_review",
-    "content_type",
-    "method",
-    "too_large",
-    "body_timeout",
-    "body_read",
-    "internal",
-];
+impl Admitted {
+    pub const ALL: [Admitted; 4] = [
+        Admitted::Injected,
+        Admitted::Skipped,
+        Admitted::Refused,
+        Admitted::Error,
+    ];
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Admitted::Injected => "injected",
+            Admitted::Skipped => "skipped",
+            Admitted::Refused => "refused",
+            Admitted::Error => "error",
+        }
+    }
+
+    /// Every `reason` this outcome can have, all registered at zero.
+    pub fn reasons(self) -> Vec<&'static str> {
+        match self {
+            Admitted::Injected => Scope::ALL.iter().map(|s| s.label()).collect(),
+            Admitted::Skipped => Skip::ALL
+                .iter()
+                .map(|s| s.label())
+                .chain([NOT_A_POD_CREATION])
+                .collect(),
+            Admitted::Refused => RefusalKind::ALL.iter().map(|k| k.label()).collect(),
+            Admitted::Error => Failure::ALL.iter().map(|f| f.as_str()).collect(),
+        }
+    }
+}
+
+/// Why a request to `/mutate*` got no AdmissionReview answer: the `reason` of `error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    NotAReview,
+    ContentType,
+    Method,
+    TooLarge,
+    BodyTimeout,
+    BodyRead,
+    Internal,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 7] = [
+        Failure::NotAReview,
+        Failure::ContentType,
+        Failure::Method,
+        Failure::TooLarge,
+        Failure::BodyTimeout,
+        Failure::BodyRead,
+        Failure::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::NotAReview => "not_a_review",
+            Failure::ContentType => "content_type",
+            Failure::Method => "method",
+            Failure::TooLarge => "too_large",
+            Failure::BodyTimeout => "body_timeout",
+            Failure::BodyRead => "body_read",
+            Failure::Internal => "internal",
+        }
+    }
+}
+
+/// The `result` label of the certificate reloads, indexed by success.
+const RELOAD_RESULTS: [&str; 2] = ["failure", "success"];
 /// The API server gives up after the webhook's timeoutSeconds (the chart's 5 s, at most 30 s).
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
@@ -87,10 +130,10 @@ impl WebhookMetrics {
             &["outcome"],
             &BUCKETS,
         ));
-        for (outcome, reasons) in OUTCOMES {
-            duration.with_label_values(&[outcome]);
-            for reason in reasons {
-                admissions.with_label_values(&[outcome, reason]);
+        for outcome in Admitted::ALL {
+            duration.with_label_values(&[outcome.as_str()]);
+            for reason in outcome.reasons() {
+                admissions.with_label_values(&[outcome.as_str(), reason]);
             }
         }
         let not_after = registry.register(metrics::float_gauge(
@@ -102,7 +145,7 @@ impl WebhookMetrics {
             "New certificate and key pairs found on disk: loaded (success) or refused (failure).",
             &["result"],
         ));
-        for result in ["success", "failure"] {
+        for result in RELOAD_RESULTS {
             reloads.with_label_values(&[result]);
         }
         WebhookMetrics {
@@ -114,7 +157,8 @@ impl WebhookMetrics {
         }
     }
 
-    pub fn admitted(&self, outcome: &str, reason: &str, took: Duration) {
+    pub fn admitted(&self, outcome: Admitted, reason: &str, took: Duration) {
+        let outcome = outcome.as_str();
         self.admissions.with_label_values(&[outcome, reason]).inc();
         self.duration
             .with_label_values(&[outcome])
@@ -122,8 +166,9 @@ impl WebhookMetrics {
     }
 
     pub fn reloaded(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.reloads.with_label_values(&[result]).inc();
+        self.reloads
+            .with_label_values(&[RELOAD_RESULTS[usize::from(ok)]])
+            .inc();
     }
 }
 
@@ -181,44 +226,29 @@ fn answer<B>(req: &Request<B>, metrics: &WebhookMetrics) -> Response<Full<Bytes>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::inject::{RefusalKind, Scope, Skip};
 
     const METRICS_DOC: &str = include_str!("../../docs/metrics.md");
 
-    /// Every label the code can give is one `OUTCOMES` registers at zero.
+    /// Every outcome and reason is there at zero before any admission, each once.
     #[test]
-    fn the_labels_registered_are_the_labels_given() {
-        let reasons = |outcome: &str| {
-            OUTCOMES
-                .iter()
-                .find(|(o, _)| *o == outcome)
-                .map(|(_, r)| r.to_vec())
-                .unwrap()
-        };
-        let injected: Vec<_> = [Scope::Annotated, Scope::Namespace]
-            .map(Scope::label)
-            .to_vec();
-        assert_eq!(injected, reasons("injected"));
-        let skipped: Vec<_> = [Skip::NotOptedIn, Skip::OptedOut, Skip::Injected]
-            .map(Skip::label)
-            .into_iter()
-            .chain(["not_a_pod_creation"])
+    fn every_label_is_registered_at_zero() {
+        let text = String::from_utf8(WebhookMetrics::new().registry.encode()).unwrap();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sidewatch_webhook_admissions_total{"))
             .collect();
-        assert_eq!(skipped, reasons("skipped"));
-        use RefusalKind::*;
-        let refused: Vec<_> = [
-            Shape,
-            Annotation,
-            DeadEnd,
-            AppContainer,
-            Target,
-            AdminPort,
-            Memory,
-            Settings,
-        ]
-        .map(RefusalKind::label)
-        .to_vec();
-        assert_eq!(refused, reasons("refused"));
+        let mut expected = 0;
+        for outcome in Admitted::ALL {
+            for reason in outcome.reasons() {
+                let line = format!(
+                    "sidewatch_webhook_admissions_total{{outcome=\"{}\",reason=\"{reason}\"}} 0",
+                    outcome.as_str()
+                );
+                assert!(series.contains(&line.as_str()), "{line} missing: {text}");
+                expected += 1;
+            }
+        }
+        assert_eq!(series.len(), expected, "a reason listed twice: {series:?}");
     }
 
     /// docs/metrics.md's webhook table lists exactly what the webhook registers.

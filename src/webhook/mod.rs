@@ -32,14 +32,14 @@ use crate::liveness::{Liveness, Tasks};
 
 mod certs;
 pub mod inject;
-pub mod metrics;
+pub(crate) mod metrics;
 mod review;
 mod stop;
 
 use certs::Certs;
 pub use certs::TlsError;
 use inject::{Scope, Settings};
-use metrics::WebhookMetrics;
+use metrics::{Admitted, Failure, WebhookMetrics};
 pub use review::{review, Decision, ReviewError};
 pub use stop::StopError;
 
@@ -237,13 +237,13 @@ async fn handle(
         Ok(d) => {
             metrics.admitted(d.outcome, d.reason, took);
             // One line per admission, for audit: who asked about which pod, and what it got.
-            tracing::info!(uid = %d.uid, namespace = %d.namespace, name = %d.name, generate_name = %d.generate_name, outcome = d.outcome, reason = d.reason, took_ms = took.as_secs_f64() * 1e3, "admission");
+            tracing::info!(uid = %d.uid, namespace = %d.namespace, name = %d.name, generate_name = %d.generate_name, outcome = d.outcome.as_str(), reason = d.reason, took_ms = took.as_secs_f64() * 1e3, "admission");
         }
         Err(reason) => {
-            metrics.admitted("error", reason, took);
+            metrics.admitted(Admitted::Error, reason.as_str(), took);
             tracing::info!(
-                outcome = "error",
-                reason,
+                outcome = Admitted::Error.as_str(),
+                reason = reason.as_str(),
                 status = resp.status().as_u16(),
                 took_ms = took.as_secs_f64() * 1e3,
                 "admission"
@@ -258,20 +258,20 @@ async fn admit(
     req: Request<Incoming>,
     scope: Scope,
     settings: &Settings,
-) -> (Response<Full<Bytes>>, Result<Decision, &'static str>) {
+) -> (Response<Full<Bytes>>, Result<Decision, Failure>) {
     if req.method() != Method::POST {
-        return (not_allowed("POST"), Err("method"));
+        return (not_allowed("POST"), Err(Failure::Method));
     }
     if !is_json(req.headers()) {
         let message = "an AdmissionReview is sent as content-type application/json\n";
         let resp = closing(reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, message));
-        return (resp, Err("content_type"));
+        return (resp, Err(Failure::ContentType));
     }
     let too_large = || {
         tracing::warn!(max = MAX_BODY, "admission review over the size limit");
         let message = format!("the review is larger than {MAX_BODY} bytes\n");
         let resp = closing(reply(StatusCode::PAYLOAD_TOO_LARGE, message));
-        (resp, Err("too_large"))
+        (resp, Err(Failure::TooLarge))
     };
     // Far over the cap: refused at once (the client, still sending, may see a reset instead).
     if req.body().size_hint().lower() > DISCARD_MAX as u64 {
@@ -283,20 +283,20 @@ async fn admit(
         Ok(Err(e)) => {
             let message = format!("cannot read the review: {e}\n");
             let resp = closing(reply(StatusCode::BAD_REQUEST, message));
-            return (resp, Err("body_read"));
+            return (resp, Err(Failure::BodyRead));
         }
         Err(_) => {
             tracing::debug!("admission review body too slow");
             let message = format!("the review did not arrive within {BODY_TIMEOUT:?}\n");
             let resp = closing(reply(StatusCode::REQUEST_TIMEOUT, message));
-            return (resp, Err("body_timeout"));
+            return (resp, Err(Failure::BodyTimeout));
         }
     };
     let Some(token) = drain_token() else {
         let message = "no randomness for a drain token\n";
         return (
             reply(StatusCode::INTERNAL_SERVER_ERROR, message),
-            Err("internal"),
+            Err(Failure::Internal),
         );
     };
     match review(&body, scope, settings, &token) {
@@ -311,14 +311,14 @@ async fn admit(
             let message = "cannot serialise the answer\n";
             (
                 reply(StatusCode::INTERNAL_SERVER_ERROR, message),
-                Err("internal"),
+                Err(Failure::Internal),
             )
         }
         Err(why) => {
             tracing::warn!(error = %why, "malformed admission review");
             (
                 reply(StatusCode::BAD_REQUEST, format!("{why}\n")),
-                Err("not_a_review"),
+                Err(Failure::NotAReview),
             )
         }
     }

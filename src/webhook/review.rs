@@ -8,6 +8,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::inject::{self, Outcome, Scope, Settings};
+use super::metrics::Admitted;
+
+/// The `reason` of a review skipped for being about something else than a pod's creation.
+pub const NOT_A_POD_CREATION: &str = "not_a_pod_creation";
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
@@ -63,8 +67,8 @@ struct Kind {
 /// What one review decided, and about which pod: the webhook's audit line and metrics.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// `injected`, `skipped` or `refused`: the `outcome` label.
-    pub outcome: &'static str,
+    /// Injected, skipped or refused: the `outcome` label.
+    pub outcome: Admitted,
     /// The `reason` label: the path's scope, why it was skipped, or the refusal's kind.
     pub reason: &'static str,
     pub uid: String,
@@ -93,8 +97,8 @@ pub fn review(
     let request = review.request.ok_or(ReviewError::NoRequest)?;
     let mut response = json!({"uid": request.uid, "allowed": true});
     let mut decision = Decision {
-        outcome: "skipped",
-        reason: "not_a_pod_creation",
+        outcome: Admitted::Skipped,
+        reason: NOT_A_POD_CREATION,
         uid: request.uid.clone(),
         namespace: request.namespace.clone(),
         name: String::new(),
@@ -109,10 +113,10 @@ pub fn review(
         let meta = |key: &str| pod["metadata"][key].as_str().unwrap_or_default().to_owned();
         (decision.name, decision.generate_name) = (meta("name"), meta("generateName"));
         (decision.outcome, decision.reason) = match inject::mutate(&pod, settings, scope, token) {
-            Outcome::Untouched(skip) => ("skipped", skip.label()),
+            Outcome::Untouched(skip) => (Admitted::Skipped, skip.label()),
             Outcome::Refused(why) => {
                 response["warnings"] = json!([format!("sidewatch not injected: {why}")]);
-                ("refused", why.kind.label())
+                (Admitted::Refused, why.kind.label())
             }
             Outcome::Patch { patch, warnings } => {
                 let bytes = serde_json::to_vec(&patch).map_err(ReviewError::Answer)?;
@@ -125,7 +129,7 @@ pub fn review(
                         warnings.iter().map(|w| format!("sidewatch: {w}")).collect();
                     response["warnings"] = warnings.into();
                 }
-                ("injected", scope.label())
+                (Admitted::Injected, scope.label())
             }
         };
     }

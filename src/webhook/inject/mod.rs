@@ -11,10 +11,11 @@ mod outcome;
 mod patch;
 mod ports;
 mod refusal;
+mod shape;
 mod sidecar;
 mod target;
 mod token;
-pub mod view;
+pub(crate) mod view;
 
 use serde_json::{json, Value};
 
@@ -101,34 +102,18 @@ struct Said {
 
 fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>, Refusal> {
     let spec = &pod["spec"];
-    let containers = spec["containers"]
-        .as_array()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| Refusal::new(RefusalKind::Shape, "the pod has no containers"))?;
-    let all = || {
-        containers
-            .iter()
-            .chain(spec["initContainers"].as_array().into_iter().flatten())
-    };
-    if all().any(|c| c["name"] == CONTAINER) {
-        return Err(Refusal::new(
-            RefusalKind::Shape,
-            format!(
-                "a container named {CONTAINER:?} is there already (added by hand?): left as it is"
-            ),
-        ));
-    }
+    let containers = shape::containers(spec)?;
     let options = Options::parse(pod["metadata"]["annotations"].as_object())
         .map_err(Refusal::of(RefusalKind::Annotation))?;
     let native = options.plain.map_or(settings.native, |plain| !plain);
-    refuse_dead_ends(spec, &options, native)?;
-    let app_index = app_container(containers, &options)?;
+    shape::refuse_dead_ends(spec, &options, native)?;
+    let app_index = shape::app_container(containers, &options)?;
     let app = &containers[app_index];
     let app_name = app["name"].as_str().unwrap_or_default();
 
     let mut said = Said::default();
     let (target_env, target_port, socket) = choose_target(&options, app, &mut said)?;
-    let admin_port = choose_admin_port(&options, &ports_in_use(all()), &mut said)?;
+    let admin_port = choose_admin_port(&options, &ports_in_use(shape::all(spec)), &mut said)?;
     // The drain watches where clients connect: the app's first TCP port, else the probed one.
     let drain_port = first_tcp_port(app).or(target_port);
     said.notes.push(match drain_port {
@@ -155,7 +140,7 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         target: target_env,
         drain_port,
         admin_port,
-        admin_port_named: !all().any(|c| has_port_named(c, CONTAINER)),
+        admin_port_named: !shape::all(spec).any(|c| has_port_named(c, CONTAINER)),
         grace: spec["terminationGracePeriodSeconds"].as_i64().unwrap_or(30),
         token,
         kubernetes,
@@ -165,36 +150,14 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         memory,
         app_memory_limit: !app["resources"]["limits"]["memory"].is_null(),
     };
-    let mut container = plan.container();
-    if options.sidecar_token {
-        let mount = token::for_sidecar_only(spec, &mut edits)
-            .map_err(Refusal::of(RefusalKind::Annotation))?;
-        add_mount(&mut container, mount);
-        said.notes
-            .push("token: a projected service-account token for the sidecar only".into());
-    }
-    if let Some(path) = socket {
-        mount_socket(
-            &mut container,
-            volume_holding(all(), &path),
-            &path,
-            &mut said,
-        );
-    }
-    // The whole environment, loaded as the sidecar will load it: a refusal here is a bug of ours
-    // or a combination of annotations no single check caught; either way no crash-looping sidecar.
-    let literal: Vec<(&str, &str)> = container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
-        .collect();
-    annotations::sidecar_accepts(&literal).map_err(|e| {
-        Refusal::new(
-            RefusalKind::Settings,
-            format!("the sidecar would refuse its settings: {e}"),
-        )
-    })?;
+    let container = equip(
+        plan.container(),
+        &options,
+        spec,
+        socket,
+        &mut edits,
+        &mut said,
+    )?;
     if native {
         edits.prepend(&["spec", "initContainers"], container);
     } else {
@@ -209,49 +172,41 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
     Ok(mark(edits, pod, said))
 }
 
-/// The pods sidewatch would break: a plain sidecar that keeps a Job from completing, an admin
-/// port on the node.
-fn refuse_dead_ends(spec: &Value, options: &Options, native: bool) -> Result<(), Refusal> {
-    if !native
-        && spec["restartPolicy"]
-            .as_str()
-            .is_some_and(|p| p != "Always")
-    {
-        return Err(Refusal::new(
-            RefusalKind::DeadEnd,
-            format!(
-                "restartPolicy {}: a plain sidecar container would keep the pod from ever \
-                 completing; use the native sidecar (Kubernetes 1.29+)",
-                spec["restartPolicy"]
-            ),
-        ));
+/// The sidecar's mounts (its own token, the app's socket), then its whole environment loaded as
+/// the sidecar will load it: a refusal there is a bug of ours or a combination of annotations no
+/// single check caught; either way no crash-looping sidecar.
+fn equip(
+    mut container: Value,
+    options: &Options,
+    spec: &Value,
+    socket: Option<String>,
+    edits: &mut Edits<'_>,
+    said: &mut Said,
+) -> Result<Value, Refusal> {
+    if options.sidecar_token {
+        let mount =
+            token::for_sidecar_only(spec, edits).map_err(Refusal::of(RefusalKind::Annotation))?;
+        add_mount(&mut container, mount);
+        said.notes
+            .push("token: a projected service-account token for the sidecar only".into());
     }
-    if spec["hostNetwork"] == true && !options.host_network {
-        return Err(Refusal::new(
-            RefusalKind::DeadEnd,
-            "hostNetwork pod: the sidecar's admin port would be a port of the node; annotate \
-             sidewatch.io/host-network: \"true\" (and sidewatch.io/admin-port) to inject anyway",
-        ));
+    if let Some(path) = socket {
+        let holding = volume_holding(shape::all(spec), &path);
+        mount_socket(&mut container, holding, &path, said);
     }
-    Ok(())
-}
-
-/// The index of the app container: the annotated one, else the first.
-fn app_container(containers: &[Value], options: &Options) -> Result<usize, Refusal> {
-    match &options.app_container {
-        Some(name) => containers
-            .iter()
-            .position(|c| c["name"] == name.as_str())
-            .ok_or_else(|| {
-                Refusal::new(
-                    RefusalKind::AppContainer,
-                    format!(
-                        "sidewatch.io/app-container names {name:?}, which the pod does not have"
-                    ),
-                )
-            }),
-        None => Ok(0),
-    }
+    let literal: Vec<(&str, &str)> = container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect();
+    annotations::sidecar_accepts(&literal).map_err(|e| {
+        Refusal::new(
+            RefusalKind::Settings,
+            format!("the sidecar would refuse its settings: {e}"),
+        )
+    })?;
+    Ok(container)
 }
 
 type TargetChoice = ((&'static str, String), Option<u16>, Option<String>);

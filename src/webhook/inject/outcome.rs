@@ -13,6 +13,8 @@ pub enum Scope {
 }
 
 impl Scope {
+    pub const ALL: [Scope; 2] = [Scope::Annotated, Scope::Namespace];
+
     /// The `reason` label of `sidewatch_webhook_admissions_total{outcome="injected"}`.
     pub fn label(self) -> &'static str {
         match self {
@@ -48,6 +50,8 @@ pub enum Skip {
 }
 
 impl Skip {
+    pub const ALL: [Skip; 3] = [Skip::NotOptedIn, Skip::OptedOut, Skip::Injected];
+
     /// The `reason` label of `sidewatch_webhook_admissions_total{outcome="skipped"}`.
     pub fn label(self) -> &'static str {
         match self {

@@ -24,6 +24,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Shape,
+        Kind::Annotation,
+        Kind::DeadEnd,
+        Kind::AppContainer,
+        Kind::Target,
+        Kind::AdminPort,
+        Kind::Memory,
+        Kind::Settings,
+    ];
+
     /// The `reason` label of `sidewatch_webhook_admissions_total{outcome="refused"}`.
     pub fn label(self) -> &'static str {
         match self {

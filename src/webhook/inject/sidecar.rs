@@ -49,69 +49,6 @@ pub struct Sidecar<'a> {
 
 impl Sidecar<'_> {
     pub fn container(&self) -> Value {
-        // Leave the app 5 s of its own shutdown inside the grace period, and never more than 25 s.
-        let max = self.grace.saturating_sub(5).clamp(1, 25);
-        let delay = max.min(5);
-        let mut env = vec![
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            // The address the kubelet probes; `${POD_IP}` in the target is replaced by it.
-            field_env("POD_IP", "status.podIP"),
-            value_env("CONTAINER_NAME", CONTAINER),
-            value_env(self.target.0, &self.target.1),
-            // Both families: an IPv6-only pod is probed on its IPv6 address.
-            value_env("SIDEWATCH_LISTEN", &format!("[::]:{}", self.admin_port)),
-            value_env("SIDEWATCH_KUBERNETES_APP_CONTAINER", self.app),
-            value_env("SIDEWATCH_DRAIN_DELAY", &format!("{delay}s")),
-            value_env("SIDEWATCH_DRAIN_MAX", &format!("{max}s")),
-            // sidewatch lingers after the drain until it is scraped, but exits before SIGKILL.
-            value_env(
-                "SIDEWATCH_DRAIN_GRACE_PERIOD",
-                &format!("{}s", self.grace.max(max)),
-            ),
-            value_env("SIDEWATCH_DRAIN_TOKEN_ENV", TOKEN_ENV),
-            value_env(TOKEN_ENV, self.token),
-        ];
-        if let Some(port) = self.drain_port {
-            env.push(value_env("SIDEWATCH_DRAIN_PORT", &port.to_string()));
-        }
-        if !self.kubernetes {
-            env.push(value_env("SIDEWATCH_KUBERNETES_ENABLED", "false"));
-        }
-        if let Some(v) = self.memory_unready_above {
-            env.push(value_env("SIDEWATCH_MEMORY_UNREADY_ABOVE", v));
-        }
-        if let Some(v) = self.drain_readiness {
-            env.push(value_env("SIDEWATCH_DRAIN_READINESS", v));
-        }
-        if self.overload_signal {
-            env.push(value_env("SIDEWATCH_OVERLOAD_SIGNAL", "true"));
-        }
-        let source = match self.memory.source {
-            Memory::AppRoot => "app-root",
-            Memory::Cgroup => "cgroup",
-            Memory::Proc => "proc",
-            Memory::Node => "node",
-            Memory::None | Memory::Auto => "none",
-        };
-        env.push(value_env("SIDEWATCH_MEMORY_SOURCE", source));
-        if self.memory.source == Memory::Node {
-            // `memory.node.agent: auto` is the agent on this address, the pod's own node.
-            env.push(field_env("HOST_IP", "status.hostIP"));
-        }
-        if let Some(pattern) = &self.memory.pattern {
-            env.push(value_env("SIDEWATCH_PROCESS_MATCH", pattern));
-        }
-        if self.memory.source == Memory::Proc && self.app_memory_limit {
-            // The app's limit through the downward API (bytes), for the proc source (the others
-            // read the cgroup's); only when it has one, since without a limit the value would be
-            // the node's allocatable memory.
-            env.push(
-                json!({"name": "SIDEWATCH_MEMORY_LIMIT", "valueFrom": {"resourceFieldRef":
-                {"containerName": self.app, "resource": "limits.memory"}}}),
-            );
-        }
-
         let port = self.admin_port;
         let mut ports = json!({"containerPort": port, "protocol": "TCP"});
         if self.admin_port_named {
@@ -121,7 +58,7 @@ impl Sidecar<'_> {
             "name": CONTAINER,
             "image": self.settings.image,
             "args": ["run"],
-            "env": env,
+            "env": self.env(),
             "ports": [ports],
             "readinessProbe": {"httpGet": {"path": "/readyz", "port": port},
                 "periodSeconds": 1, "failureThreshold": 1},
@@ -148,6 +85,82 @@ impl Sidecar<'_> {
             container["restartPolicy"] = "Always".into();
         }
         container
+    }
+
+    /// The sidecar's whole configuration: what every sidecar gets, then what the pod's
+    /// annotations and the memory source add.
+    fn env(&self) -> Vec<Value> {
+        // Leave the app 5 s of its own shutdown inside the grace period, and never more than 25 s.
+        let max = self.grace.saturating_sub(5).clamp(1, 25);
+        let delay = max.min(5);
+        let mut env = vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            // The address the kubelet probes; `${POD_IP}` in the target is replaced by it.
+            field_env("POD_IP", "status.podIP"),
+            value_env("CONTAINER_NAME", CONTAINER),
+            value_env(self.target.0, &self.target.1),
+            // Both families: an IPv6-only pod is probed on its IPv6 address.
+            value_env("SIDEWATCH_LISTEN", &format!("[::]:{}", self.admin_port)),
+            value_env("SIDEWATCH_KUBERNETES_APP_CONTAINER", self.app),
+            value_env("SIDEWATCH_DRAIN_DELAY", &format!("{delay}s")),
+            value_env("SIDEWATCH_DRAIN_MAX", &format!("{max}s")),
+            // sidewatch lingers after the drain until it is scraped, but exits before SIGKILL.
+            value_env(
+                "SIDEWATCH_DRAIN_GRACE_PERIOD",
+                &format!("{}s", self.grace.max(max)),
+            ),
+            value_env("SIDEWATCH_DRAIN_TOKEN_ENV", TOKEN_ENV),
+            value_env(TOKEN_ENV, self.token),
+        ];
+        self.optional_env(&mut env);
+        self.memory_env(&mut env);
+        env
+    }
+
+    fn optional_env(&self, env: &mut Vec<Value>) {
+        if let Some(port) = self.drain_port {
+            env.push(value_env("SIDEWATCH_DRAIN_PORT", &port.to_string()));
+        }
+        if !self.kubernetes {
+            env.push(value_env("SIDEWATCH_KUBERNETES_ENABLED", "false"));
+        }
+        if let Some(v) = self.memory_unready_above {
+            env.push(value_env("SIDEWATCH_MEMORY_UNREADY_ABOVE", v));
+        }
+        if let Some(v) = self.drain_readiness {
+            env.push(value_env("SIDEWATCH_DRAIN_READINESS", v));
+        }
+        if self.overload_signal {
+            env.push(value_env("SIDEWATCH_OVERLOAD_SIGNAL", "true"));
+        }
+    }
+
+    fn memory_env(&self, env: &mut Vec<Value>) {
+        let source = match self.memory.source {
+            Memory::AppRoot => "app-root",
+            Memory::Cgroup => "cgroup",
+            Memory::Proc => "proc",
+            Memory::Node => "node",
+            Memory::None | Memory::Auto => "none",
+        };
+        env.push(value_env("SIDEWATCH_MEMORY_SOURCE", source));
+        if self.memory.source == Memory::Node {
+            // `memory.node.agent: auto` is the agent on this address, the pod's own node.
+            env.push(field_env("HOST_IP", "status.hostIP"));
+        }
+        if let Some(pattern) = &self.memory.pattern {
+            env.push(value_env("SIDEWATCH_PROCESS_MATCH", pattern));
+        }
+        if self.memory.source == Memory::Proc && self.app_memory_limit {
+            // The app's limit through the downward API (bytes), for the proc source (the others
+            // read the cgroup's); only when it has one, since without a limit the value would be
+            // the node's allocatable memory.
+            env.push(
+                json!({"name": "SIDEWATCH_MEMORY_LIMIT", "valueFrom": {"resourceFieldRef":
+                {"containerName": self.app, "resource": "limits.memory"}}}),
+            );
+        }
     }
 }
 

@@ -87,100 +87,113 @@ fn from_probe(probe: &Value, container: &Value) -> Result<Derived, String> {
         .as_u64()
         .unwrap_or(1)
         .clamp(1, 24 * 60 * 60);
-    let timing = |mut check: Value| {
-        check["name"] = "app".into();
-        check["timeout"] = format!("{timeout}s").into();
-        check
+    let handler = |key: &str| probe.get(key).filter(|v| v.is_object());
+    let mut derived = if let Some(get) = handler("httpGet") {
+        http_get(get, container)?
+    } else if let Some(tcp) = handler("tcpSocket") {
+        tcp_socket(tcp, container)?
+    } else if let Some(grpc) = handler("grpc") {
+        grpc_check(grpc)?
+    } else {
+        return Err("no httpGet, tcpSocket, grpc or exec handler".into());
     };
-    if let Some(get) = probe.get("httpGet").filter(|v| v.is_object()) {
-        let port = resolve_port(&get["port"], container)?;
-        let scheme = match get["scheme"].as_str().unwrap_or("HTTP") {
-            "HTTP" => "http",
-            "HTTPS" => "https",
-            other => {
-                return Err(format!(
-                    "httpGet.scheme {other:?} is neither HTTP nor HTTPS"
-                ))
-            }
-        };
-        let host = get["host"]
-            .as_str()
-            .filter(|h| !h.is_empty())
-            .map_or_else(|| POD_IP.to_owned(), bracket);
-        let url = format!(
-            "{scheme}://{host}:{port}{}",
-            kubelet_path(get["path"].as_str())
-        );
-        let mut http = json!({"url": url});
-        let mut described = url.clone();
-        let headers: Vec<Value> = get["httpHeaders"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|h| Some(json!({"name": h["name"].as_str()?, "value": h["value"].as_str().unwrap_or("")})))
-            .collect();
-        if !headers.is_empty() {
-            let names: Vec<&str> = headers.iter().filter_map(|h| h["name"].as_str()).collect();
-            described.push_str(&format!(" with headers {}", names.join(", ")));
-            http["headers"] = headers.into();
+    derived.probe["name"] = "app".into();
+    derived.probe["timeout"] = format!("{timeout}s").into();
+    Ok(derived)
+}
+
+/// An `httpGet` handler: the URL the kubelet asks, its headers, and how it treats TLS and HTTP/2.
+fn http_get(get: &Value, container: &Value) -> Result<Derived, String> {
+    let port = resolve_port(&get["port"], container)?;
+    let scheme = match get["scheme"].as_str().unwrap_or("HTTP") {
+        "HTTP" => "http",
+        "HTTPS" => "https",
+        other => {
+            return Err(format!(
+                "httpGet.scheme {other:?} is neither HTTP nor HTTPS"
+            ))
         }
-        if scheme == "https" {
-            // The kubelet does not verify the app's certificate: an app with one for its Service
-            // name (or a self-signed one) passes its probe, so it must pass ours.
-            http["insecure_skip_verify"] = true.into();
-            described.push_str(", certificate not verified (as the kubelet)");
-        }
-        // `httpGet.protocol` (Kubernetes after 1.36, not in any client model yet): HTTP2 is h2c.
-        if get["protocol"].as_str() == Some("HTTP2") {
-            http["http_version"] = "2".into();
-            described.push_str(", HTTP/2");
-        }
-        return Ok(Derived {
-            probe: timing(json!({"http": http})),
-            described,
-            port: Some(port),
-            notes: Vec::new(),
-        });
+    };
+    let host = get["host"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| POD_IP.to_owned(), bracket);
+    let url = format!(
+        "{scheme}://{host}:{port}{}",
+        kubelet_path(get["path"].as_str())
+    );
+    let mut http = json!({"url": url});
+    let mut described = url.clone();
+    let headers: Vec<Value> = get["httpHeaders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| {
+            Some(json!({"name": h["name"].as_str()?, "value": h["value"].as_str().unwrap_or("")}))
+        })
+        .collect();
+    if !headers.is_empty() {
+        let names: Vec<&str> = headers.iter().filter_map(|h| h["name"].as_str()).collect();
+        described.push_str(&format!(" with headers {}", names.join(", ")));
+        http["headers"] = headers.into();
     }
-    if let Some(tcp) = probe.get("tcpSocket").filter(|v| v.is_object()) {
-        let port = resolve_port(&tcp["port"], container)?;
-        let host = tcp["host"]
-            .as_str()
-            .filter(|h| !h.is_empty())
-            .map_or_else(|| POD_IP.to_owned(), bracket);
-        let address = format!("{host}:{port}");
-        return Ok(Derived {
-            probe: timing(json!({"tcp": {"address": address}})),
-            described: format!("tcp://{address}"),
-            port: Some(port),
-            notes: Vec::new(),
-        });
+    if scheme == "https" {
+        // The kubelet does not verify the app's certificate: an app with one for its Service
+        // name (or a self-signed one) passes its probe, so it must pass ours.
+        http["insecure_skip_verify"] = true.into();
+        described.push_str(", certificate not verified (as the kubelet)");
     }
-    if let Some(grpc) = probe.get("grpc").filter(|v| v.is_object()) {
-        // gRPC probes take a number only (the API refuses a name).
-        let port = grpc["port"]
-            .as_u64()
-            .ok_or("grpc.port is not a number")
-            .and_then(|p| checked_port(p).map_err(|_| "grpc.port is out of range"))?;
-        // `service` may be null, or absent: both ask about the server as a whole.
-        let service = grpc["service"].as_str().unwrap_or("");
-        let address = format!("{POD_IP}:{port}");
-        let mut check = json!({"address": address, "service": service});
-        let mut described = format!("grpc://{address}/{service}");
-        // `grpc.mode` (Kubernetes after 1.36): TLS, with the certificate not verified.
-        if grpc["mode"].as_str() == Some("TLS") {
-            check["tls"] = true.into();
-            check["insecure_skip_verify"] = true.into();
-            described = format!("grpcs://{address}/{service}, certificate not verified");
-        }
-        return Ok(Derived {
-            probe: timing(json!({"grpc": check})),
-            described,
-            port: Some(port),
-            notes: Vec::new(),
-        });
+    // `httpGet.protocol` (Kubernetes after 1.36, not in any client model yet): HTTP2 is h2c.
+    if get["protocol"].as_str() == Some("HTTP2") {
+        http["http_version"] = "2".into();
+        described.push_str(", HTTP/2");
     }
-    Err("no httpGet, tcpSocket, grpc or exec handler".into())
+    Ok(Derived {
+        probe: json!({"http": http}),
+        described,
+        port: Some(port),
+        notes: Vec::new(),
+    })
+}
+
+fn tcp_socket(tcp: &Value, container: &Value) -> Result<Derived, String> {
+    let port = resolve_port(&tcp["port"], container)?;
+    let host = tcp["host"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| POD_IP.to_owned(), bracket);
+    let address = format!("{host}:{port}");
+    Ok(Derived {
+        probe: json!({"tcp": {"address": address}}),
+        described: format!("tcp://{address}"),
+        port: Some(port),
+        notes: Vec::new(),
+    })
+}
+
+fn grpc_check(grpc: &Value) -> Result<Derived, String> {
+    // gRPC probes take a number only (the API refuses a name).
+    let port = grpc["port"]
+        .as_u64()
+        .ok_or("grpc.port is not a number")
+        .and_then(|p| checked_port(p).map_err(|_| "grpc.port is out of range"))?;
+    // `service` may be null, or absent: both ask about the server as a whole.
+    let service = grpc["service"].as_str().unwrap_or("");
+    let address = format!("{POD_IP}:{port}");
+    let mut check = json!({"address": address, "service": service});
+    let mut described = format!("grpc://{address}/{service}");
+    // `grpc.mode` (Kubernetes after 1.36): TLS, with the certificate not verified.
+    if grpc["mode"].as_str() == Some("TLS") {
+        check["tls"] = true.into();
+        check["insecure_skip_verify"] = true.into();
+        described = format!("grpcs://{address}/{service}, certificate not verified");
+    }
+    Ok(Derived {
+        probe: json!({"grpc": check}),
+        described,
+        port: Some(port),
+        notes: Vec::new(),
+    })
 }
 
 /// A probe's port: a number, or the name of one of the container's ports.
