@@ -30,6 +30,12 @@ impl Tasks {
         }
     }
 
+    /// Tasks of a command with one runtime (the webhook, the node agent): spawned on the
+    /// current one, tracked together, their deaths in `liveness`.
+    pub fn here(liveness: &Liveness) -> Self {
+        Tasks::new(Handle::current(), liveness.clone(), TaskTracker::new())
+    }
+
     /// The same tasks (one liveness, one tracker), spawned on `runtime` instead: the admin
     /// server stays off the watch runtime (a flood on its port must not delay a probe) and the
     /// demo's sample app with it, yet both are watched and waited for with the rest.

@@ -147,11 +147,7 @@ pub async fn run(args: NodeArgs) -> Result<(), StartError> {
     let metrics = NodeMetrics::new(&registry);
     let shutdown = CancellationToken::new();
     let liveness = Liveness::default();
-    let tasks = Tasks::new(
-        tokio::runtime::Handle::current(),
-        liveness.clone(),
-        tokio_util::task::TaskTracker::new(),
-    );
+    let tasks = Tasks::here(&liveness);
     let agent = std::sync::Arc::new(Agent {
         root,
         client,

@@ -137,11 +137,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     // Every task on the one tracked path: a dead one fails `/healthz`, and the stop waits for all.
     let shutdown = CancellationToken::new();
     let liveness = Liveness::default();
-    let tasks = Tasks::new(
-        tokio::runtime::Handle::current(),
-        liveness.clone(),
-        tokio_util::task::TaskTracker::new(),
-    );
+    let tasks = Tasks::here(&liveness);
     tasks.spawn(
         "certificate reload",
         &shutdown,
