@@ -29,7 +29,7 @@ async fn sigterm_during_start_up_exits_zero_at_once() {
         common::skip_or_fail("mkfifo is not available");
         return;
     }
-    let mut child = Command::new(common::bin())
+    let mut child = common::sidewatch_command()
         .args(["run", "--target", "http://127.0.0.1:9/", "--cgroup", "none"])
         .args(["--listen", "127.0.0.1:0"])
         .env("KUBECONFIG", &fifo)
@@ -84,7 +84,7 @@ async fn sigterm_during_start_up_exits_zero_at_once() {
 /// Ctrl-C in the middle of the demo ends it at once, exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_ends_at_once_on_sigint() {
-    let mut child = Command::new(common::bin())
+    let mut child = common::sidewatch_command()
         .args(["demo", "--listen", "127.0.0.1:0", "--phase", "5s"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
