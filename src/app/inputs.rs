@@ -56,6 +56,8 @@ pub(crate) struct Wiring<'a> {
     /// connections out of the app's.
     pub own: &'a Arc<OwnSockets>,
     pub watched_port: Option<u16>,
+    /// The overload judge's state, which the agent endpoint reads.
+    pub overloaded: &'a watch::Sender<bool>,
 }
 
 impl Part {
@@ -160,6 +162,7 @@ pub(crate) fn declare(
                     inputs: overload.signal.then(|| w.inputs.clone()),
                     config: overload,
                     metrics: OverloadMetrics::new(w.registry),
+                    judged: w.overloaded.clone(),
                 };
                 w.tasks.spawn("overload", w.shutdown, watcher.run());
             }),

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::agent::{Agent, AgentMetrics};
 use crate::config::Config;
 use crate::drain::{Access, Drain, DrainMetrics};
 use crate::engine::bus::Published;
@@ -88,6 +89,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let traffic = inputs::traffic_watcher(&config, accepted.clone(), own.clone())?;
     let watched_port = traffic.as_ref().map(TrafficWatcher::port);
     let traffic_on = traffic.is_some();
+    let agent_listener = match config.agent.listen {
+        Some(addr) => Some(
+            crate::net::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     let access = Access {
         token: config.drain.token().map_err(StartError::NoDrainToken)?,
     };
@@ -112,6 +121,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &tasks,
         &shutdown,
     );
+    let (overloaded, overloaded_rx) = watch::channel(false);
     let wiring = inputs::Wiring {
         registry: &registry,
         inputs: &inputs_tx,
@@ -121,6 +131,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         verdict: &verdict,
         own: &own,
         watched_port,
+        overloaded: &overloaded,
     };
     for part in parts {
         part.start(&wiring);
@@ -136,11 +147,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         accepted,
         scraped: watch::Sender::new(None),
     });
+    let here = tasks.on(tokio::runtime::Handle::current());
+    if let Some(listener) = agent_listener {
+        // Beside the admin server, off the watch runtime: a flood on the agent port must not
+        // delay a probe.
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(agent = %addr, "agent: answering HAProxy's agent checks");
+        }
+        let agent = Agent {
+            config: config.agent.clone(),
+            verdict: verdict.clone(),
+            overloaded: overloaded_rx,
+            metrics: AgentMetrics::new(&admin.registry),
+            accepted: admin.accepted.clone(),
+        };
+        here.spawn("agent", &shutdown, agent.serve(listener, shutdown.clone()));
+    }
     let scraped = admin.scraped.subscribe();
     // On this runtime, off the watch one. If it dies, /livez cannot answer at all: the kubelet's
     // probe fails on the refused connection, which is the restart /livez would have asked for.
     let server = server::serve(listener, admin, shutdown.clone());
-    let here = tasks.on(tokio::runtime::Handle::current());
     here.spawn_graceful("admin server", &shutdown, server);
     Ok(Running {
         local_addr,

@@ -10,6 +10,7 @@ mod netns;
 mod pki;
 
 mod admin;
+mod agent_check;
 mod cli;
 mod clock;
 mod drain;
