@@ -235,6 +235,18 @@ async fn haproxy_takes_the_server_down_ramps_it_back_and_drains_it_as_the_agent_
     });
     lb.wait_state("s1 in DRAIN", |s, _| s.starts_with("DRAIN"))
         .await;
+    // A new connection is not sent to s1 (the only server: HAProxy closes it unanswered).
+    let before = lb.server().await.unwrap()["stot"].clone();
+    let mut new = TcpStream::connect(lb.front).await.unwrap();
+    let _ = new.write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    let mut refused = Vec::new();
+    let _ = tokio::time::timeout(WITHIN, new.read_to_end(&mut refused)).await;
+    assert!(
+        refused.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    assert_eq!(lb.server().await.unwrap()["stot"], before);
     held.write_all(b"GET /work HTTP/1.1\r\nhost: app\r\n\r\n")
         .await
         .unwrap();
