@@ -43,7 +43,8 @@ fn the_agent_port_is_opened_named_and_given_to_the_sidecar() {
 
     // A name the pod has taken is left off, and said; the app's port is whole.
     let mut app = web();
-    app["ports"] = json!([{"name": "sw-agent", "containerPort": 8080}]);
+    app["ports"] = json!([{"name": "http", "containerPort": 8080},
+        {"name": "sw-agent", "containerPort": 8081}]);
     let (out, warnings) = injected(&pod(asking("9500"), app.clone()));
     assert_eq!(out["spec"]["containers"][0]["ports"], app["ports"]);
     let entry = agent_entry(&out["spec"]["initContainers"][0]).unwrap();
