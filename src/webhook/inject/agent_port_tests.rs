@@ -16,11 +16,7 @@ fn agent_entry(sidecar: &Value) -> Option<&Value> {
         .find(|p| p["containerPort"] != sidecar["readinessProbe"]["httpGet"]["port"])
 }
 
-// The sidecar accepts SIDEWATCH_AGENT_LISTEN only with the agent-check endpoint's config section
-// (branch `agent`); until then the injector refuses the pod as `settings` rather than give it a
-// sidecar that cannot start. After merging it, drop the `ignore`.
 #[test]
-#[ignore = "needs the agent.* config section (SIDEWATCH_AGENT_LISTEN) of the agent branch"]
 fn the_agent_port_is_opened_named_and_given_to_the_sidecar() {
     let (out, warnings) = injected(&pod(asking("true"), web()));
     assert!(warnings.is_empty(), "{warnings:?}");
