@@ -65,6 +65,9 @@ pub struct Agent {
 impl Agent {
     /// Serves until `stop`; connections under way end on their own within `CONNECTION_WITHIN`.
     pub async fn serve(mut self, listener: TcpListener, stop: CancellationToken) {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(agent = %addr, "agent: answering HAProxy's agent checks");
+        }
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut ramp = Ramp::default();
         ramp.see(&self.verdict.borrow_and_update().verdict, Instant::now());
