@@ -22,4 +22,5 @@ mod overload;
 mod page;
 mod parsers;
 mod probes;
+mod threads;
 mod tls;
