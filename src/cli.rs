@@ -73,19 +73,19 @@ pub fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(e) => return config_failed(&e),
             };
-            block_on(crate::app::run(config))
+            block_on(1, crate::app::run(config))
         }
         Command::Webhook(args) => {
             logging::init(LogFormat::Text, "info");
-            block_on(crate::webhook::run(args))
+            block_on(2, crate::webhook::run(args))
         }
         Command::Node(args) => {
             logging::init(LogFormat::Text, "info");
-            block_on(async move { Ok(crate::node::run(args).await?) })
+            block_on(2, async move { Ok(crate::node::run(args).await?) })
         }
         Command::Demo(args) => {
             logging::init(LogFormat::Text, "warn");
-            block_on(crate::demo::run(args))
+            block_on(1, crate::demo::run(args))
         }
     }
 }
@@ -95,9 +95,18 @@ fn config_failed(e: &config::ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+/// Runs a command on `workers` threads, whatever the node's CPU count: an injected sidecar has
+/// no CPU limit, and tokio's default (a worker per CPU) would start 64 on a 64-core node. The
+/// sidecar's one worker serves its ports (the probes have a thread of their own); the webhook's
+/// and the node agent's two keep a TLS handshake or a stream from holding up the rest.
+fn block_on(
+    workers: usize,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(workers)
+        .max_blocking_threads(crate::lifecycle::BLOCKING_THREADS)
         .thread_name("sidewatch-serve")
         .build()
     {

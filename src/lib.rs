@@ -2,6 +2,7 @@
 //! rotation before clients see 502s. See README.md and DESIGN.md for the contract.
 #![deny(unsafe_code)] // allowed in `sys` alone
 
+pub(crate) mod agent;
 pub(crate) mod app;
 pub mod cli;
 pub mod config;

@@ -9,6 +9,11 @@
 
 use std::future::Future;
 
+/// Threads each runtime may start for blocking calls (file reads, the overload watch's netlink
+/// dump, the drain's socket look): few are ever under way at once, and the count must not grow
+/// with the node (tokio's default allows 512).
+pub const BLOCKING_THREADS: usize = 2;
+
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Debug, thiserror::Error)]

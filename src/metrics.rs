@@ -46,7 +46,8 @@ pub(crate) use label_values;
 
 label_values! {
     /// The parts of sidewatch that can be on or off: the `feature` label of `sidewatch_features`.
-    /// Each input declares its own (`app::inputs`); the drain's traffic watch is the drain's.
+    /// Each input declares its own (`app::inputs`); the drain's traffic watch is the drain's, the
+    /// agent endpoint an output's.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
     pub enum Feature {
         Probes => "probes",
@@ -55,6 +56,7 @@ label_values! {
         Kubernetes => "kubernetes",
         DrainTraffic => "drain_traffic",
         Overload => "overload",
+        Agent => "agent",
     }
 }
 

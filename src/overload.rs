@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::engine::bus::Input;
 use crate::engine::{Observation, Signal};
@@ -130,6 +130,8 @@ pub struct OverloadWatcher {
     pub metrics: OverloadMetrics,
     /// With `overload.signal`.
     pub inputs: Option<mpsc::Sender<Input>>,
+    /// The judge's state, for the agent endpoint's `agent.overload_weight`.
+    pub judged: watch::Sender<bool>,
 }
 
 impl OverloadWatcher {
@@ -183,6 +185,8 @@ impl OverloadWatcher {
             }
             let overloaded = judge.look(Instant::now(), queue.map(|q| q.fullest), dropped > 0);
             self.metrics.overloaded.set(i64::from(overloaded));
+            self.judged
+                .send_if_modified(|was| std::mem::replace(was, overloaded) != overloaded);
             let was = said.replace(overloaded);
             if was == Some(overloaded) {
                 continue;

@@ -56,6 +56,8 @@ pub(crate) struct Wiring<'a> {
     /// connections out of the app's.
     pub own: &'a Arc<OwnSockets>,
     pub watched_port: Option<u16>,
+    /// The overload judge's state, which the agent endpoint reads.
+    pub overloaded: &'a watch::Sender<bool>,
 }
 
 impl Part {
@@ -93,83 +95,111 @@ pub(crate) fn declare(
     if !config.probes.0.is_empty() {
         parts.push(probes(config)?);
     }
+    // The pod watch passes the app container's ID and limit to the memory watcher, and the
+    // memory watcher its OOM kills to the pod watch's Events.
     let (app_tx, app_rx) = watch::channel(AppContainer::default());
     let (notices_tx, notices_rx) = mpsc::channel(16);
     let kube = identity.is_some();
     if let Some(plan) = memory_plan {
-        let discovery = Discovery::new(kube.then_some(app_rx));
-        let memory_config = config.memory.clone();
-        let notices = kube.then(|| notices_tx.clone());
-        let reasons = |m| match m {
-            Memory::Usage => &[Reason::MemoryHigh][..],
-            Memory::Pressure => &[Reason::MemoryPressure],
-            Memory::Trend => &[Reason::OomPredicted],
-            Memory::Oom => &[Reason::OomKilled],
-        };
-        parts.push(Part {
-            feature: Feature::Memory,
-            signals: Memory::ALL
-                .iter()
-                .map(|&m| single(Signal::Memory(m), reasons(m)))
-                .collect(),
-            start: Box::new(move |w| {
-                let watcher = MemoryWatcher {
-                    discovery,
-                    plan,
-                    config: memory_config,
-                    inputs: w.inputs.clone(),
-                    metrics: MemoryMetrics::new(w.registry),
-                    notices,
-                    tasks: w.tasks.scope(w.shutdown),
-                };
-                w.tasks.spawn("memory", w.shutdown, watcher.run());
-            }),
-        });
+        let app = kube.then_some(app_rx);
+        parts.push(memory(config, plan, app, kube.then(|| notices_tx.clone())));
     }
-    if let Some(pattern) = config.process.pattern.clone() {
-        let poll = config.memory.interval;
-        parts.push(Part {
-            feature: Feature::Process,
-            signals: vec![single(Signal::Process, &[Reason::ProcessExited])],
-            start: Box::new(move |w| {
-                let watcher = ProcessWatcher {
-                    pattern,
-                    poll,
-                    inputs: w.inputs.clone(),
-                    exits: process::exits_metric(w.registry),
-                };
-                w.tasks
-                    .spawn(Signal::Process.to_string(), w.shutdown, watcher.run());
-            }),
-        });
-    }
-    // The accept queue is watched (and its metrics exported) wherever there is an app port; it
-    // is a signal only with `overload.signal`.
-    if let Some(port) = config.app_port() {
-        let overload = config.overload.clone();
-        parts.push(Part {
-            feature: Feature::Overload,
-            signals: overload
-                .signal
-                .then(|| single(Signal::Overload, &[Reason::Overloaded]))
-                .into_iter()
-                .collect(),
-            start: Box::new(move |w| {
-                let watcher = OverloadWatcher {
-                    watch: ListenWatch::new(port),
-                    inputs: overload.signal.then(|| w.inputs.clone()),
-                    config: overload,
-                    metrics: OverloadMetrics::new(w.registry),
-                };
-                w.tasks.spawn("overload", w.shutdown, watcher.run());
-            }),
-        });
-    }
+    parts.extend(process(config));
+    parts.extend(overload(config));
     let Some(identity) = identity else {
         return Ok((parts, None));
     };
+    parts.push(pod_watch(config, identity, app_tx, notices_rx));
+    Ok((parts, Some(notices_tx)))
+}
+
+fn memory(
+    config: &Config,
+    plan: memory::Plan,
+    app: Option<watch::Receiver<AppContainer>>,
+    notices: Option<mpsc::Sender<Notice>>,
+) -> Part {
+    let discovery = Discovery::new(app);
+    let memory_config = config.memory.clone();
+    let reasons = |m| match m {
+        Memory::Usage => &[Reason::MemoryHigh][..],
+        Memory::Pressure => &[Reason::MemoryPressure],
+        Memory::Trend => &[Reason::OomPredicted],
+        Memory::Oom => &[Reason::OomKilled],
+    };
+    Part {
+        feature: Feature::Memory,
+        signals: Memory::ALL
+            .iter()
+            .map(|&m| single(Signal::Memory(m), reasons(m)))
+            .collect(),
+        start: Box::new(move |w| {
+            let watcher = MemoryWatcher {
+                discovery,
+                plan,
+                config: memory_config,
+                inputs: w.inputs.clone(),
+                metrics: MemoryMetrics::new(w.registry),
+                notices,
+                tasks: w.tasks.scope(w.shutdown),
+            };
+            w.tasks.spawn("memory", w.shutdown, watcher.run());
+        }),
+    }
+}
+
+fn process(config: &Config) -> Option<Part> {
+    let pattern = config.process.pattern.clone()?;
+    let poll = config.memory.interval;
+    Some(Part {
+        feature: Feature::Process,
+        signals: vec![single(Signal::Process, &[Reason::ProcessExited])],
+        start: Box::new(move |w| {
+            let watcher = ProcessWatcher {
+                pattern,
+                poll,
+                inputs: w.inputs.clone(),
+                exits: process::exits_metric(w.registry),
+            };
+            w.tasks
+                .spawn(Signal::Process.to_string(), w.shutdown, watcher.run());
+        }),
+    })
+}
+
+/// The accept queue is watched (and its metrics exported) wherever there is an app port; it is
+/// a signal only with `overload.signal`.
+fn overload(config: &Config) -> Option<Part> {
+    let port = config.app_port()?;
+    let overload = config.overload.clone();
+    Some(Part {
+        feature: Feature::Overload,
+        signals: overload
+            .signal
+            .then(|| single(Signal::Overload, &[Reason::Overloaded]))
+            .into_iter()
+            .collect(),
+        start: Box::new(move |w| {
+            let watcher = OverloadWatcher {
+                watch: ListenWatch::new(port),
+                inputs: overload.signal.then(|| w.inputs.clone()),
+                config: overload,
+                metrics: OverloadMetrics::new(w.registry),
+                judged: w.overloaded.clone(),
+            };
+            w.tasks.spawn("overload", w.shutdown, watcher.run());
+        }),
+    })
+}
+
+fn pod_watch(
+    config: &Config,
+    identity: Identity,
+    app: watch::Sender<AppContainer>,
+    notices: mpsc::Receiver<Notice>,
+) -> Part {
     let kube_config = config.kubernetes.clone();
-    parts.push(Part {
+    Part {
         feature: Feature::Kubernetes,
         signals: vec![
             // An app container's restart, OOMKilled ones apart, with memory watched or not.
@@ -186,13 +216,12 @@ pub(crate) fn declare(
                 inputs: w.inputs.clone(),
                 metrics: KubeMetrics::new(w.registry),
                 verdict: w.verdict.clone(),
-                notices: notices_rx,
-                app: app_tx,
+                notices,
+                app,
             };
             watcher.spawn(w.tasks, w.shutdown);
         }),
-    });
-    Ok((parts, Some(notices_tx)))
+    }
 }
 
 /// The probes, each with its own thresholds and the reasons of its kind.

@@ -4,12 +4,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::agent::{Agent, AgentMetrics};
 use crate::config::Config;
 use crate::drain::{Access, Drain, DrainMetrics};
 use crate::engine::bus::Published;
@@ -52,24 +54,8 @@ pub enum StartError {
 
 /// Starts everything; must be called inside a tokio runtime, which then serves the admin port.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let (memory_plan, memory_why) = memory::plan(
-        &config.memory,
-        config.process.pattern.as_deref(),
-        config.kubernetes.app_container.as_deref(),
-    )?;
-    match &memory_plan {
-        Some(_) => tracing::info!(source = %memory_why, "memory: source chosen"),
-        None => tracing::info!(why = %memory_why, "memory: no source, memory signals off"),
-    }
-    if config.probes.0.is_empty() && memory_plan.is_none() && config.process.pattern.is_none() {
-        return Err(StartError::NothingToWatch);
-    }
-    let listener = crate::net::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let (memory_plan, memory_why) = plan_memory(&config)?;
+    let listener = bind(config.listen).await?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -88,6 +74,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let traffic = inputs::traffic_watcher(&config, accepted.clone(), own.clone())?;
     let watched_port = traffic.as_ref().map(TrafficWatcher::port);
     let traffic_on = traffic.is_some();
+    let agent_listener = match config.agent.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let access = Access {
         token: config.drain.token().map_err(StartError::NoDrainToken)?,
     };
@@ -112,6 +102,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &tasks,
         &shutdown,
     );
+    let (overloaded, overloaded_rx) = watch::channel(false);
     let wiring = inputs::Wiring {
         registry: &registry,
         inputs: &inputs_tx,
@@ -121,6 +112,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         verdict: &verdict,
         own: &own,
         watched_port,
+        overloaded: &overloaded,
     };
     for part in parts {
         part.start(&wiring);
@@ -136,12 +128,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         accepted,
         scraped: watch::Sender::new(None),
     });
-    let scraped = admin.scraped.subscribe();
-    // On this runtime, off the watch one. If it dies, /livez cannot answer at all: the kubelet's
-    // probe fails on the refused connection, which is the restart /livez would have asked for.
-    let server = server::serve(listener, admin, shutdown.clone());
     let here = tasks.on(tokio::runtime::Handle::current());
-    here.spawn_graceful("admin server", &shutdown, server);
+    let agent = agent_listener.map(|listener| {
+        let agent = Agent {
+            config: config.agent.clone(),
+            verdict: verdict.clone(),
+            overloaded: overloaded_rx,
+            metrics: AgentMetrics::new(&admin.registry),
+            accepted: admin.accepted.clone(),
+        };
+        (agent, listener)
+    });
+    let scraped = serve_outputs(&here, &shutdown, admin, listener, agent);
     Ok(Running {
         local_addr,
         verdict,
@@ -150,6 +148,49 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         tasks,
     })
+}
+
+/// The memory source, or why there is none; an error when nothing at all would be watched.
+fn plan_memory(config: &Config) -> Result<(Option<memory::Plan>, String), StartError> {
+    let (plan, why) = memory::plan(
+        &config.memory,
+        config.process.pattern.as_deref(),
+        config.kubernetes.app_container.as_deref(),
+    )?;
+    match &plan {
+        Some(_) => tracing::info!(source = %why, "memory: source chosen"),
+        None => tracing::info!(why = %why, "memory: no source, memory signals off"),
+    }
+    if config.probes.0.is_empty() && plan.is_none() && config.process.pattern.is_none() {
+        return Err(StartError::NothingToWatch);
+    }
+    Ok((plan, why))
+}
+
+/// The ports sidewatch answers on, on the caller's runtime, off the watch one: a flood on them
+/// must not delay a probe. If the admin server dies, /livez cannot answer at all: the kubelet's
+/// probe fails on the refused connection, which is the restart /livez would have asked for.
+/// Hands back when `/metrics` was last scraped, for the linger after a drain.
+fn serve_outputs(
+    here: &Tasks,
+    shutdown: &CancellationToken,
+    admin: Arc<Admin>,
+    listener: TcpListener,
+    agent: Option<(Agent, TcpListener)>,
+) -> watch::Receiver<Option<Instant>> {
+    if let Some((agent, listener)) = agent {
+        here.spawn("agent", shutdown, agent.serve(listener, shutdown.clone()));
+    }
+    let scraped = admin.scraped.subscribe();
+    let server = server::serve(listener, admin, shutdown.clone());
+    here.spawn_graceful("admin server", shutdown, server);
+    scraped
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    crate::net::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
 }
 
 mod run;

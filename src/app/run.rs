@@ -41,6 +41,7 @@ pub(super) fn spawn_watch_runtime(
         .spawn(move || {
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(crate::lifecycle::BLOCKING_THREADS)
                 .build()
             {
                 Ok(rt) => {

@@ -44,7 +44,7 @@ fn the_metric_table_lists_exactly_the_registered_metrics() {
         always(r, false);
         MemoryMetrics::new(r);
     });
-    let parts: [(&str, BTreeSet<String>, &BTreeSet<String>); 9] = [
+    let parts: [(&str, BTreeSet<String>, &BTreeSet<String>); 10] = [
         ("always", base.clone(), &BTreeSet::new()),
         (
             "probes",
@@ -93,6 +93,14 @@ fn the_metric_table_lists_exactly_the_registered_metrics() {
             names(|r| {
                 always(r, false);
                 crate::overload::OverloadMetrics::new(r);
+            }),
+            &base,
+        ),
+        (
+            "agent",
+            names(|r| {
+                always(r, false);
+                crate::agent::AgentMetrics::new(r);
             }),
             &base,
         ),

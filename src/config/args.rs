@@ -23,6 +23,10 @@ pub struct Overrides {
     /// Address of the admin server (/readyz, /metrics, /drain).
     #[arg(long, env = "SIDEWATCH_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Address of HAProxy's agent-check endpoint (agent.listen; its variable is the config key's,
+    /// SIDEWATCH_AGENT_LISTEN), e.g. [::]:9466. Off unless set.
+    #[arg(long)]
+    pub agent_listen: Option<SocketAddr>,
     /// Time between checks, for every probe (e.g. 250ms, 1s).
     #[arg(long, env = "SIDEWATCH_INTERVAL", value_parser = duration::parse)]
     pub interval: Option<Duration>,

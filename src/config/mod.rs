@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod args;
+pub use crate::agent::config::{AgentConfig, Weight};
 pub use crate::drain::config::DrainConfig;
 pub use crate::kubernetes::config::KubernetesConfig;
 pub use crate::memory::config::{CgroupSetting, MemoryConfig, MemorySource};
@@ -57,6 +58,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub drain: DrainConfig,
     pub overload: OverloadConfig,
+    pub agent: AgentConfig,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             drain: DrainConfig::default(),
             overload: OverloadConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }
@@ -106,6 +109,10 @@ pub fn load(
     apply_overrides(&mut config, overrides)?;
     config.memory.validate().map_err(invalid("memory"))?;
     config.drain.validate().map_err(invalid("drain"))?;
+    config
+        .agent
+        .validate(config.app_port())
+        .map_err(invalid("agent"))?;
     if config.overload.signal && config.app_port().is_none() {
         return Err(ConfigError::Invalid {
             section: "overload",
@@ -316,6 +323,9 @@ fn env_names(tree: &serde_json::Value) -> Vec<String> {
 fn apply_overrides(config: &mut Config, o: &Overrides) -> Result<(), ConfigError> {
     if let Some(listen) = o.listen {
         config.listen = listen;
+    }
+    if let Some(listen) = o.agent_listen {
+        config.agent.listen = Some(listen);
     }
     if let Some(setting) = &o.cgroup {
         match setting {

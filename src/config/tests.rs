@@ -314,3 +314,81 @@ fn the_node_source_is_set_by_the_environment() {
         crate::memory::config::NodeConfig::default().token_file
     );
 }
+
+#[test]
+fn the_section_is_off_by_default_and_set_by_file_env_and_flag_in_that_order() {
+    let off = load(
+        None,
+        env(&[("SIDEWATCH_TARGET", "x")]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(off.agent, crate::config::AgentConfig::default());
+    let file = std::env::temp_dir().join(format!("sidewatch-agent-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        "drain: {port: 8080}\nagent: {listen: '127.0.0.1:9466', overload_weight: 50%, slow_start: 30s}\n",
+    )
+    .unwrap();
+    let c = load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+    assert_eq!(c.agent.listen, Some("127.0.0.1:9466".parse().unwrap()));
+    assert_eq!(c.agent.overload_weight, Some(crate::config::Weight(50)));
+    assert_eq!(c.agent.slow_start, Some(Duration::from_secs(30)));
+    let env = env(&[
+        ("SIDEWATCH_AGENT_LISTEN", "[::]:9467"),
+        ("SIDEWATCH_AGENT_OVERLOAD_WEIGHT", "25%"),
+        ("SIDEWATCH_AGENT_SLOW_START", "10s"),
+    ]);
+    let c = load(Some(&file), env.clone(), &Overrides::default()).unwrap();
+    assert_eq!(c.agent.listen, Some("[::]:9467".parse().unwrap()));
+    assert_eq!(c.agent.overload_weight, Some(crate::config::Weight(25)));
+    assert_eq!(c.agent.slow_start, Some(Duration::from_secs(10)));
+    let flag = Overrides {
+        agent_listen: Some("127.0.0.1:1".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let c = load(Some(&file), env, &flag).unwrap();
+    assert_eq!(c.agent.listen, Some("127.0.0.1:1".parse().unwrap()));
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn a_bad_value_is_named_with_its_line_field_or_variable() {
+    let text = "listen: 127.0.0.1:9102\nagent:\n  listen: '[::]:9466'\n  overload_weight: 0%\n";
+    match parse_str(text, Path::new("/etc/sw.yaml")) {
+        Err(ConfigError::File {
+            line,
+            field,
+            message,
+            ..
+        }) => {
+            assert_eq!(
+                (line, field.as_str()),
+                (4, "agent.overload_weight"),
+                "{message}"
+            );
+            assert!(message.contains("1% to 100%"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = load(
+        None,
+        env(&[("SIDEWATCH_AGENT_SLOW_START", "soon")]),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("SIDEWATCH_AGENT_SLOW_START"), "{err}");
+    // The overload judge needs an app port: a TCP probe's, or drain.port.
+    let err = load(
+        None,
+        env(&[
+            ("SIDEWATCH_AGENT_LISTEN", "[::]:9466"),
+            ("SIDEWATCH_AGENT_OVERLOAD_WEIGHT", "50%"),
+        ]),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("agent.overload_weight"), "{err}");
+}

@@ -178,6 +178,7 @@ async fn start_sidewatch(
         },
         process: ProcessConfig::default(),
         overload: Default::default(),
+        agent: Default::default(),
         kubernetes: KubernetesConfig {
             enabled: Switch::Off,
             ..KubernetesConfig::default()

@@ -1,6 +1,7 @@
 //! What users install from this repository: the Dockerfile passes hadolint, and `deploy/`
 //! renders with `kubectl kustomize` and validates against the schemas of every supported
-//! Kubernetes (`common::KUBERNETES`), with a sidewatch configuration the binary itself accepts.
+//! Kubernetes (`common::KUBERNETES`), with a sidewatch configuration the binary itself accepts;
+//! the load balancer examples of `deploy/examples/` validate where a schema exists.
 
 #[allow(unused_imports)]
 use crate::common;
@@ -104,4 +105,137 @@ fn the_example_sidecar_configuration_is_one_sidewatch_accepts() {
     );
     assert_eq!(config["drain"]["grace_period"], format!("{grace}s"));
     assert!(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).exists());
+}
+
+/// The custom resources of `deploy/examples/`: this repository carries no schema for them (the
+/// Kubernetes schemas know only the core kinds), so they are checked for shape only.
+const EXAMPLE_CRDS: [&str; 7] = [
+    "TargetGroupBinding",
+    "BackendConfig",
+    "HealthCheckPolicy",
+    "HTTPRoute",
+    "BackendTrafficPolicy",
+    "DestinationRule",
+    "IngressRoute",
+];
+
+fn example_files() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every example names what it is, and the README's table lists exactly the files there are.
+#[test]
+fn every_load_balancer_example_is_listed_and_names_its_objects() {
+    let files = example_files();
+    assert!(files.len() >= 10, "{files:?}");
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/README.md"),
+    )
+    .unwrap();
+    let mut listed: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    listed.sort_unstable();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed, names, "deploy/examples/README.md lists other files");
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(!docs.is_empty(), "{}", file.display());
+        for doc in docs {
+            for field in ["apiVersion", "kind"] {
+                assert!(doc[field].is_string(), "{}: no {field}", file.display());
+            }
+            assert!(
+                doc["metadata"]["name"].is_string(),
+                "{}: no metadata.name",
+                file.display()
+            );
+            let kind = doc["kind"].as_str().unwrap();
+            let core =
+                ["v1", "networking.k8s.io/v1"].contains(&doc["apiVersion"].as_str().unwrap());
+            assert!(
+                core || EXAMPLE_CRDS.contains(&kind),
+                "{}: {kind} is neither a core kind nor a known custom resource",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The examples aim at the ports the injector opens: the admin port for `/readyz`, the agent
+/// port for HAProxy's agent check.
+#[test]
+fn the_load_balancer_examples_aim_at_the_injected_ports() {
+    use sidewatch::webhook::inject::{ADMIN_PORT, AGENT_PORT};
+    let read = |name: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/examples")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let admin = ADMIN_PORT.to_string();
+    for (file, setting) in [
+        ("aws-alb-ip.yaml", format!("healthcheck-port: \"{admin}\"")),
+        ("aws-nlb-ip.yaml", format!("healthcheck-port: \"{admin}\"")),
+        ("gke-neg-ingress.yaml", format!("port: {admin}")),
+        ("gke-gateway.yaml", format!("port: {admin}")),
+        ("envoy-gateway.yaml", format!("port: {admin}")),
+        (
+            "haproxy-ingress.yaml",
+            format!("agent-check-port: \"{AGENT_PORT}\""),
+        ),
+    ] {
+        assert!(read(file).contains(&setting), "{file}: no {setting}");
+    }
+}
+
+/// The core kinds of the examples (Services, Ingresses) validate against every supported
+/// Kubernetes; the custom resources are reported as without a schema, and nothing else is.
+#[test]
+fn the_load_balancer_examples_validate_where_a_schema_exists() {
+    let files = example_files();
+    let paths: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+    let mut core = 0;
+    for file in &files {
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&std::fs::read_to_string(file).unwrap()).unwrap();
+        core += docs
+            .iter()
+            .filter(|d| !EXAMPLE_CRDS.contains(&d["kind"].as_str().unwrap_or_default()))
+            .count();
+    }
+    assert!(core >= 10, "{core} core objects");
+    let Some(reports) = common::kubernetes_validate_for(&paths, &common::KUBERNETES) else {
+        return;
+    };
+    for (version, passed, report) in reports {
+        assert!(passed, "{version}: {report}");
+        assert_eq!(
+            report.matches(" passed for resource ").count(),
+            core,
+            "{version}: {report}"
+        );
+        let unchecked: Vec<&str> = report.lines().filter(|l| !l.contains(" passed ")).collect();
+        assert!(
+            unchecked.iter().all(|l| EXAMPLE_CRDS
+                .iter()
+                .any(|k| l.contains(&format!("schema for kind {k} ")))),
+            "{version}: {report}"
+        );
+    }
 }

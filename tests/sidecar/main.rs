@@ -10,6 +10,7 @@ mod netns;
 mod pki;
 
 mod admin;
+mod agent_check;
 mod cli;
 mod clock;
 mod drain;
@@ -21,4 +22,5 @@ mod overload;
 mod page;
 mod parsers;
 mod probes;
+mod threads;
 mod tls;

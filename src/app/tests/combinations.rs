@@ -83,8 +83,8 @@ fn feature_on(feature: Feature, on: &[Knob]) -> bool {
         Feature::Memory => on.contains(&Knob::Memory),
         Feature::Process => on.contains(&Knob::Process),
         Feature::Kubernetes => on.contains(&Knob::Kubernetes),
-        // The drain's, not an input's: not started here.
-        Feature::DrainTraffic => false,
+        // The drain's and an output's, not an input's: not started here.
+        Feature::DrainTraffic | Feature::Agent => false,
         // The accept queue is watched wherever there is an app port: a critical probe's.
         Feature::Overload => on.contains(&Knob::Overload) || on.contains(&Knob::Probes),
     }

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value};
 
+use super::sidecar::AGENT_PORT;
 use super::target::POD_IP;
 use crate::config::{self, Overrides, Target};
 
@@ -45,6 +46,8 @@ pub struct Options {
     pub overload_signal: bool,
     pub plain: Option<bool>,
     pub admin_port: Option<u16>,
+    /// `sidewatch.io/agent-port`: the port of the HAProxy agent-check endpoint, when opened.
+    pub agent_port: Option<u16>,
     pub host_network: bool,
     /// `sidewatch.io/token: sidecar`: a service-account token for the sidecar alone.
     pub sidecar_token: bool,
@@ -56,7 +59,7 @@ pub enum TargetSetting {
     Probe(String),
 }
 
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 14] = [
     "inject",
     "target",
     "app-container",
@@ -66,6 +69,7 @@ const KNOWN: [&str; 13] = [
     "memory-unready-above",
     "mode",
     "admin-port",
+    "agent-port",
     "host-network",
     "drain-readiness",
     "overload-signal",
@@ -118,13 +122,17 @@ impl Options {
                         _ => return Err(bad(format!("{text:?}: want native or plain"))),
                     })
                 }
-                "admin-port" => {
-                    let port = text
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| bad(format!("{text:?} is not a port number")))?;
-                    o.admin_port = Some(port);
+                "admin-port" => o.admin_port = Some(port(text).map_err(bad)?),
+                "agent-port" => {
+                    o.agent_port = match text {
+                        "true" => Some(AGENT_PORT),
+                        "false" => None,
+                        _ => Some(port(text).map_err(|why| {
+                            bad(format!(
+                                "{why}; want \"true\" (port {AGENT_PORT}) or a port"
+                            ))
+                        })?),
+                    }
                 }
                 "host-network" => o.host_network = boolean(text).map_err(bad)?,
                 "token" => {
@@ -155,6 +163,13 @@ fn boolean(text: &str) -> Result<bool, String> {
         "false" => Ok(false),
         _ => Err(format!("{text:?}: want \"true\" or \"false\"")),
     }
+}
+
+fn port(text: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{text:?} is not a port number"))
 }
 
 fn target(text: &str) -> Result<TargetSetting, String> {

@@ -66,6 +66,7 @@ fn sidecar(settings: &Settings, plan: MemoryPlan) -> Value {
         drain_port: Some(8080),
         admin_port: 9102,
         admin_port_named: true,
+        agent_port: None,
         grace: 30,
         token: "t",
         kubernetes: true,

@@ -2,7 +2,8 @@
 //! JSON Patch that adds sidewatch, or the reason it is left out. It never re-serializes the pod
 //! through typed structs (which would drop or move what the model does not know): it reads the
 //! raw JSON and answers with "add" operations only (see `patch`). One step per function:
-//! opt-in, annotations, app container, target, admin port, memory, sidecar, app hook, pod.
+//! opt-in, annotations, app container, target, agent and admin ports, memory, sidecar, app hook,
+//! pod.
 
 mod annotations;
 mod memory;
@@ -25,11 +26,11 @@ pub use annotations::{INJECTED, INJECTION};
 pub use outcome::{Outcome, Scope, Skip};
 use patch::Edits;
 use ports::{
-    choose_admin_port, first_tcp_port, has_port_named, ports_in_use, probes_port, target_port,
-    unix_socket, volume_holding,
+    choose_admin_port, choose_agent_port, first_tcp_port, has_port_named, ports_in_use,
+    probes_port, target_port, unix_socket, volume_holding,
 };
 pub use refusal::{Kind as RefusalKind, Refusal};
-pub use sidecar::{ADMIN_PORT, CONTAINER, GATE};
+pub use sidecar::{ADMIN_PORT, AGENT_PORT, AGENT_PORT_NAME, CONTAINER, GATE};
 use target::Derived;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,7 +114,10 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
 
     let mut said = Said::default();
     let (target_env, target_port, socket) = choose_target(&options, app, &mut said)?;
-    let admin_port = choose_admin_port(&options, &ports_in_use(shape::all(spec)), &mut said)?;
+    let agent_port = choose_agent_port(&options, spec, &mut said)?;
+    let mut used = ports_in_use(shape::all(spec));
+    used.extend(agent_port.map(|(port, _)| port));
+    let admin_port = choose_admin_port(&options, &used, &mut said)?;
     // The drain watches where clients connect: the app's first TCP port, else the probed one.
     let drain_port = first_tcp_port(app).or(target_port);
     said.notes.push(match drain_port {
@@ -141,6 +145,7 @@ fn plan<'a>(pod: &'a Value, settings: &Settings, token: &str) -> Result<Plan<'a>
         drain_port,
         admin_port,
         admin_port_named: !shape::all(spec).any(|c| has_port_named(c, CONTAINER)),
+        agent_port,
         grace: spec["terminationGracePeriodSeconds"].as_i64().unwrap_or(30),
         token,
         kubernetes,

@@ -4,7 +4,8 @@
 use serde_json::{json, Value};
 
 use super::annotations::Options;
-use super::{target, Refusal, RefusalKind, Said, ADMIN_PORT};
+use super::sidecar::AGENT_PORT_NAME;
+use super::{shape, target, Refusal, RefusalKind, Said, ADMIN_PORT};
 
 /// Every port a container of the pod declares or probes (a probe may use a port it does not
 /// declare): the sidecar's own must be none of them.
@@ -121,4 +122,42 @@ pub(super) fn choose_admin_port(
     };
     said.notes.push(format!("admin port {port}"));
     Ok(port)
+}
+
+/// The HAProxy agent-check port the pod asks for (`sidewatch.io/agent-port`), and whether it may
+/// be named `sw-agent`. Refused, never moved, when a container of the pod declares or probes it
+/// or it is the admin port: the load balancer is configured with this number, so a port other
+/// than the one asked for would be one nobody asks.
+pub(super) fn choose_agent_port(
+    options: &Options,
+    spec: &Value,
+    said: &mut Said,
+) -> Result<Option<(u16, bool)>, Refusal> {
+    let Some(port) = options.agent_port else {
+        return Ok(None);
+    };
+    let clash = |why: String| {
+        Err(Refusal::new(
+            RefusalKind::AgentPort,
+            format!("sidewatch.io/agent-port {port}: {why}; choose another port"),
+        ))
+    };
+    if options.admin_port == Some(port) {
+        return clash("it is sidewatch.io/admin-port too".into());
+    }
+    for c in shape::all(spec) {
+        if ports_in_use(std::iter::once(c)).contains(&port) {
+            let name = c["name"].as_str().unwrap_or_default();
+            return clash(format!("container {name:?} uses that port already"));
+        }
+    }
+    let named = !shape::all(spec).any(|c| has_port_named(c, AGENT_PORT_NAME));
+    if !named {
+        said.warnings.push(format!(
+            "agent port {port} left unnamed: a container of the pod has a port named \
+             {AGENT_PORT_NAME} already, so point the load balancer at the number"
+        ));
+    }
+    said.notes.push(format!("agent-check port {port}"));
+    Ok(Some((port, named)))
 }

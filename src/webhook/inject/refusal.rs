@@ -17,6 +17,8 @@ pub enum Kind {
     Target,
     /// No port for the sidecar's own admin server.
     AdminPort,
+    /// `sidewatch.io/agent-port` names a port the pod uses already.
+    AgentPort,
     /// A memory or process setting the pod cannot meet.
     Memory,
     /// The sidecar would refuse the settings it was given: a combination no check above caught.
@@ -24,13 +26,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Shape,
         Kind::Annotation,
         Kind::DeadEnd,
         Kind::AppContainer,
         Kind::Target,
         Kind::AdminPort,
+        Kind::AgentPort,
         Kind::Memory,
         Kind::Settings,
     ];
@@ -44,6 +47,7 @@ impl Kind {
             Kind::AppContainer => "app_container",
             Kind::Target => "target",
             Kind::AdminPort => "admin_port",
+            Kind::AgentPort => "agent_port",
             Kind::Memory => "memory",
             Kind::Settings => "settings",
         }

@@ -9,6 +9,12 @@ use super::Settings;
 pub const CONTAINER: &str = "sidewatch";
 /// The sidecar's admin port unless the pod uses it already.
 pub const ADMIN_PORT: u16 = 9102;
+/// The agent-check port when `sidewatch.io/agent-port` is `"true"` (the agreed default of
+/// `agent.listen`).
+pub const AGENT_PORT: u16 = 9466;
+/// The name of the agent-check containerPort, for a Service's `targetPort` (15 characters at
+/// most, as an IANA service name).
+pub const AGENT_PORT_NAME: &str = "sw-agent";
 /// The readiness-gate condition, as `kubernetes.readiness_gate` defaults it.
 pub const GATE: &str = "sidewatch.io/healthy";
 /// The variable that holds the per-pod drain token (`drain.token_env` names it).
@@ -35,6 +41,8 @@ pub struct Sidecar<'a> {
     pub admin_port: u16,
     /// False when a container of the pod has a port named `sidewatch` already.
     pub admin_port_named: bool,
+    /// The HAProxy agent-check port, and whether it may take the name `sw-agent`.
+    pub agent_port: Option<(u16, bool)>,
     pub grace: i64,
     pub token: &'a str,
     /// The pod mounts a service-account token: the Kubernetes watch, gate and Events can work.
@@ -50,16 +58,23 @@ pub struct Sidecar<'a> {
 impl Sidecar<'_> {
     pub fn container(&self) -> Value {
         let port = self.admin_port;
-        let mut ports = json!({"containerPort": port, "protocol": "TCP"});
+        let mut ports = vec![json!({"containerPort": port, "protocol": "TCP"})];
         if self.admin_port_named {
-            ports["name"] = CONTAINER.into();
+            ports[0]["name"] = CONTAINER.into();
+        }
+        if let Some((agent, named)) = self.agent_port {
+            let mut entry = json!({"containerPort": agent, "protocol": "TCP"});
+            if named {
+                entry["name"] = AGENT_PORT_NAME.into();
+            }
+            ports.push(entry);
         }
         let mut container = json!({
             "name": CONTAINER,
             "image": self.settings.image,
             "args": ["run"],
             "env": self.env(),
-            "ports": [ports],
+            "ports": ports,
             "readinessProbe": {"httpGet": {"path": "/readyz", "port": port},
                 "periodSeconds": 1, "failureThreshold": 1},
             "livenessProbe": {"httpGet": {"path": "/livez", "port": port},
@@ -133,6 +148,10 @@ impl Sidecar<'_> {
         }
         if self.overload_signal {
             env.push(value_env("SIDEWATCH_OVERLOAD_SIGNAL", "true"));
+        }
+        if let Some((port, _)) = self.agent_port {
+            // The load balancer asks from outside the pod, over either family.
+            env.push(value_env("SIDEWATCH_AGENT_LISTEN", &format!("[::]:{port}")));
         }
     }
 

@@ -379,3 +379,6 @@ fn the_drain_readiness_annotation_reaches_the_sidecar() {
         None
     );
 }
+
+#[path = "agent_port_tests.rs"]
+mod agent_port;
