@@ -60,6 +60,8 @@ pub enum ConnectError {
     NoIdentity,
     #[error("kubernetes.enabled is true but no config was found: {0}")]
     NoConfig(kube::config::InferConfigError),
+    #[error("kubernetes: the look for a config ended: {0}")]
+    Infer(tokio::task::JoinError),
     #[error("kubernetes client: {0}")]
     Client(kube::Error),
 }
@@ -84,7 +86,14 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Option<Identity>, Conn
         return Ok(None);
     };
     crate::tls::install_crypto_provider();
-    let client = match kube::Config::infer().await {
+    // kube reads the kubeconfig and the service-account files with blocking calls: on the
+    // blocking pool, so that a stalled file system holds no worker (the sidecar has one, which
+    // also hears the signals).
+    let handle = tokio::runtime::Handle::current();
+    let inferred = tokio::task::spawn_blocking(move || handle.block_on(kube::Config::infer()))
+        .await
+        .map_err(ConnectError::Infer)?;
+    let client = match inferred {
         Ok(mut c) => {
             c.read_timeout = Some(READ_TIMEOUT);
             // From each request on, not from when its pooled connection went idle.
