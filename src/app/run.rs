@@ -42,6 +42,8 @@ pub(super) fn spawn_watch_runtime(
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .max_blocking_threads(crate::lifecycle::BLOCKING_THREADS)
+                // Its blocking calls' threads, told apart from the serving runtime's.
+                .thread_name("sidewatch-block")
                 .build()
             {
                 Ok(rt) => {
