@@ -32,6 +32,9 @@ pub struct MemoryConfig {
     pub limit: Option<Bytes>,
     #[serde(with = "duration")]
     pub interval: Duration,
+    /// The interval while the working set is far from the limit and still (`pace.rs`).
+    #[serde(with = "duration")]
+    pub idle_interval: Duration,
     pub unready_above: Fraction,
     pub ready_below: Fraction,
     pub pressure_full_avg10_above: Option<f64>,
@@ -119,6 +122,7 @@ impl Default for MemoryConfig {
             cgroup: CgroupSetting::Auto,
             limit: None,
             interval: Duration::from_millis(250),
+            idle_interval: Duration::from_secs(2),
             unready_above: Fraction(0.92),
             ready_below: Fraction(0.85),
             pressure_full_avg10_above: Some(20.0),

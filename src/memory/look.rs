@@ -2,10 +2,13 @@
 //! look at a cgroup that is leaving, follow the app to where it is now, follow its cgroup
 //! directory (gone, or made again), then sample and send.
 
+use std::time::Instant;
+
 use tokio::sync::mpsc;
 
 use super::assess::Assessor;
 use super::cgroup::{CgroupDir, Version};
+use super::pace::Pace;
 use super::read::{self, ReadError};
 use super::watched::{dir_id, Armed, Presence};
 use super::{resolve, MemoryWatcher, Plan, Sent, Target};
@@ -24,6 +27,9 @@ struct Watching {
     sent: Sent,
     /// The open files of the current target: a new target's are not its.
     files: read::Files,
+    pace: Pace,
+    /// The wait before the next look, as the last one judged.
+    next: std::time::Duration,
 }
 
 /// Whether the loop goes on: it ends when the engine is gone, which only happens at exit.
@@ -46,20 +52,30 @@ impl MemoryWatcher {
             last_error: None,
             sent: Sent::default(),
             files: read::Files::default(),
+            pace: Pace::new(
+                self.config.interval,
+                self.config.idle_interval,
+                self.config.ready_below.0,
+                self.config.predict_oom_within,
+            ),
+            next: self.config.interval,
         };
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first look at once, as a wake-up's.
+        let mut due = Instant::now();
         loop {
             // The assessor asks for an early look while an OOM kill settles.
             let wake_at = w.assessor.wake_at();
             tokio::select! {
-                _ = ticker.tick() => {}
+                _ = sleep_until(Some(due)) => {}
                 Some(()) = woken.recv() => {}
                 _ = sleep_until(wake_at), if wake_at.is_some() => {}
             }
+            w.next = self.config.interval;
             if !self.look(&mut w).await {
                 return;
             }
+            self.metrics.pace.set(w.next.as_secs_f64());
+            due = Instant::now() + w.next;
         }
     }
 
@@ -172,6 +188,10 @@ impl MemoryWatcher {
         }
         let assessment = w.assessor.assess(&sample);
         self.publish(&sample, &assessment);
+        w.next = match w.target {
+            Target::Nothing => w.pace.unread(),
+            _ => w.pace.after(&sample, &assessment),
+        };
         self.send_all(assessment, &mut w.sent).await
     }
 }

@@ -9,6 +9,7 @@ pub mod events;
 mod failed;
 mod look;
 pub mod node;
+mod pace;
 mod plan;
 pub mod read;
 mod resolve;
@@ -137,7 +138,7 @@ impl MemoryWatcher {
                 }
                 (Version::V2, _) => "on".to_owned(),
             };
-            tracing::info!(dir = %dir.path.display(), version = %dir.version, events = ?names, psi, interval = ?self.config.interval, "memory: watching cgroup");
+            tracing::info!(dir = %dir.path.display(), version = %dir.version, events = ?names, psi, interval = ?self.config.interval, idle_interval = ?self.config.idle_interval, "memory: watching cgroup");
         }
         armed.seen = true;
         armed.dir = Some(id);

@@ -19,6 +19,7 @@ pub struct MemoryMetrics {
     pub(super) usage: prometheus::IntGauge,
     pub(super) limit: prometheus::IntGauge,
     pub(super) predicted: prometheus::Gauge,
+    pub(super) pace: prometheus::Gauge,
     pub(super) oom_kills: prometheus::IntCounter,
     pub(super) oom_group_kills: prometheus::IntCounter,
     pub(super) oom_killed_processes: prometheus::IntCounter,
@@ -61,6 +62,10 @@ impl MemoryMetrics {
             predicted: registry.register(metrics::float_gauge(
                 "sidewatch_memory_predicted_oom_seconds",
                 "Seconds until the memory limit at the current trend; +Inf when memory is not growing toward a limit within a day.",
+            )),
+            pace: registry.register(metrics::float_gauge(
+                "sidewatch_memory_sample_interval_seconds",
+                "The wait before the next look at the app's memory: memory.interval while it moves or nears the limit, memory.idle_interval while it sits far from it and still. Kernel notifications wake sidewatch at once either way.",
             )),
             oom_kills: registry.register(metrics::counter(
                 "sidewatch_oom_kills_total",

@@ -181,3 +181,33 @@ async fn a_cgroup_removed_and_made_again_has_its_oom_kills_counted() {
         s.sw.logs()
     );
 }
+
+/// Far from the limit and still, the memory is looked at every `memory.idle_interval`, here an
+/// hour: only the kernel can wake sidewatch. A leak still turns it not ready before the kill (the
+/// v1 usage threshold at `unready_above` wakes it, and from that look on it samples at
+/// `memory.interval`), the kill is counted (the OOM eventfd), and once the cooldown is over and
+/// memory is still again, it is back to the idle pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_and_still_is_sampled_slowly_and_a_leak_still_wakes_it() {
+    let env = [
+        ("SIDEWATCH_MEMORY_IDLE_INTERVAL", "1h"),
+        ("SIDEWATCH_MEMORY_OOM_COOLDOWN", "2s"),
+    ];
+    let Some(s) = setup("sidewatch-pace", &env).await else {
+        return;
+    };
+    wait_pace(&s.sw, 3600.0).await;
+    leak_until_killed(&s.sw, &s.cgroup, 2, 100, "leak at the idle pace").await;
+    wait_kill_counted(&s.sw, 1.0).await;
+    wait_pace(&s.sw, 3600.0).await;
+}
+
+async fn wait_pace(sw: &Sidewatch, seconds: f64) {
+    let series = "sidewatch_memory_sample_interval_seconds";
+    eventually(
+        &format!("{series} {seconds}"),
+        Duration::from_secs(10),
+        || async { (sw.metric(series).await == Some(seconds)).then_some(()) },
+    )
+    .await;
+}

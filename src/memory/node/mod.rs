@@ -54,6 +54,8 @@ struct Gone;
 impl MemoryWatcher {
     pub(super) async fn run_node(self, endpoint: Endpoint) {
         self.metrics.source("node");
+        // The agent samples at the interval the sidecar asks for, one pace.
+        self.metrics.pace.set(self.config.interval.as_secs_f64());
         let mut s = Session {
             assessor: Assessor::new(self.config.thresholds()),
             sent: Sent::default(),
