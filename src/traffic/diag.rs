@@ -93,6 +93,14 @@ pub fn dump(
     }
 }
 
+/// What an exact lookup of a listener in a sock_diag answer needs.
+pub fn listener(response: &InetResponse) -> Known {
+    Known {
+        family: response.header.family,
+        id: response.header.socket_id.clone(),
+    }
+}
+
 /// A connection in a sock_diag answer (not the listener), by its two ends, and what an exact
 /// lookup of it needs.
 pub fn connection(response: &InetResponse) -> Option<(SockKey, Sock, Known)> {
@@ -128,6 +136,15 @@ pub struct Known {
     id: SocketId,
 }
 
+impl Known {
+    /// The same family, address and port: another socket of a SO_REUSEPORT group, say.
+    pub fn same_address(&self, other: &Known) -> bool {
+        self.family == other.family
+            && self.id.source_address == other.id.source_address
+            && self.id.source_port == other.id.source_port
+    }
+}
+
 /// How many lookups go in one message: their answers (with tcp_info, some 300 bytes each) stay
 /// well inside the socket's receive buffer.
 const LOOKUPS_AT_ONCE: usize = 64;
@@ -138,6 +155,7 @@ const LOOKUPS_AT_ONCE: usize = 64;
 pub fn lookup(
     socket: &mut netlink_sys::Socket,
     known: &[Known],
+    extensions: ExtensionFlags,
     mut each: impl FnMut(usize, Option<&InetResponse>),
     mut enough: impl FnMut() -> bool,
 ) -> std::io::Result<()> {
@@ -157,7 +175,7 @@ pub fn lookup(
                 SockDiagMessage::InetRequest(InetRequest {
                     family: k.family,
                     protocol: IPPROTO_TCP,
-                    extensions: ExtensionFlags::INFO,
+                    extensions: extensions.clone(),
                     states: StateFlags::all(),
                     socket_id: k.id.clone(),
                 })

@@ -342,6 +342,7 @@ impl TrafficWatcher {
         diag::lookup(
             socket,
             &ids,
+            netlink_packet_sock_diag::inet::ExtensionFlags::INFO,
             |i, answer| {
                 let key = keys[i];
                 match answer.and_then(diag::connection) {
