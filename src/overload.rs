@@ -13,7 +13,7 @@ use crate::engine::bus::Input;
 use crate::engine::{Observation, Signal};
 use crate::metrics::{self, Registry};
 use crate::reason::Reason;
-use crate::traffic::{listen_counters, ListenCounters, ListenQueue, ListenWatch};
+use crate::traffic::{ListenCounters, ListenQueue, ListenWatch};
 use crate::units::{duration, Fraction};
 
 const POLL: Duration = Duration::from_secs(1);
@@ -237,7 +237,7 @@ impl Look {
     async fn take(mut watch: ListenWatch, counters: bool) -> Option<Look> {
         tokio::task::spawn_blocking(move || {
             let queue = watch.queue();
-            let counters = counters.then(listen_counters);
+            let counters = counters.then(|| watch.counters());
             Look {
                 watch,
                 queue,

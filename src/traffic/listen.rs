@@ -8,6 +8,7 @@ use netlink_packet_sock_diag::inet::nlas::Nla;
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetResponse, StateFlags};
 
 use super::diag::{listener, lookup, Known};
+use crate::util::HeldFile;
 
 /// The port's listeners at one look; several with SO_REUSEPORT, or one per family.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -41,6 +42,7 @@ pub struct ListenWatch {
     /// SO_REUSEPORT group (a lookup finds one member of it).
     known: Vec<Known>,
     looks: u32,
+    netstat: HeldFile,
 }
 
 /// A dump walks the kernel's whole listening hash, cold in the cache at one look a second, for
@@ -60,11 +62,17 @@ impl ListenWatch {
             socket,
             known: Vec::new(),
             looks: 0,
+            netstat: HeldFile::new("/proc/net/netstat"),
         }
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The namespace's listen counters (`/proc/net/netstat`, held open).
+    pub fn counters(&mut self) -> std::io::Result<ListenCounters> {
+        counters(&mut self.netstat)
     }
 
     /// `None` without sock_diag, or when it fails.
@@ -135,8 +143,8 @@ fn one_each(listeners: &[Known]) -> bool {
 }
 
 /// Reads the counters; procfs has no parser for `/proc/net/netstat`.
-pub fn counters() -> std::io::Result<ListenCounters> {
-    let text = std::fs::read_to_string("/proc/net/netstat")?;
+fn counters(netstat: &mut HeldFile) -> std::io::Result<ListenCounters> {
+    let text = String::from_utf8_lossy(netstat.read()?);
     parse_netstat(&text).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -248,6 +256,8 @@ mod tests {
 
     #[test]
     fn this_kernel_has_the_counters() {
-        assert!(counters().is_ok());
+        let mut netstat = HeldFile::new("/proc/net/netstat");
+        assert!(counters(&mut netstat).is_ok());
+        assert!(counters(&mut netstat).is_ok(), "read again, held open");
     }
 }

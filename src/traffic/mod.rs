@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6};
 use netlink_packet_sock_diag::inet::StateFlags;
+use procfs::FromBufRead;
 use serde::{Deserialize, Serialize};
 
 mod diag;
 mod listen;
 mod own;
-pub use listen::{counters as listen_counters, ListenCounters, ListenQueue, ListenWatch};
+pub use listen::{ListenCounters, ListenQueue, ListenWatch};
 pub use own::{OwnSocket, OwnSockets};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -134,6 +135,8 @@ pub struct TrafficWatcher {
     own_accepts: Arc<AtomicU64>,
     own: Arc<OwnSockets>,
     passive_opens: bool,
+    /// `/proc/net/snmp`, read at every look.
+    snmp: crate::util::HeldFile,
 }
 
 /// How stale `sidewatch_app_connections` may be between drains: one dump or lookup at most as
@@ -185,6 +188,7 @@ impl TrafficWatcher {
             own_accepts,
             own,
             passive_opens,
+            snmp: crate::util::HeldFile::new("/proc/net/snmp"),
         };
         if let Err(e) = watcher.snapshot(Need::Bytes) {
             if source != TrafficSource::Auto || matches!(watcher.backend, Backend::Proc) {
@@ -216,7 +220,8 @@ impl TrafficWatcher {
     }
 
     pub fn snapshot(&mut self, need: Need) -> std::io::Result<Snapshot> {
-        let snmp = procfs::net::snmp().map_err(std::io::Error::other)?;
+        let snmp =
+            procfs::net::Snmp::from_buf_read(self.snmp.read()?).map_err(std::io::Error::other)?;
         let own = self.own_accepts.load(Ordering::Relaxed) + self.own.connects();
         let opens = snmp.tcp_passive_opens.saturating_sub(own);
         let exact = self.passive_opens && matches!(self.backend, Backend::SockDiag(_));
