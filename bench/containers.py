@@ -26,7 +26,11 @@ import time
 import common
 
 CONF = os.path.join(common.REPO, "tests", "fixtures", "containers.conf")
-SIDEWATCH, APP = "localhost/sidewatch:dev", "localhost/sidewatch-testapp:dev"
+# The images' tag and the pods' name prefix can be changed so that a run does not touch what the
+# container tests use at the same time (their :dev images).
+TAG = os.environ.get("BENCH_IMAGE_TAG", "dev")
+SIDEWATCH, APP = f"localhost/sidewatch:{TAG}", f"localhost/sidewatch-testapp:{TAG}"
+PREFIX = os.environ.get("BENCH_POD_PREFIX", "swbench")
 ENV = dict(os.environ, CONTAINERS_CONF=CONF)
 
 
@@ -48,7 +52,7 @@ class Pod:
 
     def __init__(self):
         Pod.n += 1
-        self.name = f"swbench-{os.getpid()}-{Pod.n}"
+        self.name = f"{PREFIX}-{os.getpid()}-{Pod.n}"
         self.ip, self.host = f"10.233.{Pod.n}.2", f"10.233.{Pod.n}.1"
         podman("pod", "create", "--name", self.name, "--network", "none", "--share", "net,ipc,uts,pid")
         podman("pod", "start", self.name)
@@ -64,7 +68,7 @@ class Pod:
         ip("-n", self.name, "addr", "add", f"{self.ip}/24", "dev", peer)
         ip("-n", self.name, "link", "set", peer, "up")
 
-    def run(self, name, image, *args, user="1000:1000", memory=None, env=()):
+    def run(self, name, image, *args, user="1000:1000", memory=None, env=(), opts=()):
         argv = ["run", "--detach", "--pull", "never", "--pod", self.name, "--name", f"{self.name}-{name}",
                 f"--user={user}", "--read-only", "--read-only-tmpfs=false", "--cap-drop=ALL",
                 "--security-opt=no-new-privileges"]
@@ -72,7 +76,7 @@ class Pod:
             argv += [f"--memory={memory}", f"--memory-swap={memory}"]
         for k, v in env:
             argv.append(f"--env={k}={v}")
-        return podman(*argv, image, *args)
+        return podman(*argv, *opts, image, *args)
 
     def pid(self, name):
         return int(podman("inspect", f"{self.name}-{name}", "--format", "{{.State.Pid}}"))

@@ -4,10 +4,14 @@ readiness gate) that sidewatch lists and watches, its pods/status patches and it
 accepted. Speaks the wire format (JSON, a chunked watch stream opened with a BOOKMARK); no
 auth, no persistence. The tests use their own fake in tests/common/fake_api.rs.
 
-usage: bench/fake_api.py PORT KUBECONFIG   (prints "listening PORT" once it serves)
+usage: bench/fake_api.py PORT KUBECONFIG [HOST [CERT KEY CA]]   (prints "listening PORT" once it serves)
+HOST (default 127.0.0.1): the address it serves on, e.g. a pod's veth peer on the host. CERT, KEY
+and CA (PEM files): serve HTTPS, as a cluster's API server does, the kubeconfig trusting CA.
 """
 
+import base64
 import json
+import ssl
 import sys
 import threading
 import time
@@ -93,12 +97,21 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     port, kubeconfig = int(sys.argv[1]), sys.argv[2]
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+    server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
+    scheme, trust = "http", ""
+    if len(sys.argv) > 6:
+        cert, key, ca = sys.argv[4:7]
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        with open(ca, "rb") as f:
+            scheme, trust = "https", f", certificate-authority-data: {base64.b64encode(f.read()).decode()}"
     with open(kubeconfig, "w") as f:
         f.write(f"""apiVersion: v1
 kind: Config
-clusters: [{{name: fake, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+clusters: [{{name: fake, cluster: {{server: "{scheme}://{host}:{port}"{trust}}}}}]
 users: [{{name: sidewatch, user: {{token: bench}}}}]
 contexts: [{{name: fake, context: {{cluster: fake, user: sidewatch, namespace: shop}}}}]
 current-context: fake
