@@ -337,13 +337,15 @@ def main(fn):
 
 def floor(mode, *args):
     """Runs bench/floor.c's client (built here with cc -O2 when missing or older than its source):
-    `mode` http or grpc, with its arguments; returns its checks, failures and CPU per check."""
+    `mode` http or grpc, with its arguments; returns its checks, failures and CPU per check (the
+    scheduler's count, as run_seconds; user and system as getrusage samples them)."""
     src, exe = os.path.join(BENCH, "floor.c"), os.path.join(OUT, "floor")
     os.makedirs(OUT, exist_ok=True)
     if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
         subprocess.run(["cc", "-O2", "-o", exe, src], check=True)
     out = subprocess.run([exe, mode, *map(str, args)], capture_output=True, text=True, check=True)
     f = out.stdout.split()
-    checks, failed, user, system = int(f[1]), int(f[3]), float(f[5]) / 1e6, float(f[7]) / 1e6
+    checks, failed = int(f[1]), int(f[3])
+    user, system, ran = float(f[5]) / 1e6, float(f[7]) / 1e6, float(f[9]) / 1e6
     return {"probes": checks, "failed": failed, "user": user / checks, "sys": system / checks,
-            "per_probe": (user + system) / checks}
+            "per_probe": ran / checks}

@@ -2,8 +2,8 @@
 """CPU per HTTP probe on a fresh connection: sidewatch probing nginx (`return 200`) at --interval 1ms.
 
 Busy run: sidewatch at 1 ms against nginx; over a --window (default 15 s) take sidewatch's
-utime+stime from /proc/PID/stat and the change in sidewatch_probe_duration_seconds_count from
-/metrics. Idle run: a fresh sidewatch at 1 s, same window length, same CPU reading.
+CPU (its threads' schedstat run time) and the change in sidewatch_probe_duration_seconds_count
+from /metrics. Idle run: a fresh sidewatch at 1 s, same window length, same CPU reading.
 CPU per probe = (busy CPU - idle CPU scaled to the busy window) / probes in the busy window.
 In the same run, the floor: bench/floor.c, a C client that makes the same exchange at the same
 rate and nothing else (connect, the same GET, read the whole answer, close; blocking system
@@ -13,7 +13,7 @@ For context, the peers: nginx's own worker CPU per request it served (what answe
 costs the app), and blackbox_exporter's http prober asked `/probe?module=http&target=...` of the
 same nginx in a loop (bench/common.py: blackbox_cpu). Target (issue 28): <= 1.3x the floor.
 
-usage: bench/cpu_probe.py [--window 15] [--interval 1ms]   (cc builds bench/floor.c)
+usage: bench/cpu_probe.py [--window 15] [--interval 1ms] [--rounds 3]   (cc builds bench/floor.c)
 """
 
 import argparse
@@ -30,10 +30,10 @@ def measure(up_port, interval, window, nginx_pid=None):
     admin = common.Admin(admin_port)
     admin.wait_ready(200)
     time.sleep(1)  # past start-up
-    t0, cpu0, n0 = time.monotonic(), common.cpu_seconds(sw.pid), admin.metric(COUNT)
+    t0, cpu0, n0 = time.monotonic(), common.run_seconds(sw.pid), admin.metric(COUNT)
     ng0 = common.cpu_seconds(nginx_pid) if nginx_pid else 0
     time.sleep(window)
-    t1, cpu1, n1 = time.monotonic(), common.cpu_seconds(sw.pid), admin.metric(COUNT)
+    t1, cpu1, n1 = time.monotonic(), common.run_seconds(sw.pid), admin.metric(COUNT)
     ng1 = common.cpu_seconds(nginx_pid) if nginx_pid else 0
     failures = admin.metric("sidewatch_probe_failures_total")
     common.stop(sw)
@@ -45,37 +45,41 @@ def run():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=float, default=15.0)
     ap.add_argument("--interval", default="1ms")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     up_port = common.free_port()
     ng = common.nginx(up_port)
     # nginx runs a master and one worker: count the worker, which does the serving.
     with open(f"/proc/{ng.pid}/task/{ng.pid}/children") as f:
         worker = int(f.read().split()[0])
-    busy = measure(up_port, args.interval, args.window, worker)
-    idle = measure(up_port, "1s", args.window)
     interval_us = int(args.interval.removesuffix("ms")) * 1000 if args.interval.endswith("ms") else 1000
-    fl = common.floor("http", up_port, "/healthz", interval_us, args.window)
-    idle_cpu = idle["cpu"] * busy["wall"] / idle["wall"]
-    per_probe = (busy["cpu"] - idle_cpu) / busy["probes"]
-    print(f"busy ({args.interval}): {busy['probes']:.0f} probes ({busy['probes'] / busy['wall']:.0f}/s, "
-          f"{busy['failures']:.0f} failed) in {busy['wall']:.2f}s, sidewatch CPU {busy['cpu']:.2f}s, "
-          f"nginx worker CPU {busy['nginx_cpu']:.2f}s")
-    print(f"idle (1s): {idle['probes']:.0f} probes in {idle['wall']:.2f}s, CPU {idle['cpu']:.2f}s")
-    nginx_per = busy["nginx_cpu"] / busy["probes"]
+    idle = measure(up_port, "1s", args.window)
+    print(f"idle (1s): {idle['probes']:.0f} probes in {idle['wall']:.2f}s, CPU {idle['cpu'] * 1e3:.1f} ms")
+    # Rounds of sidewatch then the floor, back to back: the machine's drift over a minute moves
+    # both of a round alike; the median round is the figure.
+    rounds = []
+    for r in range(args.rounds):
+        busy = measure(up_port, args.interval, args.window, worker)
+        fl = common.floor("http", up_port, "/healthz", interval_us, args.window)
+        per_probe = (busy["cpu"] - idle["cpu"] * busy["wall"] / idle["wall"]) / busy["probes"]
+        nginx_per = busy["nginx_cpu"] / busy["probes"]
+        rounds.append((per_probe / fl["per_probe"], per_probe, fl["per_probe"], nginx_per))
+        print(f"round {r + 1}: sidewatch {busy['probes']:.0f} probes ({busy['probes'] / busy['wall']:.0f}/s, "
+              f"{busy['failures']:.0f} failed), {per_probe * 1e6:.1f} us each; floor client "
+              f"{fl['probes']} checks ({fl['failed']} failed), {fl['per_probe'] * 1e6:.1f} us each "
+              f"(getrusage: user {fl['user'] * 1e6:.1f}, system {fl['sys'] * 1e6:.1f}); "
+              f"ratio {per_probe / fl['per_probe']:.2f}; nginx worker {nginx_per * 1e6:.1f} us a request")
+    ratio, per_probe, floor_per, nginx_per = sorted(rounds)[len(rounds) // 2]
     bb, bb_port = common.blackbox("  http:\n    prober: http\n    timeout: 5s\n")
     b = common.blackbox_cpu(bb, bb_port, f"/probe?module=http&target=http://127.0.0.1:{up_port}/healthz",
                             args.window, worker)
     print(f"blackbox_exporter: {b['probes']} probes ({b['probes'] / b['wall']:.0f}/s, {b['failed']} "
           f"failed) in {b['wall']:.1f}s, CPU {b['cpu']:.2f}s (idle {b['idle']:.3f}s)")
-    print(f"CPU per probe: sidewatch {per_probe * 1e6:.1f} us, nginx worker per request "
-          f"{nginx_per * 1e6:.1f} us, blackbox_exporter {b['per_probe'] * 1e6:.1f} us"
-          f"{'' if busy['probes'] >= 10000 else '  (fewer than 10,000 probes: raise --window)'}")
-    print(f"floor client: {fl['probes']} checks ({fl['failed']} failed), CPU per check "
-          f"{fl['per_probe'] * 1e6:.1f} us (user {fl['user'] * 1e6:.1f}, system {fl['sys'] * 1e6:.1f})")
-    ratio = per_probe / fl["per_probe"]
-    print(f"sidewatch / floor: {ratio:.2f}  target <=1.3  {'MET' if ratio <= 1.3 else 'MISSED'}; "
-          f"sidewatch / nginx's own: {per_probe / nginx_per:.2f}; blackbox_exporter / sidewatch: "
-          f"{b['per_probe'] / per_probe:.1f}")
+    print(f"CPU per probe (median round): sidewatch {per_probe * 1e6:.1f} us, floor {floor_per * 1e6:.1f} us, "
+          f"nginx worker per request {nginx_per * 1e6:.1f} us, blackbox_exporter {b['per_probe'] * 1e6:.1f} us")
+    print(f"sidewatch / floor: {ratio:.2f} (rounds {', '.join(f'{r[0]:.2f}' for r in rounds)})  "
+          f"target <=1.3  {'MET' if ratio <= 1.3 else 'MISSED'}; sidewatch / nginx's own: "
+          f"{per_probe / nginx_per:.2f}; blackbox_exporter / sidewatch: {b['per_probe'] / per_probe:.1f}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ side by side in one run, against the same server (grpcio's own health servicer).
 
 sidewatch probes `grpc://127.0.0.1:PORT` every 1 ms (one check at a time); blackbox_exporter
 (Debian's prometheus-blackbox-exporter) is asked `/probe?module=grpc&target=…` by a client in a
-loop, one request at a time, over one kept-alive connection. For each, over a --window: the
-process's utime+stime from /proc, minus its idle CPU over the same time (sidewatch at 1 s,
-blackbox_exporter with no requests), divided by the probes made. The gRPC server's CPU per probe
-is printed for scale. Target: sidewatch at least 10x below blackbox_exporter.
+loop, one request at a time, over one kept-alive connection. For each, over a --window: its CPU
+(sidewatch's threads' schedstat run time; blackbox_exporter's utime+stime from /proc), minus its
+idle CPU over the same time (sidewatch at 1 s, blackbox_exporter with no requests), divided by
+the probes made. The gRPC server's CPU per probe is printed for scale.
 
 The floor, in the same run: bench/floor.c in its grpc mode, a C client that sends the
 exchange's bytes, built once, on a fresh connection each time (connect; preface, SETTINGS, HEADERS
@@ -55,10 +55,10 @@ def measure_sidewatch(port, interval, window, server_pid):
     admin = common.Admin(admin_port)
     admin.wait_ready(200)
     time.sleep(1)
-    t0, c0, n0, s0 = time.monotonic(), common.cpu_seconds(sw.pid), admin.metric(COUNT), common.cpu_seconds(server_pid)
+    t0, c0, n0, s0 = time.monotonic(), common.run_seconds(sw.pid), admin.metric(COUNT), common.cpu_seconds(server_pid)
     k0 = common.sys_seconds(sw.pid)
     time.sleep(window)
-    t1, c1, n1, s1 = time.monotonic(), common.cpu_seconds(sw.pid), admin.metric(COUNT), common.cpu_seconds(server_pid)
+    t1, c1, n1, s1 = time.monotonic(), common.run_seconds(sw.pid), admin.metric(COUNT), common.cpu_seconds(server_pid)
     k1 = common.sys_seconds(sw.pid)
     failed = admin.metric("sidewatch_probe_failures_total")
     common.stop(sw)
