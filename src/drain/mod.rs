@@ -22,8 +22,11 @@ pub use outcome::Outcome;
 
 /// How often the port is looked at while draining; `quiet` is judged to this precision.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
-/// How often `sidewatch_app_connections` is refreshed outside a drain.
-const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often `sidewatch_app_connections` is refreshed outside a drain: as often as the traffic
+/// watch looks at the sockets for it anyway. A look in between would reuse the last one's, and
+/// its read of the namespace's counters (`/proc/net/snmp`, generated from every CPU's counters)
+/// was a fifth of an idle sidecar's CPU.
+const IDLE_POLL: Duration = crate::traffic::CONNECTIONS_SEEN_WITHIN;
 
 /// The drain's metrics: `sidewatch_app_connections` only when the app port's traffic is watched.
 #[derive(Clone)]

@@ -93,7 +93,8 @@ pub fn compare(prev: &Snapshot, next: &Snapshot) -> Activity {
 pub enum Need {
     /// New connections and bytes in, every poll (a drain).
     Bytes,
-    /// The open connections, within `CONNECTIONS_SEEN_WITHIN` (the gauge between drains).
+    /// The open connections now (the gauge between drains, refreshed once in
+    /// `CONNECTIONS_SEEN_WITHIN`): a lookup, or a dump after arrivals.
     Connections,
 }
 
@@ -118,7 +119,6 @@ fn plan(need: Need, last: &Last, in_segs: u64, opens: u64, exact: bool) -> Look 
         // Arrivals now: the opens say there was traffic; the new sockets are learnt once the
         // arrivals stop, by the one dump then.
         Need::Bytes if exact && opens > last.opens => Look::Reuse,
-        Need::Connections if last.at.elapsed() < CONNECTIONS_SEEN_WITHIN => Look::Reuse,
         _ if exact && !unknown => Look::Lookup,
         _ => Look::Dump,
     }
@@ -139,8 +139,8 @@ pub struct TrafficWatcher {
     snmp: crate::util::HeldFile,
 }
 
-/// How stale `sidewatch_app_connections` may be between drains: one dump or lookup at most as
-/// often, whatever the app's traffic.
+/// How stale `sidewatch_app_connections` may be between drains: the drain's idle look comes this
+/// often, and does one dump or lookup, whatever the app's traffic.
 pub const CONNECTIONS_SEEN_WITHIN: Duration = Duration::from_secs(10);
 
 struct Last {

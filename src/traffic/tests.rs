@@ -103,11 +103,12 @@ fn a_drain_dumps_only_once_arrivals_stop() {
 }
 
 #[test]
-fn between_drains_the_sockets_are_looked_at_once_in_a_while() {
-    let recent = last(50, 7, 7, Duration::from_secs(3));
+fn between_drains_each_look_looks_up_or_dumps() {
+    // The drain's idle look comes once in CONNECTIONS_SEEN_WITHIN: each one is due.
     let due = last(50, 7, 7, CONNECTIONS_SEEN_WITHIN);
     let due_with_arrivals = last(50, 9, 7, CONNECTIONS_SEEN_WITHIN);
-    assert_eq!(plan(Need::Connections, &recent, 90, 12, true), Look::Reuse);
+    let soon = last(50, 7, 7, Duration::from_secs(3));
+    assert_eq!(plan(Need::Connections, &soon, 90, 7, true), Look::Lookup);
     assert_eq!(plan(Need::Connections, &due, 90, 7, true), Look::Lookup);
     assert_eq!(
         plan(Need::Connections, &due_with_arrivals, 90, 9, true),
