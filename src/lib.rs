@@ -4,6 +4,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod app;
+pub(crate) mod beat;
 pub mod cli;
 pub mod config;
 pub mod container;

@@ -141,10 +141,12 @@ impl OverloadWatcher {
         let mut last_drops: Option<u64> = None;
         let mut said: Option<bool> = None;
         let mut polls = 0u32;
-        let mut ticker = tokio::time::interval(POLL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = crate::beat::interval(POLL);
+        let mut first = true;
         loop {
-            ticker.tick().await;
+            if !std::mem::take(&mut first) {
+                ticker.tick().await;
+            }
             polls = polls.wrapping_add(1);
             let Some(look) = Look::take(self.watch, polls % COUNTERS_EVERY == 1).await else {
                 return; // the look panicked: this watch is dead

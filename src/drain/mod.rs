@@ -194,8 +194,9 @@ struct DrainTask {
 
 impl DrainTask {
     async fn run(mut self) {
-        let mut idle = tokio::time::interval(IDLE_POLL);
+        let mut idle = crate::beat::interval(IDLE_POLL);
         let mut started = self.started.clone();
+        self.look().await;
         let by = loop {
             tokio::select! {
                 by = started.wait_for(Option::is_some) => {

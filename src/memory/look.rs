@@ -75,7 +75,7 @@ impl MemoryWatcher {
                 return;
             }
             self.metrics.pace.set(w.next.as_secs_f64());
-            due = Instant::now() + w.next;
+            due = crate::beat::after(w.next);
         }
     }
 

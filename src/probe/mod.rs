@@ -197,10 +197,13 @@ impl ProbeWatcher {
         let name = self.config.name.as_str();
         let up = self.metrics.up.with_label_values(&[name]);
         let duration = self.metrics.duration.with_label_values(&[name]);
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first check at once; the next on the grid the other looks share.
+        let mut ticker = crate::beat::interval(self.config.interval);
+        let mut first = true;
         loop {
-            ticker.tick().await;
+            if !std::mem::take(&mut first) {
+                ticker.tick().await;
+            }
             let start = Instant::now();
             let result = self
                 .prober
