@@ -233,10 +233,21 @@ struct Look {
 }
 
 impl Look {
-    /// The dump is a blocking netlink round trip, and the watch runtime has one thread, the
-    /// probes': it runs on the blocking pool, so a slow kernel answer never delays a probe.
-    /// `None` when it panicked.
+    /// A dump walks the kernel's listening hash and `/proc/net/netstat` is generated from every
+    /// CPU's counters, and the watch runtime has one thread, the probes': those run on the
+    /// blocking pool, so a slow kernel never delays a probe. The lookups of known listeners in
+    /// between are answered within their send, and run here: no trip to another thread and
+    /// back, once a second. `None` when the blocking part panicked.
     async fn take(mut watch: ListenWatch, counters: bool) -> Option<Look> {
+        if !counters {
+            if let Some(queue) = watch.look_up() {
+                return Some(Look {
+                    watch,
+                    queue: Some(queue),
+                    counters: None,
+                });
+            }
+        }
         tokio::task::spawn_blocking(move || {
             let queue = watch.queue();
             let counters = counters.then(|| watch.counters());

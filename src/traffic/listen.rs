@@ -75,30 +75,47 @@ impl ListenWatch {
         counters(&mut self.netstat)
     }
 
-    /// `None` without sock_diag, or when it fails.
-    pub fn queue(&mut self) -> Option<std::io::Result<ListenQueue>> {
+    /// The port's listeners by a lookup of each known one, when that is what this look should
+    /// do: `None` when a dump is due instead (none known, one gone or replaced, or `DUMP_EVERY`
+    /// looks since the last), which `queue` then makes. A lookup is answered within its send (an
+    /// exact request, no walk): it may run where a dump should not, beside the probes.
+    pub fn look_up(&mut self) -> Option<std::io::Result<ListenQueue>> {
         let socket = self.socket.as_mut()?;
-        self.looks = self.looks.saturating_add(1);
-        if !self.known.is_empty() && self.looks < DUMP_EVERY {
-            let mut queue = ListenQueue::default();
-            let mut gone = false;
-            let looked = lookup(
-                socket,
-                &self.known,
-                ExtensionFlags::SKMEMINFO,
-                |_, answer| match answer {
-                    Some(r) => add(&mut queue, r),
-                    None => gone = true,
-                },
-                || false,
-            );
-            match looked {
-                Ok(()) if !gone => return Some(Ok(queue)),
-                // Closed, or replaced by a new socket (another cookie): the dump finds what is.
-                Ok(()) => {}
-                Err(e) => return Some(Err(e)),
-            }
+        if self.known.is_empty() || self.looks.saturating_add(1) >= DUMP_EVERY {
+            return None;
         }
+        let mut queue = ListenQueue::default();
+        let mut gone = false;
+        let looked = lookup(
+            socket,
+            &self.known,
+            ExtensionFlags::SKMEMINFO,
+            |_, answer| match answer {
+                Some(r) => add(&mut queue, r),
+                None => gone = true,
+            },
+            || false,
+        );
+        match looked {
+            // Closed, or replaced by a new socket (another cookie): the dump finds what is.
+            Ok(()) if gone => {
+                self.known.clear();
+                None
+            }
+            Ok(()) => {
+                self.looks += 1;
+                Some(Ok(queue))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// `None` without sock_diag, or when it fails. A lookup when one will do, else a dump.
+    pub fn queue(&mut self) -> Option<std::io::Result<ListenQueue>> {
+        if let Some(looked) = self.look_up() {
+            return Some(looked);
+        }
+        let socket = self.socket.as_mut()?;
         let mut queue = ListenQueue::default();
         let mut found = Vec::new();
         for family in [AF_INET, AF_INET6] {
