@@ -29,13 +29,32 @@ pub fn after(period: Duration) -> Instant {
     on_grid(period, Instant::now() + period / 2)
 }
 
-/// A ticker on the grid, its first tick half a period to a period and a half from now (the look
-/// the caller makes at once is its own). Missed ticks are skipped, so that it stays on the grid:
-/// a look that overran its period waits for the next point, not a whole period.
-pub fn interval(period: Duration) -> Interval {
-    let mut ticker = tokio::time::interval_at(after(period).into(), period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    ticker
+/// A ticker on the grid: its first tick at once (the look a watcher makes as it starts), its
+/// second half a period to a period and a half later, then every period on the grid. Missed
+/// ticks are skipped, so that it stays on the grid: a look that overran its period waits for the
+/// next point, not a whole period.
+pub struct Ticker {
+    first: bool,
+    interval: Interval,
+}
+
+impl Ticker {
+    /// When the tick was due.
+    pub async fn tick(&mut self) -> tokio::time::Instant {
+        if std::mem::take(&mut self.first) {
+            return tokio::time::Instant::now();
+        }
+        self.interval.tick().await
+    }
+}
+
+pub fn interval(period: Duration) -> Ticker {
+    let mut interval = tokio::time::interval_at(after(period).into(), period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    Ticker {
+        first: true,
+        interval,
+    }
 }
 
 #[cfg(test)]
@@ -72,8 +91,10 @@ mod tests {
     async fn a_ticker_skips_what_it_missed_and_stays_on_the_grid() {
         let period = Duration::from_secs(1);
         let mut ticker = interval(period);
-        let first = ticker.tick().await.into_std();
-        assert_eq!(on_grid(period, first), first);
+        let started = tokio::time::Instant::now();
+        assert_eq!(ticker.tick().await, started, "the first tick at once");
+        let second = ticker.tick().await.into_std();
+        assert_eq!(on_grid(period, second), second);
         // A look that overran two periods.
         tokio::time::advance(period * 2 + Duration::from_millis(300)).await;
         let late = ticker.tick().await.into_std();

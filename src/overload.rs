@@ -142,11 +142,8 @@ impl OverloadWatcher {
         let mut said: Option<bool> = None;
         let mut polls = 0u32;
         let mut ticker = crate::beat::interval(POLL);
-        let mut first = true;
         loop {
-            if !std::mem::take(&mut first) {
-                ticker.tick().await;
-            }
+            ticker.tick().await;
             polls = polls.wrapping_add(1);
             let Some(look) = Look::take(self.watch, polls % COUNTERS_EVERY == 1).await else {
                 return; // the look panicked: this watch is dead

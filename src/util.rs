@@ -56,27 +56,41 @@ impl HeldFile {
 
     /// The whole file as it is now.
     pub fn read(&mut self) -> std::io::Result<&[u8]> {
-        use std::os::unix::fs::FileExt;
         let file = match self.file.take() {
             Some(file) => file,
             None => std::fs::File::open(self.path)?,
         };
-        self.buf.resize(self.buf.len().max(4096), 0);
-        let mut len = 0;
-        loop {
-            if len == self.buf.len() {
-                self.buf.resize(len * 2, 0);
-            }
-            match file.read_at(&mut self.buf[len..], len as u64) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let len = read_from_start(&file, &mut self.buf, u64::MAX)?;
         self.file = Some(file);
         Ok(&self.buf[..len])
     }
+}
+
+/// Reads `file` from offset 0 with `pread` into `buf` (grown as needed, up to about `max`
+/// bytes), and says how many bytes it holds: a kernel file read so is generated afresh.
+pub fn read_from_start(
+    file: &std::fs::File,
+    buf: &mut Vec<u8>,
+    max: u64,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(buf.len().max(4096), 0);
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if len as u64 >= max {
+                break;
+            }
+            buf.resize(len * 2, 0);
+        }
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
 }
 
 #[cfg(test)]

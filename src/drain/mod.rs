@@ -196,7 +196,6 @@ impl DrainTask {
     async fn run(mut self) {
         let mut idle = crate::beat::interval(IDLE_POLL);
         let mut started = self.started.clone();
-        self.look().await;
         let by = loop {
             tokio::select! {
                 by = started.wait_for(Option::is_some) => {

@@ -95,23 +95,9 @@ impl Files {
 
 /// A kernel file from offset 0 with `pread`: a seq_file read at offset 0 is generated afresh.
 fn read_from_start(file: &File, path: &Path) -> Result<String, ReadError> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            if buf.len() as u64 >= MAX_FILE {
-                break;
-            }
-            buf.resize(buf.len() * 2, 0);
-        }
-        match file.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_error(path, e)),
-        }
-    }
+    let mut buf = Vec::new();
+    let len =
+        crate::util::read_from_start(file, &mut buf, MAX_FILE).map_err(|e| io_error(path, e))?;
     buf.truncate(len);
     String::from_utf8(buf).map_err(|_| ReadError::garbled(path, "not UTF-8"))
 }

@@ -199,11 +199,8 @@ impl ProbeWatcher {
         let duration = self.metrics.duration.with_label_values(&[name]);
         // The first check at once; the next on the grid the other looks share.
         let mut ticker = crate::beat::interval(self.config.interval);
-        let mut first = true;
         loop {
-            if !std::mem::take(&mut first) {
-                ticker.tick().await;
-            }
+            ticker.tick().await;
             let start = Instant::now();
             let result = self
                 .prober
