@@ -283,8 +283,13 @@ impl DrainTask {
             let seen = Instant::now()
                 .checked_sub(DRAIN_POLL)
                 .map_or(now, |t| t.max(now));
+            // A poll that can end the drain by quiet sees every socket: the counters alone can
+            // hide a connection (see `Need::All`).
+            let deciding = now - began >= self.config.delay
+                && now.saturating_duration_since(last_activity) >= self.config.quiet;
+            let need = if deciding { Need::All } else { Need::Bytes };
             if let Some(prev) = previous.as_ref() {
-                match self.snapshot(Need::Bytes).await {
+                match self.snapshot(need).await {
                     // The watch is lost: from here on, as without one (the drain ends after
                     // `delay`), which the loss's own log says.
                     None => previous = None,

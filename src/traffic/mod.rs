@@ -94,8 +94,14 @@ pub enum Need {
     /// New connections and bytes in, every poll (a drain).
     Bytes,
     /// The open connections now (the gauge between drains, refreshed once in
-    /// `CONNECTIONS_SEEN_WITHIN`): a lookup, or a dump after arrivals.
+    /// `CONNECTIONS_SEEN_WITHIN`): a lookup, or a dump after arrivals (and once in
+    /// `DUMP_WITHIN`).
     Connections,
+    /// Every socket, whatever the counters say: a drain's last look before it ends by quiet.
+    /// The kernel counts a connection to sidewatch's own server before sidewatch has accepted
+    /// it; a dump then takes it for an arrival it has learnt, and an app arrival after it looks
+    /// known, its socket unseen by the lookups that follow.
+    All,
 }
 
 /// How a look gets the app port's sockets. A dump walks the kernel's whole TCP hash, node-wide
@@ -114,6 +120,8 @@ fn plan(need: Need, last: &Last, in_segs: u64, opens: u64, exact: bool) -> Look 
     // Arrivals since the last dump: sockets it does not know.
     let unknown = opens > last.dumped_opens;
     match need {
+        Need::All => Look::Dump,
+        Need::Connections if last.dumped_at.elapsed() >= DUMP_WITHIN => Look::Dump,
         // No segment in: no new connection, no byte in.
         Need::Bytes if in_segs == last.in_segs => Look::Reuse,
         // Arrivals now: the opens say there was traffic; the new sockets are learnt once the
@@ -143,9 +151,12 @@ pub struct TrafficWatcher {
 /// often, and does one dump or lookup, whatever the app's traffic.
 pub const CONNECTIONS_SEEN_WITHIN: Duration = Duration::from_secs(10);
 
+/// How long a connection the counters hid (see `Need::All`) can stay out of
+/// `sidewatch_app_connections`: the look between drains dumps at least this often.
+const DUMP_WITHIN: Duration = Duration::from_secs(60);
+
 struct Last {
-    /// Of the last dump or lookup.
-    at: Instant,
+    dumped_at: Instant,
     /// The counters at the previous look, whatever it did.
     in_segs: u64,
     opens: u64,
@@ -234,13 +245,12 @@ impl TrafficWatcher {
             (Look::Reuse, Some(last)) => last,
             (Look::Lookup, Some(mut last)) => {
                 self.lookup(&mut last, need)?;
-                last.at = now;
                 last
             }
             _ => {
                 let (sockets, known) = self.dump()?;
                 Last {
-                    at: now,
+                    dumped_at: now,
                     in_segs: 0,
                     opens: 0,
                     dumped_opens: opens,

@@ -73,7 +73,7 @@ fn passive_opens_catch_connections_that_left_no_socket() {
 
 fn last(in_segs: u64, opens: u64, dumped_opens: u64, ago: Duration) -> Last {
     Last {
-        at: Instant::now() - ago,
+        dumped_at: Instant::now() - ago,
         in_segs,
         opens,
         dumped_opens,
@@ -104,15 +104,22 @@ fn a_drain_dumps_only_once_arrivals_stop() {
 
 #[test]
 fn between_drains_each_look_looks_up_or_dumps() {
-    // The drain's idle look comes once in CONNECTIONS_SEEN_WITHIN: each one is due.
-    let due = last(50, 7, 7, CONNECTIONS_SEEN_WITHIN);
-    let due_with_arrivals = last(50, 9, 7, CONNECTIONS_SEEN_WITHIN);
-    let soon = last(50, 7, 7, Duration::from_secs(3));
-    assert_eq!(plan(Need::Connections, &soon, 90, 7, true), Look::Lookup);
-    assert_eq!(plan(Need::Connections, &due, 90, 7, true), Look::Lookup);
+    let recent = last(50, 7, 7, CONNECTIONS_SEEN_WITHIN);
+    let with_arrivals = last(50, 9, 7, CONNECTIONS_SEEN_WITHIN);
+    assert_eq!(plan(Need::Connections, &recent, 90, 7, true), Look::Lookup);
+    // Arrivals since the last dump: their sockets are learnt.
     assert_eq!(
-        plan(Need::Connections, &due_with_arrivals, 90, 9, true),
+        plan(Need::Connections, &with_arrivals, 90, 9, true),
         Look::Dump
     );
-    assert_eq!(plan(Need::Connections, &due, 90, 7, false), Look::Dump);
+    assert_eq!(plan(Need::Connections, &recent, 90, 7, false), Look::Dump);
+    // Once in DUMP_WITHIN, whatever the counters say: they can hide an arrival.
+    let long_ago = last(50, 7, 7, DUMP_WITHIN);
+    assert_eq!(plan(Need::Connections, &long_ago, 90, 7, true), Look::Dump);
+}
+
+#[test]
+fn the_look_that_can_end_a_drain_dumps_whatever_the_counters_say() {
+    let known = last(50, 7, 7, Duration::ZERO);
+    assert_eq!(plan(Need::All, &known, 50, 7, true), Look::Dump);
 }

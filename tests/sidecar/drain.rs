@@ -508,10 +508,11 @@ fn among_20000_unrelated_sockets_only_the_apps_are_seen() {
         assert_prompt(lag, &body);
         assert!(body["bytes_in"].as_u64().unwrap() > 0, "{body}");
         // The keep-alive client's arrival is learnt by one dump; its bytes, poll after poll, by
-        // lookups of the known sockets.
+        // lookups of the known sockets; one more dump confirms the quiet that ends the drain, and
+        // one may come when a look falls between a scrape's arrival and sidewatch's accept.
         let drain_dumps = sw.metric("sidewatch_app_socket_dumps_total").await.unwrap() - dumps;
         assert!(
-            drain_dumps <= 2.0,
+            drain_dumps <= 3.0,
             "{drain_dumps} dumps in a drain of ~25 polls; {sockstat}"
         );
         assert_eq!(sw.metric("sidewatch_app_connections").await, Some(3.0));
