@@ -308,7 +308,7 @@ fn the_node_agent_runs_on_every_node_with_two_permissions_and_no_more() {
     assert!(sc["privileged"].is_null());
     assert_eq!(
         c["resources"],
-        serde_json::json!({"requests": {"cpu": "10m", "memory": "24Mi"},
+        serde_json::json!({"requests": {"cpu": "50m", "memory": "32Mi"},
             "limits": {"memory": "64Mi"}})
     );
     assert_eq!(
