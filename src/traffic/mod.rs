@@ -156,6 +156,7 @@ pub const CONNECTIONS_SEEN_WITHIN: Duration = Duration::from_secs(10);
 const DUMP_WITHIN: Duration = Duration::from_secs(60);
 
 struct Last {
+    /// Of the last dump (a lookup leaves it).
     dumped_at: Instant,
     /// The counters at the previous look, whatever it did.
     in_segs: u64,
