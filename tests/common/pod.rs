@@ -66,7 +66,10 @@ impl Podman {
 
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.env("CONTAINERS_CONF", CONF);
+        // conmon, which podman starts in its own working directory, marks an OOM kill by
+        // creating a file `oom` there: not in the repository.
+        cmd.env("CONTAINERS_CONF", CONF)
+            .current_dir(std::env::temp_dir());
         cmd
     }
 
