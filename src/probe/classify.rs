@@ -14,6 +14,10 @@ pub fn chain(err: &(dyn StdError + 'static), fallback: Reason) -> Failure {
     let mut texts: Vec<String> = Vec::new();
     let mut next = Some(err);
     while let Some(e) = next {
+        // A connect whose failure surfaced on the first write is the connect's failure.
+        if let Some(failed) = e.downcast_ref::<super::tcp::ConnectFailed>() {
+            return connect(&failed.addr.to_string(), &failed.source);
+        }
         let text = e.to_string();
         if !texts.iter().any(|seen| seen.contains(&text)) {
             texts.push(text);

@@ -80,7 +80,8 @@ impl GrpcProber {
     pub async fn check(&self, own: Option<&Arc<OwnSockets>>) -> Result<(), Failure> {
         match &self.address {
             GrpcAddress::Tcp(address) => {
-                let (tcp, _mark) = tcp::connect(address, own).await?;
+                let tcp = tcp::connect(address, own, tcp::Connected::ByFirstWrite).await?;
+                tcp.no_delay();
                 self.over(tcp).await
             }
             GrpcAddress::Unix(path) => {

@@ -111,7 +111,11 @@ impl HttpProber {
     pub async fn check(&self, own: Option<&Arc<OwnSockets>>) -> Result<(), Failure> {
         match &self.target {
             Target::Tcp(address) => {
-                let (stream, _mark) = tcp::connect(address, own).await?;
+                let stream = tcp::connect(address, own, tcp::Connected::ByFirstWrite).await?;
+                // HTTP/1.1 in the clear is one write, which Nagle never holds back.
+                if self.tls.is_some() || self.version == HttpVersion::Http2 {
+                    stream.no_delay();
+                }
                 self.over(stream).await
             }
             Target::Unix(path) => {
