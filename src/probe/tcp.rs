@@ -3,8 +3,9 @@
 //! A probe's connection is written to as soon as its connect is begun: on loopback the handshake
 //! is over by the time connect returns, so a check that waited for the socket to become writable
 //! first would wake the watch runtime twice (once for the connect, once for the answer) where
-//! once will do, with two more system calls. A connect that failed surfaces as that first
-//! write's error, and is reported as the connect's failure all the same ([`ConnectFailed`]).
+//! once will do, with two more system calls (the wait, and the read of the socket's error). A
+//! connect that failed surfaces as that first write's error, and is reported as the connect's
+//! failure all the same ([`ConnectFailed`]).
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -159,13 +160,13 @@ impl Connection {
         now: impl FnOnce(BorrowedFd<'_>) -> Result<usize, Errno>,
         later: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
-        let result = if self.established {
+        if self.established {
             return later(Pin::new(&mut self.stream), cx);
-        } else {
-            match now(self.stream.as_fd()) {
-                Err(Errno::AGAIN) => ready!(later(Pin::new(&mut self.stream), cx)),
-                result => result.map_err(io::Error::from),
-            }
+        }
+        let result = match now(self.stream.as_fd()) {
+            // Still connecting: tokio's write waits for the socket.
+            Err(Errno::AGAIN) => ready!(later(Pin::new(&mut self.stream), cx)),
+            result => result.map_err(io::Error::from),
         };
         Poll::Ready(match result {
             Ok(n) => {
