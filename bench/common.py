@@ -17,6 +17,8 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 OUT = os.environ.get("BENCH_OUT", "/tmp/sidewatch-bench")
+# One probe's CPU, in us, as bench/cpu_probe.py measured it last: bench/idle_memory.py's unit.
+PROBE_US = os.path.join(OUT, "probe_us")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _procs = []
 

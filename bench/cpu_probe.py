@@ -17,13 +17,11 @@ usage: bench/cpu_probe.py [--window 15] [--interval 1ms] [--rounds 3]   (cc buil
 """
 
 import argparse
-import os
 import time
 
 import common
 
 COUNT = "sidewatch_probe_duration_seconds_count"
-PROBE_US = os.path.join(common.OUT, "probe_us")
 
 
 def measure(up_port, interval, window, nginx_pid=None):
@@ -73,7 +71,7 @@ def run():
               f"ratio {per_probe / fl['per_probe']:.2f}; nginx worker {nginx_per * 1e6:.1f} us a request")
     ratio, per_probe, floor_per, nginx_per = sorted(rounds)[len(rounds) // 2]
     # For bench/idle_memory.py, which run-all runs next: the idle CPU in probes' worth.
-    with open(PROBE_US, "w") as f:
+    with open(common.PROBE_US, "w") as f:
         f.write(f"{per_probe * 1e6:.1f}\n")
     bb, bb_port = common.blackbox("  http:\n    prober: http\n    timeout: 5s\n")
     b = common.blackbox_cpu(bb, bb_port, f"/probe?module=http&target=http://127.0.0.1:{up_port}/healthz",

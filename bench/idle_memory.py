@@ -32,7 +32,6 @@ import time
 import cgroup
 import common
 
-PROBE_US = os.path.join(common.OUT, "probe_us")
 
 
 def fake_api():
@@ -101,10 +100,10 @@ def run():
         print(f"blackbox_exporter after {args.settle:g}s: {common.fmt_memory(b)}")
         print(f"sidewatch dumped the app port's sockets {dumps:.0f} times since its start")
         worth = ""
-        if not args.probe_us and os.path.exists(PROBE_US):
-            with open(PROBE_US) as f:
+        if not args.probe_us and os.path.exists(common.PROBE_US):
+            with open(common.PROBE_US) as f:
                 args.probe_us = float(f.read())
-            print(f"one probe's CPU, from {PROBE_US} (bench/cpu_probe.py): {args.probe_us:g} us")
+            print(f"one probe's CPU, from {common.PROBE_US} (bench/cpu_probe.py): {args.probe_us:g} us")
         if args.probe_us:
             probes = sw_cpu * 1e3 / args.probe_us
             worth = (f", {probes:.1f} probes' worth of {args.probe_us:g} us  target <= 3  "

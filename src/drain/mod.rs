@@ -285,8 +285,7 @@ impl DrainTask {
                 .map_or(now, |t| t.max(now));
             // A poll that can end the drain by quiet sees every socket: the counters alone can
             // hide a connection (see `Need::All`).
-            let deciding = now - began >= self.config.delay
-                && now.saturating_duration_since(last_activity) >= self.config.quiet;
+            let deciding = ends_quiet(&self.config, now - began, now, last_activity);
             let need = if deciding { Need::All } else { Need::Bytes };
             if let Some(prev) = previous.as_ref() {
                 match self.snapshot(need).await {
@@ -316,9 +315,7 @@ impl DrainTask {
             let elapsed = now - began;
             let outcome = if elapsed >= self.config.max {
                 Some(Outcome::Max)
-            } else if elapsed >= self.config.delay
-                && now.saturating_duration_since(last_activity) >= self.config.quiet
-            {
+            } else if ends_quiet(&self.config, elapsed, now, last_activity) {
                 Some(Outcome::Quiet)
             } else {
                 None
@@ -348,4 +345,14 @@ impl DrainTask {
             None => {}
         }
     }
+}
+
+/// Whether a drain `elapsed` in, last active at `last_activity`, may end by quiet at `now`.
+fn ends_quiet(
+    config: &DrainConfig,
+    elapsed: Duration,
+    now: Instant,
+    last_activity: Instant,
+) -> bool {
+    elapsed >= config.delay && now.saturating_duration_since(last_activity) >= config.quiet
 }

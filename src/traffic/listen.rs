@@ -214,13 +214,15 @@ mod tests {
 
     /// A listener on 127.0.0.1 with `backlog`, SO_REUSEPORT set, on `port` (0: any).
     fn listen(port: u16, backlog: i32) -> rustix::fd::OwnedFd {
-        use rustix::net::{bind, listen, socket_with, sockopt, AddressFamily, SocketFlags};
+        use rustix::net::{
+            bind, listen, socket_with, sockopt, AddressFamily, SocketFlags, SocketType,
+        };
         // Close-on-exec, as std's sockets are: a process another test spawns meanwhile would
         // otherwise hold a dropped listener open, and the dump would find it beside its
         // replacement.
         let fd = socket_with(
             AddressFamily::INET,
-            rustix::net::SocketType::STREAM,
+            SocketType::STREAM,
             SocketFlags::CLOEXEC,
             None,
         )
