@@ -248,6 +248,28 @@ def sys_seconds(pid):
     return int(_stat(pid)[12]) / CLK_TCK
 
 
+def pin_apart(server_pid):
+    """Puts the server (every thread of `server_pid` and of its children) on the last CPU and this
+    process, with every client it starts from now on (sidewatch, the floor, the peers), on the
+    first: client and server on CPUs of their own, as a sidecar and its app are on a node with CPUs
+    to spare. Left to the scheduler on two CPUs, they share them, and the server's work evicts the
+    client's code from the caches between two checks (BENCHMARKS.md, section 12.6)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit("--pin needs two CPUs")
+    pids = [server_pid]
+    try:
+        with open(f"/proc/{server_pid}/task/{server_pid}/children") as f:
+            pids += [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        pass
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(task), {cpus[-1]})
+    os.sched_setaffinity(0, {cpus[0]})
+    return f"placement: the server on CPU {cpus[-1]}, sidewatch, the floor and the peer on CPU {cpus[0]}"
+
+
 def run_seconds(pid):
     """CPU time of all of a process's threads from their schedstat, in seconds at nanosecond
     resolution (utime+stime count 10 ms clock ticks, too coarse for an idle process)."""

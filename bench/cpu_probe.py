@@ -13,7 +13,9 @@ For context, the peers: nginx's own worker CPU per request it served (what answe
 costs the app), and blackbox_exporter's http prober asked `/probe?module=http&target=...` of the
 same nginx in a loop (bench/common.py: blackbox_cpu). Target (issue 28): <= 1.3x the floor.
 
-usage: bench/cpu_probe.py [--window 15] [--interval 1ms] [--rounds 3]   (cc builds bench/floor.c)
+--pin puts nginx on the last CPU and every client on the first (bench/common.py: pin_apart).
+
+usage: bench/cpu_probe.py [--window 15] [--interval 1ms] [--rounds 3] [--pin]   (cc builds bench/floor.c)
 """
 
 import argparse
@@ -46,12 +48,15 @@ def run():
     ap.add_argument("--window", type=float, default=15.0)
     ap.add_argument("--interval", default="1ms")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pin", action="store_true",
+                    help="nginx on a CPU of its own, every client on another (bench/common.py: pin_apart)")
     args = ap.parse_args()
     up_port = common.free_port()
     ng = common.nginx(up_port)
     # nginx runs a master and one worker: count the worker, which does the serving.
     with open(f"/proc/{ng.pid}/task/{ng.pid}/children") as f:
         worker = int(f.read().split()[0])
+    print(common.pin_apart(ng.pid) if args.pin else "placement: the scheduler's, on every CPU")
     interval_us = int(args.interval.removesuffix("ms")) * 1000 if args.interval.endswith("ms") else 1000
     idle = measure(up_port, "1s", args.window)
     print(f"idle (1s): {idle['probes']:.0f} probes in {idle['wall']:.2f}s, CPU {idle['cpu'] * 1e3:.1f} ms")
@@ -70,9 +75,10 @@ def run():
               f"(getrusage: user {fl['user'] * 1e6:.1f}, system {fl['sys'] * 1e6:.1f}); "
               f"ratio {per_probe / fl['per_probe']:.2f}; nginx worker {nginx_per * 1e6:.1f} us a request")
     ratio, per_probe, floor_per, nginx_per = sorted(rounds)[len(rounds) // 2]
-    # For bench/idle_memory.py, which run-all runs next: the idle CPU in probes' worth.
-    with open(common.PROBE_US, "w") as f:
-        f.write(f"{per_probe * 1e6:.1f}\n")
+    if not args.pin:
+        # For bench/idle_memory.py, which run-all runs next: the idle also in probes' worth at this rate.
+        with open(common.PROBE_US, "w") as f:
+            f.write(f"{per_probe * 1e6:.1f}\n")
     bb, bb_port = common.blackbox("  http:\n    prober: http\n    timeout: 5s\n")
     b = common.blackbox_cpu(bb, bb_port, f"/probe?module=http&target=http://127.0.0.1:{up_port}/healthz",
                             args.window, worker)

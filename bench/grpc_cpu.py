@@ -16,7 +16,9 @@ at the same rate as sidewatch (1 ms), and counts its own user+system CPU. On loo
 runs the receiving end of every packet in the sender's system call, so most of that is what any
 client must spend on this exchange. Target (issue 28): sidewatch <= 1.5x the floor.
 
-usage: bench/grpc_cpu.py [--window 15]
+--pin puts the server on the last CPU and every client on the first (bench/common.py: pin_apart).
+
+usage: bench/grpc_cpu.py [--window 15] [--pin]
 """
 
 import argparse
@@ -69,8 +71,11 @@ def measure_sidewatch(port, interval, window, server_pid):
 def run():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=float, default=15.0)
+    ap.add_argument("--pin", action="store_true",
+                    help="the gRPC server on a CPU of its own, every client on another (bench/common.py: pin_apart)")
     args = ap.parse_args()
     server, port = grpc_server()
+    print(common.pin_apart(server.pid) if args.pin else "placement: the scheduler's, on every CPU")
     busy = measure_sidewatch(port, "1ms", args.window, server.pid)
     idle = measure_sidewatch(port, "1s", args.window, server.pid)
     sw_cpu = busy["cpu"] - idle["cpu"] * busy["wall"] / idle["wall"]

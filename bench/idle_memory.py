@@ -73,8 +73,6 @@ def sidewatch(up_port, cgroup_path, env, interval, settle):
     admin.wait_ready(200)
     features = [line for line in admin.get("/metrics")[1].decode().splitlines()
                 if line.startswith("sidewatch_features{")]
-    # One after the other: sharing this host's network namespace, blackbox_exporter's probes
-    # would be connections in sidewatch's namespace, which in a pod they are not.
     time.sleep(2)
     c0 = common.run_seconds(sw.pid)
     time.sleep(settle)
@@ -103,6 +101,8 @@ def run():
         # The same with its probe once an hour (made once as it starts): every other look, and the
         # wake-ups, as before. The difference is what the probe once a second costs sidewatch.
         rest_cpu = sidewatch(up_port, cg.path, env, "1h", args.settle)[0]
+        # One after the other: sharing this host's network namespace, blackbox_exporter's probes
+        # would be connections in sidewatch's namespace, which in a pod they are not.
         bb, bb_port = common.blackbox("  http:\n    prober: http\n    timeout: 5s\n")
         stop = threading.Event()
         scraper = threading.Thread(target=scrape_every_second, daemon=True,
