@@ -1,8 +1,8 @@
 //! The gRPC probe: the standard `grpc.health.v1.Health/Check` call on a fresh HTTP/2 connection
 //! of our own over TCP or a Unix socket, plaintext as the kubelet's `grpc` probe, or TLS.
 //!
-//! The call is made with `h2` directly, the messages are tonic-health's (prost) and the status is
-//! read by tonic's own parser: what is ours is the 5-byte length prefix of one message each way.
+//! The call is made with `h2` directly and the messages are tonic-health's (prost): what is ours
+//! is the 5-byte length prefix of one message each way, and reading the status's two headers.
 //! A tonic client over hyper costs a task for the connection and one for the request's body per
 //! check, a frame to open a 5 MB window and a graceful shutdown: 4.5 writes a check. One task
 //! driving `h2` makes the same exchange in two or three (BENCHMARKS.md, section 4). Every failure
@@ -206,14 +206,14 @@ fn verdict(answer: Answer, service: &str) -> Result<(), Failure> {
             format!("service {service:?}")
         }
     };
-    let Some(status) = tonic::Status::from_header_map(&answer.status) else {
+    let Some((code, message)) = status(&answer.status) else {
         return Err(Failure::new(
             Reason::InvalidResponse,
             "the answer ended without a grpc-status",
         ));
     };
-    if status.code() != Code::Ok {
-        return Err(status_failure(&status, &service()));
+    if code != Code::Ok {
+        return Err(status_failure(code, &message, &service()));
     }
     let response = unframe(answer.message)?;
     match response.status() {
@@ -227,6 +227,23 @@ fn verdict(answer: Answer, service: &str) -> Result<(), Failure> {
             format!("health of {}: {}", service(), other.as_str_name()),
         )),
     }
+}
+
+/// The call's status: its code, and its message percent-decoded as the protocol sends it. Not
+/// `tonic::Status::from_header_map`, which panics on a `grpc-status-details-bin` that is not
+/// base64 (grpc/grpc-rust#2618, open) and copies every header to keep the rest: a probe must not
+/// fall over on what the app sends, and has no use for the details.
+fn status(headers: &http::HeaderMap) -> Option<(Code, String)> {
+    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    let message = headers
+        .get("grpc-message")
+        .map(|v| {
+            percent_encoding::percent_decode(v.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    Some((code, message))
 }
 
 /// A message as gRPC frames it on the wire: uncompressed flag, length, bytes.
@@ -271,9 +288,8 @@ fn h2_failure(e: &h2::Error) -> Failure {
 }
 
 /// The server's own gRPC status, not OK.
-fn status_failure(status: &tonic::Status, service: &str) -> Failure {
-    let code = status.code();
-    let detail = format!("gRPC {code:?}: {}", status.message());
+fn status_failure(code: Code, message: &str, service: &str) -> Failure {
+    let detail = format!("gRPC {code:?}: {message}");
     match code {
         Code::NotFound => Failure::new(
             Reason::UnknownService,
@@ -346,6 +362,30 @@ mod tests {
         );
         assert_eq!(
             reason(answer(&[("grpc-status", "12")], b"")),
+            Some(Reason::UnexpectedStatus)
+        );
+    }
+
+    #[test]
+    fn the_status_message_is_decoded_and_bad_details_are_ignored() {
+        // tonic's parser panics on details that are not base64; the probe reads past them.
+        let failure = verdict(
+            answer(
+                &[
+                    ("grpc-status", "14"),
+                    ("grpc-message", "down%20for%20maintenance"),
+                    ("grpc-status-details-bin", "!!not base64!!"),
+                ],
+                b"",
+            ),
+            "",
+        )
+        .expect_err("UNAVAILABLE is a failure");
+        assert_eq!(failure.reason, Reason::UnexpectedStatus);
+        assert_eq!(failure.message, "gRPC Unavailable: down for maintenance");
+        // A code that is not a number is UNKNOWN, as gRPC reads it.
+        assert_eq!(
+            reason(answer(&[("grpc-status", "x")], b"")),
             Some(Reason::UnexpectedStatus)
         );
     }

@@ -1,7 +1,8 @@
 //! gRPC health probes against a server that is not ours (grpcio with grpcio-health-checking's
 //! health servicer, in Python): SERVING, NOT_SERVING, a named and an unknown service, TLS with
 //! and without the CA and unverified, a Unix socket; and against what is not a gRPC server: a
-//! plain HTTP/1 server (Python's http.server), a port that never answers, a closed port.
+//! plain HTTP/1 server (Python's http.server), a port that never answers, a closed port; and an
+//! HTTP/2 server (`h2`'s) whose status carries details that are not base64.
 
 #[allow(unused_imports)]
 use crate::{common, pki};
@@ -314,4 +315,52 @@ async fn what_is_not_a_grpc_server_is_classified() {
     .await;
     let _ = http.kill();
     let _ = http.wait();
+}
+
+/// An HTTP/2 server (`h2`'s own) that answers every call with a trailers-only UNAVAILABLE whose
+/// `grpc-status-details-bin` is not base64: what tonic's status parser panics on.
+async fn bad_details_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                // Accepting also drives the connection, which sends the answer.
+                while let Some(Ok((_call, mut respond))) = connection.accept().await {
+                    let answer = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "14")
+                        .header("grpc-message", "down%20for%20maintenance")
+                        .header("grpc-status-details-bin", "!!not base64!!")
+                        .body(())
+                        .unwrap();
+                    let _ = respond.send_response(answer, true);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_whose_details_are_not_base64_is_read_and_the_probe_goes_on() {
+    let addr = bad_details_server().await;
+    let (_dir, sw) = start(&format!(
+        "probes:\n{}",
+        probe("app", &format!("{{address: \"{addr}\"}}"))
+    ));
+    let body = sw.wait_reason("unexpected_status", WITHIN).await;
+    let message = body["reasons"][0]["message"].as_str().unwrap_or_default();
+    assert_eq!(message, "gRPC Unavailable: down for maintenance", "{body}");
+    // Check after check: a probe that had panicked would have stopped counting, and `/livez`
+    // would say so.
+    let series = failures("app", "unexpected_status");
+    let seen = sw.metric(&series).await.unwrap_or(0.0);
+    assert!(seen >= 1.0, "{series} = {seen}");
+    sw.wait_metric_at_least(&series, seen + 3.0).await;
+    assert_eq!(sw.readyz().await.0, 503);
+    assert_eq!(sw.get("/livez").await.0, 200);
 }
