@@ -2,7 +2,8 @@
 //! of our own over TCP or a Unix socket, plaintext as the kubelet's `grpc` probe, or TLS.
 //!
 //! The call is made with `h2` directly and the messages are tonic-health's (prost): what is ours
-//! is the 5-byte length prefix of one message each way, and reading the status's two headers.
+//! is the 5-byte length prefix of one message each way, and reading the status's two headers
+//! (`answer.rs`).
 //! A tonic client over hyper costs a task for the connection and one for the request's body per
 //! check, a frame to open a 5 MB window and a graceful shutdown: 4.5 writes a check. One task
 //! driving `h2` makes the same exchange in two or three (BENCHMARKS.md, section 4). Every failure
