@@ -17,7 +17,8 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 OUT = os.environ.get("BENCH_OUT", "/tmp/sidewatch-bench")
-# One probe's CPU, in us, as bench/cpu_probe.py measured it last: bench/idle_memory.py's unit.
+# One probe's CPU, in us, as bench/cpu_probe.py measured it last: bench/idle_memory.py's second
+# unit.
 PROBE_US = os.path.join(OUT, "probe_us")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _procs = []
@@ -253,7 +254,7 @@ def pin_apart(server_pid):
     process, with every client it starts from now on (sidewatch, the floor, the peers), on the
     first: client and server on CPUs of their own, as a sidecar and its app are on a node with CPUs
     to spare. Left to the scheduler on two CPUs, they share them, and the server's work evicts the
-    client's code from the caches between two checks (BENCHMARKS.md, section 12.6)."""
+    client's code from the caches between two checks (BENCHMARKS.md, section 12.1.3)."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         sys.exit("--pin needs two CPUs")
